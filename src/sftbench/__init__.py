@@ -1,0 +1,3 @@
+"""sftbench: ms-swift's fine-tuning benchmark as a pytest regression suite."""
+
+__version__ = "0.1.0"
