@@ -1,0 +1,109 @@
+"""python -m sftbench models | baselines | report | run: the suite's data, for people and scripts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from sftbench import catalog
+from sftbench.spec import ATTENTIONS
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sftbench", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    models = commands.add_parser("models", help="every seed model_type with total and LoRA-trainable parameters")
+    models.add_argument("--json", action="store_true")
+
+    baselines = commands.add_parser("baselines", help="the stored baselines, one entry per seed row")
+    baselines.add_argument("--json", action="store_true")
+    baselines.add_argument("--dir", default="baselines", type=Path)
+
+    report = commands.add_parser("report", help="Markdown of every seed table: seed | this run | ratio")
+    report.add_argument("folder", type=Path, help="a results/<gpu>/ or baselines/<gpu>/ folder")
+    report.add_argument("--out", type=Path, help="write here instead of standard output")
+
+    run = commands.add_parser("run", help="run catalog rows' configurations, each in a fresh process")
+    run.add_argument("rows", nargs="+", help="pytest ids such as 'test_lora_max_length[qwen-7b-chat-4096]'")
+    run.add_argument("--attention", choices=ATTENTIONS, help="run with this kernel instead of the row's")
+    run.add_argument("--full-epoch", action="store_true")
+    run.add_argument("--attn-fallback", choices=("sdpa", "eager"))
+    run.add_argument("--out", type=Path, help="a folder to write each result's JSON to")
+
+    args = parser.parse_args(argv)
+    return {"models": _models, "baselines": _baselines, "report": _report, "run": _run}[args.command](args)
+
+
+def _models(args) -> int:
+    from sftbench.models import models_summary
+
+    configs = sorted({(r.spec.lora_rank, r.spec.lora_targets) for t in catalog.seed_tables() for r in t.rows
+                      if r.spec.sft_type == "lora"})
+    summary = models_summary(configs)
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        for model_type, info in summary.items():
+            lora = ", ".join(f"{label} {count:,}" for label, count in info["trainable_params"].items())
+            print(f"{model_type:28} {info['total_params']:>16,}  {lora}")
+    return 0
+
+
+def _baselines(args) -> int:
+    from sftbench.baselines import BaselineError, BaselineStore, listing
+
+    try:
+        entries = listing(BaselineStore(args.dir))
+    except BaselineError as error:
+        print(f"sftbench: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(entries, indent=1))
+    else:
+        for e in entries:
+            minutes = "" if e["minutes_per_1000_samples"] is None else f"{e['minutes_per_1000_samples']:.2f} min"
+            reserved = "" if e["max_reserved_mib"] is None else f"{e['max_reserved_mib']:.0f} MiB"
+            print(f"{e['gpu']:24} {e['test']}[{e['case_id']}]  {e['outcome']:5} {minutes:>10} {reserved:>10}")
+    return 0
+
+
+def _report(args) -> int:
+    from sftbench.report import load_results, markdown
+
+    text = markdown(load_results(args.folder))
+    if args.out:
+        args.out.write_text(text, encoding="utf-8")
+    else:
+        print(text)
+    return 0
+
+
+def _run(args) -> int:
+    from sftbench.launcher import Launcher
+    from sftbench.session import summary
+    from sftbench.trainer import RunOptions
+
+    rows = {r.node_id: r for r in catalog.all_rows()}
+    unknown = [name for name in args.rows if name not in rows]
+    if unknown:
+        print(f"sftbench: no catalog row {', '.join(map(repr, unknown))}; ids look like "
+              f"{catalog.all_rows()[0].node_id!r} (see pytest tests/benchmarks --collect-only -q)", file=sys.stderr)
+        return 2
+    launcher, options = Launcher(), RunOptions(full_epoch=args.full_epoch, attn_fallback=args.attn_fallback)
+    failed = 0
+    for name in args.rows:
+        spec = rows[name].spec.replace(attention=args.attention) if args.attention else rows[name].spec
+        result = launcher.run(spec, options)
+        print(f"{name} [{spec.key}]: {summary(result)}", flush=True)
+        failed += result.outcome == "error"
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / f"{spec.key}.{result.mode}.json").write_text(result.to_json() + "\n", encoding="utf-8")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

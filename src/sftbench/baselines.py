@@ -1,0 +1,186 @@
+"""Baselines: one JSON file per configuration under baselines/<gpu-slug>/, and the comparison with them.
+
+A baseline is a Result measured on the GPU its folder names, plus the run's metadata. Comparing
+a new Result with it gives a verdict per metric: time (minutes per 1000 samples) and memory
+(max reserved, the seed's metric, and max allocated); lower is better for all three.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sftbench.catalog import Row
+from sftbench.environment import gpu_slug
+from sftbench.result import Result
+
+SCHEMA = 1
+DEFAULT_TIME_TOLERANCE_PCT = 5.0
+DEFAULT_MEMORY_TOLERANCE_PCT = 2.0
+# metric name -> (how to read it from a Result, which tolerance applies)
+METRICS = {
+    "minutes_per_1000_samples": (lambda r: r.minutes_per_1000_samples, "time"),
+    "max_reserved_mib": (lambda r: r.memory.max_reserved_mib, "memory"),
+    "max_allocated_mib": (lambda r: r.memory.max_allocated_mib, "memory"),
+}
+
+
+class BaselineError(Exception):
+    """A baseline file that cannot be used: corrupt, of another schema, or of another GPU."""
+
+
+@dataclass
+class Baseline:
+    result: Result
+    rows: list[str]  # node ids of the seed rows this configuration stands for
+    tables: list[str]
+    metadata: dict
+    path: Path
+
+    def to_json(self) -> str:
+        return json.dumps({"schema": SCHEMA, "key": self.result.key, "rows": self.rows, "tables": self.tables,
+                           "metadata": self.metadata, "result": self.result.to_dict()}, indent=1, sort_keys=True)
+
+
+class BaselineStore:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def path(self, gpu: str, key: str) -> Path:
+        return self.root / gpu_slug(gpu) / f"{key}.json"
+
+    def load(self, gpu: str, key: str) -> Baseline | None:
+        path = self.path(gpu, key)
+        return self.read(path) if path.exists() else None
+
+    def read(self, path: Path) -> Baseline:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if data.get("schema") != SCHEMA:
+                raise BaselineError(f"schema {data.get('schema')!r}, this sftbench reads schema {SCHEMA}")
+            result = Result.from_dict(data["result"])
+            baseline = Baseline(result, data["rows"], data["tables"], data["metadata"], path)
+        except BaselineError as error:
+            raise BaselineError(f"baseline {path}: {error}") from None
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise BaselineError(f"baseline {path} is corrupt ({type(error).__name__}: {error}); "
+                                "restore it from git or rewrite it with --sftbench-update-baselines") from None
+        measured_on = gpu_slug(str(result.machine.get("gpu")))
+        if measured_on != path.parent.name or data["key"] != path.stem:
+            raise BaselineError(f"baseline {path} was measured on {result.machine.get('gpu')!r} for {data['key']!r} "
+                                f"but is stored as {path.parent.name}/{path.stem}: a baseline counts only for "
+                                "the GPU model and configuration it was measured on")
+        return baseline
+
+    def all(self) -> list[Baseline]:
+        return [self.read(path) for path in sorted(self.root.glob("*/*.json"))]
+
+    def write(self, result: Result, rows: list[Row], metadata: dict) -> Path:
+        """Write atomically: a crash mid-write leaves the previous baseline intact."""
+        gpu = str(result.machine.get("gpu"))
+        path = self.path(gpu, result.key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        baseline = Baseline(result, [r.node_id for r in rows], sorted({r.table for r in rows}),
+                            {**metadata, "written": datetime.now(timezone.utc).isoformat(timespec="seconds")}, path)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False, encoding="utf-8") as f:
+            f.write(baseline.to_json() + "\n")
+        os.replace(f.name, path)
+        return path
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    time_pct: float = DEFAULT_TIME_TOLERANCE_PCT
+    memory_pct: float = DEFAULT_MEMORY_TOLERANCE_PCT
+
+    def of(self, kind: str) -> float:
+        return self.time_pct if kind == "time" else self.memory_pct
+
+
+@dataclass
+class MetricChange:
+    metric: str
+    baseline: float
+    now: float
+    tolerance_pct: float
+
+    @property
+    def delta_pct(self) -> float:
+        return (self.now - self.baseline) / self.baseline * 100 if self.baseline else 0.0
+
+    @property
+    def verdict(self) -> str:
+        if self.delta_pct > self.tolerance_pct:
+            return "worse"
+        return "better" if self.delta_pct < -self.tolerance_pct else "same"
+
+    def describe(self) -> str:
+        return (f"{self.metric}: {self.baseline:.4g} -> {self.now:.4g} ({self.delta_pct:+.1f}%, "
+                f"tolerance {self.tolerance_pct:g}%)")
+
+
+@dataclass
+class Comparison:
+    """regression | improvement | pass | no-baseline | not-comparable, with what led to it."""
+
+    verdict: str
+    changes: list[MetricChange] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    version_changes: dict[str, tuple] = field(default_factory=dict)
+
+    def explain(self, case: str) -> str:
+        lines = [f"{case}: {self.verdict}"]
+        lines += [f"  {reason}" for reason in self.reasons]
+        lines += [f"  {c.describe()}" for c in self.changes if c.verdict != "same"]
+        if self.version_changes:
+            lines.append("  versions that differ from the baseline's: " + ", ".join(
+                f"{name} {old} -> {new}" for name, (old, new) in sorted(self.version_changes.items())))
+        return "\n".join(lines)
+
+
+def compare(result: Result, baseline: Baseline | None, tolerances: Tolerances) -> Comparison:
+    if baseline is None:
+        return Comparison("no-baseline", reasons=[f"no baseline for {result.machine.get('gpu')}"])
+    old = baseline.result
+    versions = {name: (old.versions.get(name), new) for name, new in result.versions.items()
+                if old.versions.get(name) != new and name != "sftbench"}
+    if result.attention != old.attention or result.quantization_backend != old.quantization_backend:
+        return Comparison("not-comparable", reasons=[
+            f"baseline ran attention={old.attention}, quantization backend={old.quantization_backend}; this run "
+            f"attention={result.attention}, backend={result.quantization_backend}"], version_changes=versions)
+    if (old.outcome, result.outcome) == ("ok", "oom"):
+        return Comparison("regression", reasons=[f"fitted in the baseline, now OOMs: {result.message}"],
+                          version_changes=versions)
+    if (old.outcome, result.outcome) == ("oom", "ok"):
+        return Comparison("improvement", reasons=["OOMed in the baseline, now fits"], version_changes=versions)
+    if old.outcome != "ok" or result.outcome != "ok":
+        return Comparison("pass", reasons=[f"outcome {result.outcome} as in the baseline"], version_changes=versions)
+    changes = [MetricChange(name, read(old), read(result), tolerances.of(kind))
+               for name, (read, kind) in METRICS.items() if read(old) is not None and read(result) is not None]
+    verdicts = {c.verdict for c in changes}
+    verdict = "regression" if "worse" in verdicts else "improvement" if "better" in verdicts else "pass"
+    return Comparison(verdict, changes, version_changes=versions)
+
+
+def listing(store: BaselineStore) -> list[dict]:
+    """One entry per seed row that has a baseline, for scripts (`python -m sftbench baselines --json`)."""
+    entries = []
+    for baseline in store.all():
+        r = baseline.result
+        for node_id in baseline.rows:
+            test, _, case_id = node_id.partition("[")
+            entries.append({
+                "case_id": case_id.rstrip("]"), "test": test, "tables": baseline.tables, "key": r.key,
+                "gpu": r.machine.get("gpu"), "outcome": r.outcome, "mode": r.mode,
+                "max_reserved_mib": r.memory.max_reserved_mib, "max_allocated_mib": r.memory.max_allocated_mib,
+                "nvml_peak_mib": r.memory.nvml_peak_mib, "minutes_per_1000_samples": r.minutes_per_1000_samples,
+                "tokens_per_s": r.tokens_per_s, "attention": r.attention, "quantization": r.case["quantization"],
+                "quantization_backend": r.quantization_backend, "trainable_params": r.trainable_params,
+                "versions": r.versions, "written": baseline.metadata.get("written"),
+                "commit": baseline.metadata.get("commit"),
+            })
+    return entries

@@ -1,0 +1,95 @@
+"""The stack a result was measured on: package versions, GPU, driver, CUDA, allocator settings.
+
+Read without importing the packages (importlib.metadata) and without creating a CUDA context (NVML),
+so the pytest process can describe the machine cheaply.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+from functools import cache
+from importlib import metadata
+from pathlib import Path
+
+PACKAGES = ("torch", "transformers", "peft", "accelerate", "flash-attn", "bitsandbytes", "gptqmodel", "optimum",
+            "auto-gptq", "triton", "nvidia-ml-py", "sftbench")
+
+
+def package_versions() -> dict[str, str | None]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+@cache
+def gpu_info() -> dict[str, str | int | None]:
+    """Name, driver and memory of GPU 0 from NVML; the name is 'cpu' where there is none."""
+    info: dict[str, str | int | None] = {"gpu": "cpu", "driver": None, "gpu_memory_mib": None, "cuda": None}
+    try:
+        import torch
+
+        info["cuda"] = torch.version.cuda
+    except ImportError:
+        pass
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(int(os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]))
+        name = pynvml.nvmlDeviceGetName(handle)
+        info["gpu"] = name.decode() if isinstance(name, bytes) else name
+        driver = pynvml.nvmlSystemGetDriverVersion()
+        info["driver"] = driver.decode() if isinstance(driver, bytes) else driver
+        info["gpu_memory_mib"] = pynvml.nvmlDeviceGetMemoryInfo(handle).total // 2**20
+    except Exception:  # noqa: BLE001 - no NVML or no GPU: ask torch instead
+        info["gpu"] = _torch_gpu_name() or "cpu"
+    return info
+
+
+def _torch_gpu_name() -> str | None:
+    try:
+        import torch
+
+        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError:
+        return None
+
+
+FLASH_EXTRA = "flash-attn is not installed: pip install 'sftbench[flash]'"
+
+
+def flash_attn_installed() -> bool:
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+def gpu_slug(name: str) -> str:
+    """'NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3': the baselines folder of that GPU model."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def allocator_config() -> str:
+    return os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or os.environ.get("PYTORCH_ALLOC_CONF") or ""
+
+
+def git_commit(root: Path | None = None) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=10)
+        if out.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def machine() -> dict[str, str | int | None]:
+    return {**gpu_info(), "allocator": allocator_config()}

@@ -1,0 +1,82 @@
+"""One fresh process per case.
+
+Cases start from a forkserver that has imported torch, transformers, peft and sftbench once
+(importing them takes ~25 s on the GPU machine), so a case pays only for a fork and its own work.
+The forkserver never touches CUDA, so every case gets a fresh CUDA context and allocator. A case
+whose process dies (segfault, host OOM kill, timeout) becomes an `error` Result, not a crash.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+
+from sftbench import environment
+from sftbench.result import Result
+from sftbench.spec import CaseSpec
+from sftbench.trainer import RunOptions
+
+DEFAULT_TIMEOUT_S = 1800.0
+
+
+class Launcher:
+    def __init__(self, timeout_s: float = DEFAULT_TIMEOUT_S):
+        self.timeout_s = timeout_s
+        self._context = multiprocessing.get_context("forkserver")
+        self._context.set_forkserver_preload(["sftbench.worker"])
+        self.forkserver_start_s: float | None = None
+
+    def start(self) -> float:
+        """Start the forkserver (imports included) and return how long that took."""
+        if self.forkserver_start_s is None:
+            from multiprocessing import forkserver
+
+            started = time.perf_counter()
+            forkserver.ensure_running()
+            # ensure_running returns before the preload finishes; a no-op case waits for it.
+            self._spawn(_noop, ()).join()
+            self.forkserver_start_s = time.perf_counter() - started
+        return self.forkserver_start_s
+
+    def _spawn(self, target, args):
+        process = self._context.Process(target=target, args=args, daemon=True)
+        process.start()
+        return process
+
+    def run(self, spec: CaseSpec, options: RunOptions) -> Result:
+        self.start()
+        receiver, sender = self._context.Pipe(duplex=False)
+        started_wall, started = time.time(), time.perf_counter()
+        process = self._spawn(_case_main, (spec, options, sender, started_wall))
+        sender.close()
+        try:
+            if receiver.poll(self.timeout_s):
+                result = Result.from_dict(receiver.recv())
+            else:
+                process.kill()
+                result = _died(spec, options, f"timed out after {self.timeout_s:.0f} s")
+        except EOFError:
+            process.join()
+            result = _died(spec, options, f"the case's process died with exit code {process.exitcode}"
+                                          " (a negative code is the signal that killed it)")
+        process.join()
+        result.overhead["wall_s"] = time.perf_counter() - started
+        return result
+
+
+def _noop() -> None:
+    pass
+
+
+def _case_main(*args) -> None:
+    # Imported here, in the case's process (already loaded there by the forkserver), so that the
+    # pytest process itself never imports torch, transformers or peft for a launch.
+    from sftbench import worker
+
+    worker.main(*args)
+
+
+def _died(spec: CaseSpec, options: RunOptions, message: str) -> Result:
+    return Result(case=spec.to_dict(), key=spec.key, outcome="error", message=message,
+                  mode="full" if options.full_epoch else "quick", versions=environment.package_versions(),
+                  machine=environment.machine())

@@ -1,0 +1,126 @@
+"""sftbench's pytest plugin: options, hooks and the `check_row` fixture; the work is in session.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sftbench import environment
+from sftbench.baselines import DEFAULT_MEMORY_TOLERANCE_PCT, DEFAULT_TIME_TOLERANCE_PCT, Tolerances
+from sftbench.catalog import Row
+from sftbench.session import BenchSession, SessionOptions
+from sftbench.trainer import RunOptions
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("sftbench", "sftbench: fine-tuning speed and memory regressions")
+    group.addoption("--sftbench-update-baselines", action="store_true",
+                    help="write this run's results as the baselines of this GPU (atomically) instead of comparing")
+    group.addoption("--sftbench-strict", action="store_true",
+                    help="also fail on improvements beyond tolerance (a stale baseline) and on baselines "
+                         "measured with another attention kernel or quantization backend")
+    group.addoption("--sftbench-full-epoch", action="store_true",
+                    help="train all 1000 samples instead of timing representative steps and projecting")
+    group.addoption("--sftbench-attn-fallback", choices=("sdpa", "eager"), default=None,
+                    help="attention kernel for use_flash_attn rows where flash-attn is not installed "
+                         "(default: skip those rows)")
+    group.addoption("--sftbench-time-tolerance", type=float, default=DEFAULT_TIME_TOLERANCE_PCT, metavar="PCT",
+                    help="allowed slow-down in %% before a case fails (default %(default)s)")
+    group.addoption("--sftbench-memory-tolerance", type=float, default=DEFAULT_MEMORY_TOLERANCE_PCT, metavar="PCT",
+                    help="allowed memory growth in %% before a case fails (default %(default)s)")
+    group.addoption("--sftbench-baselines", default=None, metavar="DIR",
+                    help="baselines folder (default: <rootdir>/baselines)")
+    group.addoption("--sftbench-results", default=None, metavar="DIR",
+                    help="where each case's result JSON is written (default: <rootdir>/results)")
+    group.addoption("--sftbench-weights", action="append", default=[], metavar="MODEL_TYPE=PATH",
+                    help="train MODEL_TYPE from a local checkpoint folder instead of random weights (repeatable)")
+    group.addoption("--sftbench-shard", default=None, metavar="I/N",
+                    help="run only the I-th of N parts of the selected configurations (1-based)")
+    group.addoption("--sftbench-timeout", type=float, default=1800.0, metavar="SECONDS",
+                    help="per-case limit before its process is killed (default %(default)s)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "sftbench: a seed row trained and compared with its baseline")
+    root = Path(config.rootpath)
+    weights = tuple(_parse_weights(config.getoption("sftbench_weights")))
+    options = SessionOptions(
+        baselines_dir=Path(config.getoption("sftbench_baselines") or root / "baselines"),
+        results_dir=Path(config.getoption("sftbench_results") or root / "results"),
+        update_baselines=config.getoption("sftbench_update_baselines"),
+        strict=config.getoption("sftbench_strict"),
+        run=RunOptions(full_epoch=config.getoption("sftbench_full_epoch"),
+                       attn_fallback=config.getoption("sftbench_attn_fallback")),
+        tolerances=Tolerances(config.getoption("sftbench_time_tolerance"),
+                              config.getoption("sftbench_memory_tolerance")),
+        weights=weights, timeout_s=config.getoption("sftbench_timeout"))
+    config._sftbench = BenchSession(options, write_line=lambda line: _write_line(config, line))
+
+
+def _parse_weights(values: list[str]):
+    for value in values:
+        model_type, sep, path = value.partition("=")
+        if not sep or not model_type or not path:
+            raise pytest.UsageError(f"--sftbench-weights takes MODEL_TYPE=PATH, got {value!r}")
+        if not Path(path).is_dir():
+            raise pytest.UsageError(f"--sftbench-weights {value}: {path} is not a folder")
+        yield model_type, path
+
+
+def _write_line(config, line: str) -> None:
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(line)
+
+
+def pytest_collection_modifyitems(config, items):
+    session: BenchSession = config._sftbench
+    rows = [item for item in items if "check_row" in getattr(item, "fixturenames", ())]
+    for item in rows:
+        # Our clock replays the case's measured step times into pytest-benchmark's stats.
+        item.add_marker(pytest.mark.benchmark(timer=session.clock, group=item.originalname))
+        item.add_marker(pytest.mark.sftbench)
+    shard = config.getoption("sftbench_shard")
+    if shard:
+        keep = _shard_keys([item.callspec.params["row"].spec.key for item in rows], shard)
+        deselected = [item for item in rows if item.callspec.params["row"].spec.key not in keep]
+        if deselected:
+            config.hook.pytest_deselected(items=deselected)
+            items[:] = [item for item in items if item not in deselected]
+
+
+def _shard_keys(keys: list[str], shard: str) -> set[str]:
+    """Split configurations (not rows: a configuration's rows stay together) into N parts."""
+    try:
+        index, count = (int(part) for part in shard.split("/"))
+        if not 1 <= index <= count:
+            raise ValueError
+    except ValueError:
+        raise pytest.UsageError(f"--sftbench-shard takes I/N with 1 <= I <= N, got {shard!r}") from None
+    unique = sorted(set(keys))
+    return set(unique[index - 1::count])
+
+
+@pytest.fixture
+def check_row(request, benchmark):
+    """Call with a catalog Row: trains it (once per run), records it and checks it against its baseline."""
+    session: BenchSession = request.config._sftbench
+
+    def check(row: Row) -> None:
+        session.check(row, benchmark)
+
+    return check
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    machine_info["sftbench"] = {**environment.machine(), "versions": environment.package_versions()}
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    session: BenchSession = config._sftbench
+    lines = session.summary_lines()
+    if lines:
+        terminalreporter.section("sftbench")
+        for line in lines:
+            terminalreporter.write_line(line)

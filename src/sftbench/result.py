@@ -1,0 +1,66 @@
+"""Result: what one case measured, as a plain dataclass that round-trips through JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+from sftbench.trackers import MemoryPeaks
+
+OUTCOMES = ("ok", "oom", "error")
+
+
+@dataclass
+class Result:
+    case: dict  # CaseSpec.to_dict()
+    key: str  # CaseSpec.key
+    outcome: str = "ok"  # ok | oom | error
+    message: str = ""
+    mode: str = "quick"  # quick: timed representative steps, projected; full: the whole epoch
+    attention: str | None = None  # the kernel that actually ran (model.config._attn_implementation)
+    quantization_backend: str | None = None
+    # Timed micro-steps (forward + backward of one batch) and the padded tokens of each.
+    step_durations_s: list[float] = field(default_factory=list)
+    step_tokens: list[int] = field(default_factory=list)
+    optimizer_step_s: float | None = None  # median of clip + AdamW step + zero_grad
+    epoch_micro_batches: int = 0
+    epoch_optimizer_steps: int = 0
+    epoch_tokens: int = 0  # padded tokens of the whole epoch
+    epoch_seconds: float | None = None  # projected (quick) or measured (full)
+    minutes_per_1000_samples: float | None = None
+    tokens_per_s: float | None = None
+    samples_per_s: float | None = None
+    trainable_params: int | None = None
+    total_params: int | None = None
+    memory: MemoryPeaks = field(default_factory=MemoryPeaks)
+    # Where a case's wall time goes: process start, imports and build, warm-up, measuring.
+    overhead: dict[str, float] = field(default_factory=dict)
+    versions: dict[str, str | None] = field(default_factory=dict)
+    machine: dict[str, str | int | None] = field(default_factory=dict)
+
+    @property
+    def max_reserved_mib(self) -> float | None:
+        return self.memory.max_reserved_mib
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Result:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown result fields: {', '.join(sorted(unknown))}")
+        if data.get("outcome", "ok") not in OUTCOMES:
+            raise ValueError(f"outcome must be one of {OUTCOMES}, got {data['outcome']!r}")
+        values = dict(data)
+        values["memory"] = MemoryPeaks(**data.get("memory", {}))
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, text: str) -> Result:
+        return cls.from_dict(json.loads(text))

@@ -1,0 +1,86 @@
+"""CaseSpec: one training configuration, frozen, validated, with a stable key.
+
+A spec says *what* is trained; how it is measured (quick projection or full epoch) is a run option.
+Two seed rows with equal specs are the same configuration and are trained once per pytest run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+SFT_TYPES = ("lora", "full")
+QUANTIZATIONS = ("bf16", "int4-gptq", "int8-gptq", "int4-bnb")
+ATTENTIONS = ("flash_attention_2", "sdpa", "eager")
+LORA_TARGETS = ("DEFAULT", "ALL")
+DEVICES = ("cuda", "cpu")
+
+
+class InvalidSpec(ValueError):
+    """A configuration that cannot be trained (an impossible combination or an unknown value)."""
+
+
+@dataclass(frozen=True)
+class CaseSpec:
+    model_type: str
+    sft_type: str = "lora"
+    quantization: str = "bf16"
+    max_length: int = 2048
+    batch_size: int = 1
+    gradient_checkpointing: bool = True
+    attention: str = "flash_attention_2"
+    lora_rank: int = 8
+    lora_targets: str = "DEFAULT"
+    samples: int = 1000
+    truncation: str = "left"
+    device: str = "cuda"
+    weights_path: str | None = None  # a local checkpoint folder instead of random weights
+
+    def __post_init__(self) -> None:
+        _check_choice("sft_type", self.sft_type, SFT_TYPES)
+        _check_choice("quantization", self.quantization, QUANTIZATIONS)
+        _check_choice("attention", self.attention, ATTENTIONS)
+        _check_choice("lora_targets", self.lora_targets, LORA_TARGETS)
+        _check_choice("device", self.device, DEVICES)
+        _check_choice("truncation", self.truncation, ("left",))
+        for name in ("max_length", "batch_size", "samples"):
+            if getattr(self, name) < 1:
+                raise InvalidSpec(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.sft_type == "lora" and self.lora_rank < 1:
+            raise InvalidSpec(f"LoRA needs lora_rank >= 1, got {self.lora_rank}")
+        if self.sft_type == "full" and self.quantization != "bf16":
+            raise InvalidSpec(f"full fine-tuning of a {self.quantization} model is impossible: quantized weights "
+                              "are frozen; use sft_type='lora'")
+        if self.device == "cpu" and (self.quantization != "bf16" or self.attention == "flash_attention_2"):
+            raise InvalidSpec(f"{self.quantization} / {self.attention} need a CUDA GPU, not the CPU")
+
+    @property
+    def key(self) -> str:
+        """A readable, unique name of the configuration: the baseline file name."""
+        parts = [self.model_type, self.sft_type, self.quantization, f"len{self.max_length}",
+                 f"bs{self.batch_size}", "gc" if self.gradient_checkpointing else "nogc", self.attention]
+        if self.sft_type == "lora":
+            parts.append(f"r{self.lora_rank}-{self.lora_targets}")
+        if self.samples != 1000:
+            parts.append(f"n{self.samples}")
+        if self.device != "cuda":
+            parts.append(self.device)
+        if self.weights_path:
+            parts.append("weights")
+        return ".".join(parts)
+
+    @property
+    def gradient_accumulation_steps(self) -> int:
+        # swift: ceil(16 / batch_size / world_size), one GPU.
+        return -(-16 // self.batch_size)
+
+    def replace(self, **changes) -> CaseSpec:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise InvalidSpec(f"unknown {name} {value!r}; choose one of {', '.join(map(str, choices))}")

@@ -1,0 +1,137 @@
+"""The training loop, as swift ran it, and the two ways of timing an epoch.
+
+swift (Dec 2023) trained with the HF Trainer: bf16 autocast, AdamW (torch), max_grad_norm 0.5,
+gradient accumulation ceil(16 / batch_size), a cosine schedule with 5% warm-up, one epoch.
+
+Quick mode times a few representative batches (the epoch's longest and batches at evenly spaced
+quantiles of batch size in tokens) and projects the epoch by interpolating step time over tokens;
+full mode trains every batch. Both run the same warm-up first: an optimizer step (AdamW's states
+exist from then on) and a micro-step (gradients exist), so the epoch's longest batch, timed first,
+sees the epoch's worst memory state and the recorded peak is the epoch's true peak.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from statistics import median
+
+import numpy as np
+import torch
+from transformers import get_cosine_schedule_with_warmup
+
+from sftbench.data import Batch, collate
+from sftbench.trackers import StepTimer
+
+MAX_GRAD_NORM = 0.5
+WARMUP_RATIO = 0.05
+LEARNING_RATE = {"lora": 1e-4, "full": 2e-5}
+OPTIMIZER_TIMINGS = 3
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    full_epoch: bool = False
+    representative_steps: int = 8
+    attn_fallback: str | None = None  # kernel to use where flash-attn is missing, e.g. "sdpa"
+
+
+@dataclass
+class EpochTiming:
+    step_durations_s: list[float] = field(default_factory=list)
+    step_tokens: list[int] = field(default_factory=list)
+    optimizer_step_s: float = 0.0
+    epoch_seconds: float = 0.0
+    optimizer_steps: int = 0
+    warmup_s: float = 0.0
+
+
+class Trainer:
+    def __init__(self, model, corpus, batches: list[Batch], *, sft_type: str, max_length: int,
+                 accumulation: int, device: torch.device):
+        self.model, self.corpus, self.batches = model, corpus, batches
+        self.max_length, self.accumulation, self.device = max_length, accumulation, device
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer_steps = math.ceil(len(batches) / accumulation)
+        self.optimizer = torch.optim.AdamW(self.params, lr=LEARNING_RATE[sft_type], weight_decay=0.01)
+        self.scheduler = get_cosine_schedule_with_warmup(
+            self.optimizer, math.ceil(WARMUP_RATIO * self.optimizer_steps), self.optimizer_steps)
+
+    def micro_step(self, batch: Batch) -> None:
+        inputs = collate(self.corpus, batch, self.max_length, self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16):
+            loss = self.model(**inputs).loss
+        (loss / self.accumulation).backward()
+
+    def optimizer_step(self) -> None:
+        torch.nn.utils.clip_grad_norm_(self.params, MAX_GRAD_NORM)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def warm_up(self, batch: Batch) -> None:
+        self.micro_step(batch)
+        self.optimizer_step()
+        self.micro_step(batch)
+
+    def run(self, options: RunOptions, progress=print) -> EpochTiming:
+        timer = StepTimer(self.device)
+        ordered = sorted(self.batches, key=lambda b: -b.tokens)
+        with timer.step(ordered[-1].tokens):
+            self.warm_up(ordered[-1])
+        timing = EpochTiming(warmup_s=timer.durations.pop(), optimizer_steps=self.optimizer_steps)
+        timer.tokens.clear()
+        if options.full_epoch:
+            self._full_epoch(timer, timing, progress)
+        else:
+            self._representative_steps(ordered, options.representative_steps, timer, timing, progress)
+        return timing
+
+    def _full_epoch(self, timer: StepTimer, timing: EpochTiming, progress) -> None:
+        optimizer_timer = StepTimer(self.device)
+        # The warm-up left gradients behind: the epoch starts from a clean accumulation.
+        self.optimizer.zero_grad(set_to_none=True)
+        for i, batch in enumerate(self.batches, 1):
+            with timer.step(batch.tokens):
+                self.micro_step(batch)
+            if i % self.accumulation == 0 or i == len(self.batches):
+                with optimizer_timer.step(0):
+                    self.optimizer_step()
+            if i % 100 == 0:
+                progress(f"micro-step {i}/{len(self.batches)}, {sum(timer.durations):.1f} s")
+        timing.step_durations_s, timing.step_tokens = timer.durations, timer.tokens
+        timing.optimizer_step_s = median(optimizer_timer.durations)
+        timing.epoch_seconds = sum(timer.durations) + sum(optimizer_timer.durations)
+
+    def _representative_steps(self, ordered: list[Batch], count: int, timer: StepTimer, timing: EpochTiming,
+                              progress) -> None:
+        for batch in representatives(ordered, count):
+            with timer.step(batch.tokens):
+                self.micro_step(batch)
+        progress(f"timed {len(timer.durations)} representative micro-steps")
+        optimizer_timer = StepTimer(self.device)
+        for _ in range(OPTIMIZER_TIMINGS):  # each with gradients present, as in the epoch
+            with optimizer_timer.step(0):
+                self.optimizer_step()
+            self.micro_step(ordered[-1])
+        timing.step_durations_s, timing.step_tokens = timer.durations, timer.tokens
+        timing.optimizer_step_s = median(optimizer_timer.durations)
+        timing.epoch_seconds = project_epoch(timer.tokens, timer.durations, [b.tokens for b in self.batches],
+                                             self.optimizer_steps, timing.optimizer_step_s)
+
+
+def representatives(ordered: list[Batch], count: int) -> list[Batch]:
+    """The longest batch and batches at evenly spaced quantiles of size, longest first."""
+    positions = sorted({round(q) for q in np.linspace(0, len(ordered) - 1, min(count, len(ordered)))})
+    return [ordered[p] for p in positions]
+
+
+def project_epoch(step_tokens: list[int], step_durations: list[float], epoch_tokens: list[int],
+                  optimizer_steps: int, optimizer_step_s: float) -> float:
+    """Epoch seconds: each batch's time interpolated linearly over tokens between timed batches."""
+    by_tokens: dict[int, list[float]] = {}
+    for tokens, duration in zip(step_tokens, step_durations):
+        by_tokens.setdefault(tokens, []).append(duration)
+    xs = sorted(by_tokens)
+    ys = [median(by_tokens[x]) for x in xs]
+    return float(np.interp(epoch_tokens, xs, ys).sum()) + optimizer_steps * optimizer_step_s

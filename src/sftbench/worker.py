@@ -1,0 +1,112 @@
+"""What runs inside a case's fresh process: build the model, train, measure, return a Result.
+
+The launcher's forkserver imports this module once, so torch, transformers and peft are already
+loaded when a case's process starts. An OOM is an outcome, recorded with the memory peaks at that
+moment; any other exception is an `error` outcome with its message.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+
+import peft  # noqa: F401 - imported here so the forkserver preloads it
+import torch
+import transformers  # noqa: F401 - likewise
+
+from sftbench import environment
+from sftbench.data import SyntheticCorpus, epoch_batches
+from sftbench.models import build_model, get_model, lora_target_modules
+from sftbench.result import Result
+from sftbench.spec import CaseSpec
+from sftbench.trackers import MemoryTracker
+from sftbench.trainer import RunOptions, Trainer
+
+def main(spec: CaseSpec, options: RunOptions, sender, parent_started: float) -> None:
+    """Process entry point: run the case and send its Result as a dict through the pipe."""
+    entered = time.time()
+    result = run_case(spec, options, log=lambda msg: print(f"[sftbench {spec.key}] {msg}", file=sys.stderr,
+                                                             flush=True))
+    result.overhead["spawn_s"] = entered - parent_started
+    sender.send(result.to_dict())
+    sender.close()
+
+
+def attention_to_use(requested: str, fallback: str | None) -> str:
+    if requested == "flash_attention_2" and not environment.flash_attn_installed():
+        if fallback is None:
+            raise RuntimeError(f"{environment.FLASH_EXTRA}, or choose a fallback kernel (--sftbench-attn-fallback sdpa)")
+        return fallback
+    return requested
+
+
+def run_case(spec: CaseSpec, options: RunOptions, log=print) -> Result:
+    result = Result(case=spec.to_dict(), key=spec.key, mode="full" if options.full_epoch else "quick",
+                    versions=environment.package_versions(), machine=environment.machine())
+    device = torch.device(spec.device)
+    memory = MemoryTracker(device)
+    started = time.perf_counter()
+    try:
+        memory.start()
+        model = _build(spec, attention_to_use(spec.attention, options.attn_fallback), device, result)
+        result.attention = model.config._attn_implementation
+        model = prepare_for_training(model, spec)
+        result.trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        result.total_params = get_model(spec.model_type).total_params
+        corpus = SyntheticCorpus(model.get_input_embeddings().num_embeddings, spec.samples)
+        batches = epoch_batches(corpus.lengths, spec.batch_size, spec.max_length)
+        trainer = Trainer(model, corpus, batches, sft_type=spec.sft_type, max_length=spec.max_length,
+                          accumulation=spec.gradient_accumulation_steps, device=device)
+        result.overhead["setup_s"] = time.perf_counter() - started
+        log(f"built in {result.overhead['setup_s']:.1f} s ({result.attention}); training")
+        timing = trainer.run(options, progress=log)
+        _record_timing(result, timing, corpus, spec, len(batches))
+    except torch.OutOfMemoryError as error:
+        result.outcome, result.message = "oom", str(error).split("\n")[0]
+    except Exception as error:  # noqa: BLE001 - any failure is this case's outcome, not the session's
+        result.outcome = "error"
+        result.message = f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=-4)}"
+    result.memory = memory.stop()
+    result.overhead["case_s"] = time.perf_counter() - started
+    log(f"{result.outcome} in {result.overhead['case_s']:.1f} s")
+    return result
+
+
+def _build(spec: CaseSpec, attention: str, device: torch.device, result: Result):
+    if spec.quantization == "bf16":
+        return build_model(spec.model_type, attn_implementation=attention, dtype=torch.bfloat16, device=device,
+                           weights_path=spec.weights_path)
+    from sftbench import quantization
+
+    model = quantization.build_quantized_model(get_model(spec.model_type), spec.quantization,
+                                               attn_implementation=attention, device=device,
+                                               cache_dir=quantization.default_cache_dir())
+    result.quantization_backend = quantization.describe_quantized(model).get("backend")
+    return model
+
+
+def prepare_for_training(model, spec: CaseSpec):
+    """Gradient checkpointing and LoRA as swift set them up."""
+    model.config.use_cache = False
+    if spec.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    if spec.sft_type == "lora":
+        config = peft.LoraConfig(r=spec.lora_rank, lora_alpha=32, lora_dropout=0.05, task_type="CAUSAL_LM",
+                                 target_modules=lora_target_modules(spec.model_type, spec.lora_targets))
+        model = peft.get_peft_model(model, config)
+    model.train()
+    return model
+
+
+def _record_timing(result: Result, timing, corpus, spec: CaseSpec, micro_batches: int) -> None:
+    result.step_durations_s, result.step_tokens = timing.step_durations_s, timing.step_tokens
+    result.optimizer_step_s = timing.optimizer_step_s
+    result.overhead["warmup_s"] = timing.warmup_s
+    result.epoch_micro_batches, result.epoch_optimizer_steps = micro_batches, timing.optimizer_steps
+    result.epoch_tokens = int(corpus.lengths.clip(max=spec.max_length).sum())
+    result.epoch_seconds = timing.epoch_seconds
+    result.minutes_per_1000_samples = timing.epoch_seconds / 60 * 1000 / spec.samples
+    result.tokens_per_s = result.epoch_tokens / timing.epoch_seconds
+    result.samples_per_s = spec.samples / timing.epoch_seconds
