@@ -1,0 +1,417 @@
+"""The model zoo: every model type of the seed benchmark with its original checkpoint's shapes.
+
+One plain dict, `MODELS`, maps a swift `model_type` to a `ModelEntry`. Models are built from the
+config with random weights (for speed and memory benchmarks the values do not matter) or from a
+local folder holding the original checkpoint.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model
+from safetensors import safe_open
+from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, PreTrainedConfig
+from transformers.initialization import no_init_weights
+from transformers.modeling_utils import PreTrainedModel
+
+from .chatglm import ChatGLMConfig, ChatGLMForConditionalGeneration
+from .qwen import QWenConfig, QWenLMHeadModel
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    model_type: str
+    family: str  # "qwen" | "chatglm" | "llama" | "mistral"
+    make_config: Callable[[], PreTrainedConfig]  # the original checkpoint's config
+    model_class: type  # PreTrainedModel subclass with a causal-LM head: takes labels, returns loss
+    lora_default: tuple[str, ...]  # swift's DEFAULT lora_target_modules
+    lora_all: tuple[str, ...]  # every Linear except the output head
+    total_params: int | None  # the original checkpoint's count; None for tiny test types
+    source: str  # where the shapes came from
+
+
+class UnknownModelType(ValueError):
+    def __init__(self, model_type: str):
+        super().__init__(f"unknown model_type {model_type!r}; known model types: {', '.join(MODELS)}")
+
+
+# LoRA targets as swift named them (swift.llm LoRATM); peft matches them as module-name suffixes.
+QWEN_LORA_DEFAULT = ("c_attn",)
+QWEN_LORA_ALL = ("c_attn", "c_proj", "w1", "w2")  # `c_proj` is both the attention and the MLP output
+CHATGLM_LORA_DEFAULT = ("query_key_value",)
+CHATGLM_LORA_ALL = ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")
+LLAMA_LORA_DEFAULT = ("q_proj", "k_proj", "v_proj")
+LLAMA_LORA_ALL = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def qwen(model_type, make_config, total_params, source):
+    return ModelEntry(
+        model_type, "qwen", make_config, QWenLMHeadModel, QWEN_LORA_DEFAULT, QWEN_LORA_ALL, total_params, source
+    )
+
+
+def chatglm(model_type, make_config, total_params, source):
+    return ModelEntry(
+        model_type,
+        "chatglm",
+        make_config,
+        ChatGLMForConditionalGeneration,
+        CHATGLM_LORA_DEFAULT,
+        CHATGLM_LORA_ALL,
+        total_params,
+        source,
+    )
+
+
+def llama(model_type, make_config, total_params, source):
+    return ModelEntry(
+        model_type, "llama", make_config, LlamaForCausalLM, LLAMA_LORA_DEFAULT, LLAMA_LORA_ALL, total_params, source
+    )
+
+
+def mistral(model_type, make_config, total_params, source):
+    return ModelEntry(
+        model_type, "mistral", make_config, MistralForCausalLM, LLAMA_LORA_DEFAULT, LLAMA_LORA_ALL, total_params, source
+    )
+
+
+def yi_config(vocab_size=64000, **shape) -> LlamaConfig:
+    # Yi is Llama-shaped; its checkpoints were converted to Llama format (LlamaForCausalLM) in late 2023.
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        rope_theta=5_000_000.0,
+        rms_norm_eps=1e-5,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        **shape,
+    )
+
+
+def openbuddy_mistral_config(**overrides) -> MistralConfig:
+    # Mistral-7B-v0.1 shapes with OpenBuddy's extended vocabulary (32000 -> 36608 tokens). The
+    # 36608 is read from openbuddy-zephyr-7b-v14.1's config.json (copied verbatim into
+    # TheBloke/openbuddy-zephyr-7B-v14.1-GPTQ); the same OpenBuddy tokenizer (tokenizer.json of
+    # 1.89 MB) ships with openbuddy-mistral-7b-v13/v13.1, and v19.1 also says 36608. The v13.1
+    # config.json itself was not found: its vocab size is inferred, not read.
+    shape = dict(
+        vocab_size=36608,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+    )
+    return MistralConfig(
+        **{**shape, **overrides},
+        max_position_embeddings=32768,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-5,
+        sliding_window=4096,
+        tie_word_embeddings=False,
+    )
+
+
+TINY_LLAMA_SHAPE = dict(
+    vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+)
+
+MODELS: dict[str, ModelEntry] = {
+    entry.model_type: entry
+    for entry in [
+        qwen(
+            "qwen-1_8b-chat",
+            lambda: QWenConfig(
+                vocab_size=151936,
+                hidden_size=2048,
+                num_hidden_layers=24,
+                num_attention_heads=16,
+                intermediate_size=11008,
+                seq_length=8192,
+                max_position_embeddings=8192,
+            ),
+            1_836_828_672,
+            "Qwen/Qwen-1_8B-Chat config.json",
+        ),
+        qwen(
+            "qwen-7b-chat",
+            lambda: QWenConfig(
+                vocab_size=151936,
+                hidden_size=4096,
+                num_hidden_layers=32,
+                num_attention_heads=32,
+                intermediate_size=22016,
+                seq_length=8192,
+                max_position_embeddings=8192,
+            ),
+            7_721_324_544,
+            "Qwen/Qwen-7B-Chat config.json",
+        ),
+        qwen(
+            "qwen-14b-chat",
+            lambda: QWenConfig(
+                vocab_size=152064,
+                hidden_size=5120,
+                num_hidden_layers=40,
+                num_attention_heads=40,
+                intermediate_size=27392,
+                seq_length=2048,
+                max_position_embeddings=8192,
+            ),
+            14_167_290_880,
+            "Qwen/Qwen-14B-Chat config.json",
+        ),
+        qwen(
+            "qwen-72b-chat",
+            lambda: QWenConfig(
+                vocab_size=152064,
+                hidden_size=8192,
+                num_hidden_layers=80,
+                num_attention_heads=64,
+                intermediate_size=49152,
+                rotary_emb_base=1_000_000.0,
+                seq_length=32768,
+                max_position_embeddings=32768,
+            ),
+            72_287_920_128,
+            "Qwen/Qwen-72B-Chat config.json (as in Qwen/Qwen-72B-Chat-Int4)",
+        ),
+        chatglm("chatglm2-6b", lambda: ChatGLMConfig(seq_length=32768), 6_243_584_000, "THUDM/chatglm2-6b config.json"),
+        chatglm("chatglm3-6b", lambda: ChatGLMConfig(seq_length=8192), 6_243_584_000, "THUDM/chatglm3-6b config.json"),
+        llama(
+            "yi-6b-chat",
+            lambda: yi_config(
+                hidden_size=4096,
+                intermediate_size=11008,
+                num_hidden_layers=32,
+                num_attention_heads=32,
+                num_key_value_heads=4,
+            ),
+            6_061_035_520,
+            "01-ai/Yi-6B-Chat config.json",
+        ),
+        llama(
+            "yi-34b-chat",
+            lambda: yi_config(
+                hidden_size=7168,
+                intermediate_size=20480,
+                num_hidden_layers=60,
+                num_attention_heads=56,
+                num_key_value_heads=8,
+            ),
+            34_388_917_248,
+            "01-ai/Yi-34B-Chat config.json (as in TheBloke/Yi-34B-Chat-AWQ)",
+        ),
+        mistral(
+            "openbuddy-mistral-7b-chat",
+            openbuddy_mistral_config,
+            7_279_480_832,
+            "OpenBuddy/openbuddy-mistral-7b-v13.1: Mistral-7B-v0.1 shapes; vocab 36608 inferred (see config)",
+        ),
+        mistral(
+            "openbuddy-zephyr-7b-chat",
+            openbuddy_mistral_config,
+            7_279_480_832,
+            "OpenBuddy/openbuddy-zephyr-7b-v14.1 config.json (as in TheBloke/openbuddy-zephyr-7B-v14.1-GPTQ)",
+        ),
+        # Tiny types of the same families, for CPU tests and smoke runs.
+        qwen(
+            "tiny-qwen",
+            lambda: QWenConfig(
+                vocab_size=1000,
+                hidden_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                kv_channels=16,
+                intermediate_size=256,
+                seq_length=2048,
+                max_position_embeddings=8192,
+            ),
+            None,
+            "tiny test model, Qwen v1 family",
+        ),
+        chatglm(
+            "tiny-chatglm",
+            lambda: ChatGLMConfig(
+                padded_vocab_size=1000,
+                hidden_size=64,
+                num_layers=2,
+                num_attention_heads=4,
+                kv_channels=16,
+                multi_query_group_num=2,
+                ffn_hidden_size=128,
+                seq_length=2048,
+            ),
+            None,
+            "tiny test model, ChatGLM2/3 family",
+        ),
+        llama(
+            "tiny-llama",
+            lambda: yi_config(**TINY_LLAMA_SHAPE),
+            None,
+            "tiny test model, Llama family with Yi's settings",
+        ),
+        mistral(
+            "tiny-mistral",
+            lambda: openbuddy_mistral_config(**TINY_LLAMA_SHAPE),
+            None,
+            "tiny test model, Mistral family with OpenBuddy's settings",
+        ),
+    ]
+}
+
+SEED_MODEL_TYPES = tuple(model_type for model_type, entry in MODELS.items() if entry.total_params is not None)
+
+
+def get_model(model_type: str) -> ModelEntry:
+    try:
+        return MODELS[model_type]
+    except KeyError:
+        raise UnknownModelType(model_type) from None
+
+
+def lora_target_modules(model_type: str, targets: str) -> list[str]:
+    """swift's `--lora_target_modules DEFAULT | ALL` resolved to module names."""
+    entry = get_model(model_type)
+    if targets == "DEFAULT":
+        return list(entry.lora_default)
+    if targets == "ALL":
+        return list(entry.lora_all)
+    raise ValueError(f"lora targets must be 'DEFAULT' or 'ALL', got {targets!r}")
+
+
+def check_attn_implementation(attn_implementation: str) -> None:
+    # transformers would otherwise try to fetch a flash kernel from the hub, which is unreachable here.
+    if attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise ImportError(
+            "attn_implementation='flash_attention_2' needs the flash-attn package, which is not installed: "
+            "pip install 'sftbench[flash]'"
+        )
+
+
+def build_model(
+    model_type: str,
+    *,
+    attn_implementation: str = "sdpa",
+    dtype: torch.dtype = torch.bfloat16,
+    device: str | torch.device = "cpu",
+    weights_path: str | None = None,
+) -> PreTrainedModel:
+    """The model on `device` in `dtype`: random weights, or the checkpoint in `weights_path`.
+
+    Every tensor is created directly on `device` (a 7B model is never materialized on the CPU
+    first) and initialized once: torch's per-layer init in the constructors is skipped, then
+    transformers' normal init (std 0.02, norms at 1) runs, or the checkpoint is copied in tensor
+    by tensor.
+    """
+    entry = get_model(model_type)
+    check_attn_implementation(attn_implementation)
+    with torch.device(device):
+        with no_init_weights():
+            model = entry.model_class._from_config(
+                entry.make_config(), dtype=dtype, attn_implementation=attn_implementation
+            )
+        if weights_path is None:
+            model.init_weights()
+        else:
+            load_checkpoint(model, Path(weights_path))
+    return model
+
+
+def checkpoint_tensors(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) pairs of a transformers-style checkpoint folder, one tensor at a time."""
+    for index_name, single_name in (
+        ("model.safetensors.index.json", "model.safetensors"),
+        ("pytorch_model.bin.index.json", "pytorch_model.bin"),
+    ):
+        if (folder / index_name).exists():
+            weight_map = json.loads((folder / index_name).read_text())["weight_map"]
+            files = sorted(set(weight_map.values()))
+        elif (folder / single_name).exists():
+            files = [single_name]
+        else:
+            continue
+        for file in files:
+            if file.endswith(".safetensors"):
+                with safe_open(folder / file, framework="pt") as shard:
+                    for name in shard.keys():
+                        yield name, shard.get_tensor(name)
+            else:
+                yield from torch.load(folder / file, map_location="cpu", weights_only=True, mmap=True).items()
+        return
+    raise FileNotFoundError(
+        f"no checkpoint in {folder}: expected model.safetensors, model.safetensors.index.json, "
+        "pytorch_model.bin or pytorch_model.bin.index.json"
+    )
+
+
+def load_checkpoint(model: PreTrainedModel, folder: Path) -> None:
+    """Copy an original checkpoint into `model`, strictly: every key must match in name and shape.
+
+    Rotary `inv_freq` tables are the one tolerated extra: they are computed from the config, but
+    ChatGLM2/3 (`transformer.rotary_pos_emb.inv_freq`) and older Llama checkpoints saved them.
+    """
+    targets = model.state_dict()
+    missing = set(targets)
+    unexpected = []
+    with torch.no_grad():
+        for name, tensor in checkpoint_tensors(folder):
+            if name not in targets:
+                if not name.endswith(".inv_freq"):
+                    unexpected.append(name)
+                continue
+            if targets[name].shape != tensor.shape:
+                raise ValueError(
+                    f"{name}: checkpoint shape {tuple(tensor.shape)}, model shape {tuple(targets[name].shape)}"
+                )
+            targets[name].copy_(tensor)
+            missing.discard(name)
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint in {folder} does not match {type(model).__name__}: "
+            f"missing {sorted(missing)}, unexpected {sorted(unexpected)}"
+        )
+
+
+def meta_model(model_type: str) -> PreTrainedModel:
+    """The model with shapes only, no memory: for counting."""
+    entry = get_model(model_type)
+    with torch.device("meta"):
+        return entry.model_class._from_config(entry.make_config())
+
+
+@cache
+def count_parameters(model_type: str) -> int:
+    return sum(p.numel() for p in meta_model(model_type).parameters())
+
+
+@cache
+def count_lora_trainable(model_type: str, rank: int, targets: str) -> int:
+    """Trainable parameters of peft LoRA with swift's settings (alpha 32, dropout 0.05)."""
+    lora = LoraConfig(
+        r=rank, lora_alpha=32, lora_dropout=0.05, target_modules=lora_target_modules(model_type, targets)
+    )
+    with torch.device("meta"):
+        peft_model = get_peft_model(meta_model(model_type), lora)
+    return sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+
+
+def models_summary(lora_configs: list[tuple[int, str]]) -> dict:
+    """{model_type: {"total_params": n, "trainable_params": {"lora-r8-DEFAULT": n, ...}}} for the seed types."""
+    return {
+        model_type: {
+            "total_params": count_parameters(model_type),
+            "trainable_params": {
+                f"lora-r{rank}-{targets}": count_lora_trainable(model_type, rank, targets)
+                for rank, targets in lora_configs
+            },
+        }
+        for model_type in SEED_MODEL_TYPES
+    }
