@@ -72,7 +72,8 @@ def test_lora_trainable_parameters(model_type, rank, targets, expected):
 def test_models_summary_lists_every_seed_model():
     summary = models_summary([(8, "DEFAULT")])
     assert set(summary) == set(SEED_MODEL_TYPES)
-    assert summary["qwen-7b-chat"] == {"total_params": 7_721_324_544, "trainable_params": {"lora-r8-DEFAULT": 4_194_304}}
+    expected_qwen_7b = {"total_params": 7_721_324_544, "trainable_params": {"lora-r8-DEFAULT": 4_194_304}}
+    assert summary["qwen-7b-chat"] == expected_qwen_7b
     for model_type, row in summary.items():
         assert row["total_params"] == ORIGINAL_TOTAL_PARAMS[model_type]
         assert row["trainable_params"]["lora-r8-DEFAULT"] > 0
@@ -168,9 +169,12 @@ def test_loss_dtype_follows_the_original(model_type, logits_upcast, monkeypatch)
     # Qwen v1 took the loss on bf16 logits; ChatGLM2/3 upcast the logits to fp32 first.
     seen = []
     cross_entropy = torch.nn.functional.cross_entropy
-    monkeypatch.setattr(
-        torch.nn.functional, "cross_entropy", lambda logits, *a, **k: seen.append(logits.dtype) or cross_entropy(logits, *a, **k)
-    )
+
+    def recording_cross_entropy(logits, *args, **kwargs):
+        seen.append(logits.dtype)
+        return cross_entropy(logits, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", recording_cross_entropy)
     input_ids, attention_mask, labels = padded_batch()
     output = tiny(model_type, dtype=torch.bfloat16)(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
     assert seen == [torch.float32 if logits_upcast else torch.bfloat16]
@@ -248,7 +252,8 @@ def test_generation_with_kv_cache_matches_full_forwards(model_type):
 
 def original_qwen_checkpoint(config):
     """Tensor names and shapes as in Qwen/Qwen-*-Chat's model.safetensors."""
-    hidden, inner, qkv = config.hidden_size, config.intermediate_size // 2, 3 * config.kv_channels * config.num_attention_heads
+    hidden, inner = config.hidden_size, config.intermediate_size // 2
+    qkv = 3 * config.kv_channels * config.num_attention_heads
     shapes = {
         "transformer.wte.weight": (config.vocab_size, hidden),
         "transformer.ln_f.weight": (hidden,),
@@ -303,7 +308,9 @@ def write_checkpoint(folder, config, tensors, file_format="safetensors", shards=
     (folder / "config.json").write_text(config.to_json_string())
     names = sorted(tensors)
     stem, suffix = ("model", "safetensors") if file_format == "safetensors" else ("pytorch_model", "bin")
-    files = [f"{stem}.{suffix}"] if shards == 1 else [f"{stem}-{i + 1:05d}-of-{shards:05d}.{suffix}" for i in range(shards)]
+    files = [f"{stem}-{i + 1:05d}-of-{shards:05d}.{suffix}" for i in range(shards)]
+    if shards == 1:
+        files = [f"{stem}.{suffix}"]
     weight_map = {name: files[i * len(files) // len(names)] for i, name in enumerate(names)}
     for file in files:
         shard = {name: tensors[name] for name in names if weight_map[name] == file}

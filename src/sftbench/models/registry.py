@@ -42,44 +42,27 @@ class UnknownModelType(ValueError):
         super().__init__(f"unknown model_type {model_type!r}; known model types: {', '.join(MODELS)}")
 
 
-# LoRA targets as swift named them (swift.llm LoRATM); peft matches them as module-name suffixes.
-QWEN_LORA_DEFAULT = ("c_attn",)
-QWEN_LORA_ALL = ("c_attn", "c_proj", "w1", "w2")  # `c_proj` is both the attention and the MLP output
-CHATGLM_LORA_DEFAULT = ("query_key_value",)
-CHATGLM_LORA_ALL = ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")
 LLAMA_LORA_DEFAULT = ("q_proj", "k_proj", "v_proj")
 LLAMA_LORA_ALL = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
-
-def qwen(model_type, make_config, total_params, source):
-    return ModelEntry(
-        model_type, "qwen", make_config, QWenLMHeadModel, QWEN_LORA_DEFAULT, QWEN_LORA_ALL, total_params, source
-    )
-
-
-def chatglm(model_type, make_config, total_params, source):
-    return ModelEntry(
-        model_type,
-        "chatglm",
-        make_config,
+# family: (model class, swift's DEFAULT LoRA targets, ALL: every Linear but the output head).
+# Targets are module-name suffixes as peft matches them; Qwen's `c_proj` is both the attention
+# and the MLP output projection.
+FAMILIES = {
+    "qwen": (QWenLMHeadModel, ("c_attn",), ("c_attn", "c_proj", "w1", "w2")),
+    "chatglm": (
         ChatGLMForConditionalGeneration,
-        CHATGLM_LORA_DEFAULT,
-        CHATGLM_LORA_ALL,
-        total_params,
-        source,
-    )
+        ("query_key_value",),
+        ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"),
+    ),
+    "llama": (LlamaForCausalLM, LLAMA_LORA_DEFAULT, LLAMA_LORA_ALL),
+    "mistral": (MistralForCausalLM, LLAMA_LORA_DEFAULT, LLAMA_LORA_ALL),
+}
 
 
-def llama(model_type, make_config, total_params, source):
-    return ModelEntry(
-        model_type, "llama", make_config, LlamaForCausalLM, LLAMA_LORA_DEFAULT, LLAMA_LORA_ALL, total_params, source
-    )
-
-
-def mistral(model_type, make_config, total_params, source):
-    return ModelEntry(
-        model_type, "mistral", make_config, MistralForCausalLM, LLAMA_LORA_DEFAULT, LLAMA_LORA_ALL, total_params, source
-    )
+def entry(model_type, family, make_config, total_params, source) -> ModelEntry:
+    model_class, lora_default, lora_all = FAMILIES[family]
+    return ModelEntry(model_type, family, make_config, model_class, lora_default, lora_all, total_params, source)
 
 
 def yi_config(vocab_size=64000, **shape) -> LlamaConfig:
@@ -95,22 +78,27 @@ def yi_config(vocab_size=64000, **shape) -> LlamaConfig:
     )
 
 
-def openbuddy_mistral_config(**overrides) -> MistralConfig:
-    # Mistral-7B-v0.1 shapes with OpenBuddy's extended vocabulary (32000 -> 36608 tokens). The
-    # 36608 is read from openbuddy-zephyr-7b-v14.1's config.json (copied verbatim into
-    # TheBloke/openbuddy-zephyr-7B-v14.1-GPTQ); the same OpenBuddy tokenizer (tokenizer.json of
-    # 1.89 MB) ships with openbuddy-mistral-7b-v13/v13.1, and v19.1 also says 36608. The v13.1
-    # config.json itself was not found: its vocab size is inferred, not read.
-    shape = dict(
-        vocab_size=36608,
-        hidden_size=4096,
-        intermediate_size=14336,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-    )
+def openbuddy_mistral_config(
+    vocab_size=36608,
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+) -> MistralConfig:
+    # Mistral-7B-v0.1 shapes with OpenBuddy's extended vocabulary (32000 -> 36608 tokens).
+    # openbuddy-zephyr-7b-v14.1: 36608 read from its config.json (copied verbatim into
+    # TheBloke/openbuddy-zephyr-7B-v14.1-GPTQ). openbuddy-mistral-7b-v13.1: its config.json was not
+    # found; 36608 is inferred from the hub listings: the same 1.89 MB tokenizer.json as v14.1 and
+    # the same bf16 shards (9.98 GB + 4.58 GB = 14.56 GB = 2 bytes x 7,279,480,832 parameters;
+    # a 32000-token vocabulary would give 14.48 GB).
     return MistralConfig(
-        **{**shape, **overrides},
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_key_value_heads,
         max_position_embeddings=32768,
         rope_theta=10000.0,
         rms_norm_eps=1e-5,
@@ -120,14 +108,20 @@ def openbuddy_mistral_config(**overrides) -> MistralConfig:
 
 
 TINY_LLAMA_SHAPE = dict(
-    vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+    vocab_size=1000,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
 )
 
 MODELS: dict[str, ModelEntry] = {
     entry.model_type: entry
     for entry in [
-        qwen(
+        entry(
             "qwen-1_8b-chat",
+            "qwen",
             lambda: QWenConfig(
                 vocab_size=151936,
                 hidden_size=2048,
@@ -140,8 +134,9 @@ MODELS: dict[str, ModelEntry] = {
             1_836_828_672,
             "Qwen/Qwen-1_8B-Chat config.json",
         ),
-        qwen(
+        entry(
             "qwen-7b-chat",
+            "qwen",
             lambda: QWenConfig(
                 vocab_size=151936,
                 hidden_size=4096,
@@ -154,8 +149,9 @@ MODELS: dict[str, ModelEntry] = {
             7_721_324_544,
             "Qwen/Qwen-7B-Chat config.json",
         ),
-        qwen(
+        entry(
             "qwen-14b-chat",
+            "qwen",
             lambda: QWenConfig(
                 vocab_size=152064,
                 hidden_size=5120,
@@ -168,8 +164,9 @@ MODELS: dict[str, ModelEntry] = {
             14_167_290_880,
             "Qwen/Qwen-14B-Chat config.json",
         ),
-        qwen(
+        entry(
             "qwen-72b-chat",
+            "qwen",
             lambda: QWenConfig(
                 vocab_size=152064,
                 hidden_size=8192,
@@ -183,10 +180,24 @@ MODELS: dict[str, ModelEntry] = {
             72_287_920_128,
             "Qwen/Qwen-72B-Chat config.json (as in Qwen/Qwen-72B-Chat-Int4)",
         ),
-        chatglm("chatglm2-6b", lambda: ChatGLMConfig(seq_length=32768), 6_243_584_000, "THUDM/chatglm2-6b config.json"),
-        chatglm("chatglm3-6b", lambda: ChatGLMConfig(seq_length=8192), 6_243_584_000, "THUDM/chatglm3-6b config.json"),
-        llama(
+        # chatglm2-6b and chatglm3-6b share every shape; only seq_length differs.
+        entry(
+            "chatglm2-6b",
+            "chatglm",
+            lambda: ChatGLMConfig(seq_length=32768),
+            6_243_584_000,
+            "THUDM/chatglm2-6b config.json",
+        ),
+        entry(
+            "chatglm3-6b",
+            "chatglm",
+            lambda: ChatGLMConfig(seq_length=8192),
+            6_243_584_000,
+            "THUDM/chatglm3-6b config.json",
+        ),
+        entry(
             "yi-6b-chat",
+            "llama",
             lambda: yi_config(
                 hidden_size=4096,
                 intermediate_size=11008,
@@ -197,8 +208,9 @@ MODELS: dict[str, ModelEntry] = {
             6_061_035_520,
             "01-ai/Yi-6B-Chat config.json",
         ),
-        llama(
+        entry(
             "yi-34b-chat",
+            "llama",
             lambda: yi_config(
                 hidden_size=7168,
                 intermediate_size=20480,
@@ -209,21 +221,24 @@ MODELS: dict[str, ModelEntry] = {
             34_388_917_248,
             "01-ai/Yi-34B-Chat config.json (as in TheBloke/Yi-34B-Chat-AWQ)",
         ),
-        mistral(
+        entry(
             "openbuddy-mistral-7b-chat",
+            "mistral",
             openbuddy_mistral_config,
             7_279_480_832,
-            "OpenBuddy/openbuddy-mistral-7b-v13.1: Mistral-7B-v0.1 shapes; vocab 36608 inferred (see config)",
+            "OpenBuddy/openbuddy-mistral-7b-v13.1: Mistral-7B-v0.1 shapes, vocab 36608 inferred from its file sizes",
         ),
-        mistral(
+        entry(
             "openbuddy-zephyr-7b-chat",
+            "mistral",
             openbuddy_mistral_config,
             7_279_480_832,
             "OpenBuddy/openbuddy-zephyr-7b-v14.1 config.json (as in TheBloke/openbuddy-zephyr-7B-v14.1-GPTQ)",
         ),
         # Tiny types of the same families, for CPU tests and smoke runs.
-        qwen(
+        entry(
             "tiny-qwen",
+            "qwen",
             lambda: QWenConfig(
                 vocab_size=1000,
                 hidden_size=64,
@@ -237,8 +252,9 @@ MODELS: dict[str, ModelEntry] = {
             None,
             "tiny test model, Qwen v1 family",
         ),
-        chatglm(
+        entry(
             "tiny-chatglm",
+            "chatglm",
             lambda: ChatGLMConfig(
                 padded_vocab_size=1000,
                 hidden_size=64,
@@ -252,14 +268,16 @@ MODELS: dict[str, ModelEntry] = {
             None,
             "tiny test model, ChatGLM2/3 family",
         ),
-        llama(
+        entry(
             "tiny-llama",
+            "llama",
             lambda: yi_config(**TINY_LLAMA_SHAPE),
             None,
             "tiny test model, Llama family with Yi's settings",
         ),
-        mistral(
+        entry(
             "tiny-mistral",
+            "mistral",
             lambda: openbuddy_mistral_config(**TINY_LLAMA_SHAPE),
             None,
             "tiny test model, Mistral family with OpenBuddy's settings",
@@ -392,12 +410,15 @@ def count_parameters(model_type: str) -> int:
     return sum(p.numel() for p in meta_model(model_type).parameters())
 
 
-@cache
 def count_lora_trainable(model_type: str, rank: int, targets: str) -> int:
-    """Trainable parameters of peft LoRA with swift's settings (alpha 32, dropout 0.05)."""
-    lora = LoraConfig(
-        r=rank, lora_alpha=32, lora_dropout=0.05, target_modules=lora_target_modules(model_type, targets)
-    )
+    """Trainable parameters of peft LoRA at `rank` on the DEFAULT or ALL targets."""
+    # LoRA adds rank * (in + out) parameters per targeted Linear: peft counts rank 1 once.
+    return rank * lora_trainable_at_rank_1(model_type, targets)
+
+
+@cache
+def lora_trainable_at_rank_1(model_type: str, targets: str) -> int:
+    lora = LoraConfig(r=1, target_modules=lora_target_modules(model_type, targets))
     with torch.device("meta"):
         peft_model = get_peft_model(meta_model(model_type), lora)
     return sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
