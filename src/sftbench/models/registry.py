@@ -373,8 +373,10 @@ def checkpoint_tensors(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
 def load_checkpoint(model: PreTrainedModel, folder: Path) -> None:
     """Copy an original checkpoint into `model`, strictly: every key must match in name and shape.
 
-    Rotary `inv_freq` tables are the one tolerated extra: they are computed from the config, but
-    ChatGLM2/3 (`transformer.rotary_pos_emb.inv_freq`) and older Llama checkpoints saved them.
+    The shapes are the registry's: the folder's config.json is not read, so a checkpoint of
+    another model fails on its first mismatching tensor. Rotary `inv_freq` tables are the one
+    tolerated extra: they are computed from the config, but ChatGLM2/3
+    (`transformer.rotary_pos_emb.inv_freq`) and older Llama checkpoints saved them.
     """
     targets = model.state_dict()
     missing = set(targets)
