@@ -28,7 +28,9 @@ def main(argv: list[str] | None = None) -> int:
 
     run = commands.add_parser("run", help="run catalog rows' configurations, each in a fresh process")
     run.add_argument("rows", nargs="+", help="pytest ids such as 'test_lora_max_length[qwen-7b-chat-4096]'")
-    run.add_argument("--attention", choices=ATTENTIONS, help="run with this kernel instead of the row's")
+    run.add_argument("--attention", choices=ATTENTIONS, action="append",
+                     help="run with this kernel instead of the row's (repeat to run each row with several)")
+    run.add_argument("--samples", type=int, help="train on this many samples instead of the row's 1000")
     run.add_argument("--full-epoch", action="store_true")
     run.add_argument("--attn-fallback", choices=("sdpa", "eager"))
     run.add_argument("--out", type=Path, help="a folder to write each result's JSON to")
@@ -94,8 +96,10 @@ def _run(args) -> int:
         return 2
     launcher, options = Launcher(), RunOptions(full_epoch=args.full_epoch, attn_fallback=args.attn_fallback)
     failed = 0
-    for name in args.rows:
-        spec = rows[name].spec.replace(attention=args.attention) if args.attention else rows[name].spec
+    changes = {"samples": args.samples} if args.samples else {}
+    specs = [(name, rows[name].spec.replace(**changes, **({"attention": kernel} if kernel else {})))
+             for name in args.rows for kernel in (args.attention or [None])]
+    for name, spec in specs:
         result = launcher.run(spec, options)
         print(f"{name} [{spec.key}]: {summary(result)}", flush=True)
         failed += result.outcome == "error"

@@ -2,13 +2,17 @@
 
 Cases start from a forkserver that has imported torch, transformers, peft and sftbench once
 (importing them takes ~25 s on the GPU machine), so a case pays only for a fork and its own work.
-The forkserver never touches CUDA, so every case gets a fresh CUDA context and allocator. A case
-whose process dies (segfault, host OOM kill, timeout) becomes an `error` Result, not a crash.
+The forkserver must not initialize CUDA, so that every case gets a fresh CUDA context and allocator:
+torch.cuda.is_available(), which libraries call at import, initializes it unless
+PYTORCH_NVML_BASED_CUDA_CHECK=1, so the launcher sets that; and a probe case checks that the fork
+is clean, falling back to a plain spawn per case (slower, always safe) if it is not. A case whose
+process dies (segfault, host OOM kill, timeout) becomes an `error` Result, not a crash.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import time
 
 from sftbench import environment
@@ -20,21 +24,24 @@ DEFAULT_TIMEOUT_S = 1800.0
 
 
 class Launcher:
-    def __init__(self, timeout_s: float = DEFAULT_TIMEOUT_S):
+    def __init__(self, timeout_s: float = DEFAULT_TIMEOUT_S, log=print):
         self.timeout_s = timeout_s
+        self.log = log
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(["sftbench.worker"])
         self.forkserver_start_s: float | None = None
 
     def start(self) -> float:
-        """Start the forkserver (imports included) and return how long that took."""
+        """Start the forkserver (imports included), check its forks are CUDA-clean; return the seconds taken."""
         if self.forkserver_start_s is None:
-            from multiprocessing import forkserver
-
+            os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
             started = time.perf_counter()
-            forkserver.ensure_running()
-            # ensure_running returns before the preload finishes; a no-op case waits for it.
-            self._spawn(_noop, ()).join()
+            receiver, sender = self._context.Pipe(duplex=False)
+            self._spawn(_probe_fork, (sender,)).join()
+            if receiver.recv():
+                self.log("sftbench: an import initialized CUDA in the forkserver; starting each case with "
+                         "spawn instead (each case then pays for its imports)")
+                self._context = multiprocessing.get_context("spawn")
             self.forkserver_start_s = time.perf_counter() - started
         return self.forkserver_start_s
 
@@ -64,8 +71,10 @@ class Launcher:
         return result
 
 
-def _noop() -> None:
-    pass
+def _probe_fork(sender) -> None:
+    import torch
+
+    sender.send(bool(torch.cuda._is_in_bad_fork()))
 
 
 def _case_main(*args) -> None:

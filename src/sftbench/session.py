@@ -107,7 +107,7 @@ class BenchSession:
     def result_for(self, spec: CaseSpec, label: str) -> Result:
         if spec not in self.results:
             if self._launcher is None:
-                self._launcher = Launcher(self.options.timeout_s)
+                self._launcher = Launcher(self.options.timeout_s, log=self.write_line)
                 self.write_line(f"sftbench: starting the case launcher (imports torch, transformers, peft once)")
                 self.write_line(f"sftbench: launcher ready in {self._launcher.start():.1f} s")
             self.write_line(f"sftbench: running {label} ({spec.key}) ...")

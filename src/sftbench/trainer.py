@@ -3,11 +3,12 @@
 swift (Dec 2023) trained with the HF Trainer: bf16 autocast, AdamW (torch), max_grad_norm 0.5,
 gradient accumulation ceil(16 / batch_size), a cosine schedule with 5% warm-up, one epoch.
 
-Quick mode times a few representative batches (the epoch's longest and batches at evenly spaced
+Quick mode times representative batches (the epoch's longest and batches at evenly spaced
 quantiles of batch size in tokens) and projects the epoch by interpolating step time over tokens;
-full mode trains every batch. Both run the same warm-up first: an optimizer step (AdamW's states
-exist from then on) and a micro-step (gradients exist), so the epoch's longest batch, timed first,
-sees the epoch's worst memory state and the recorded peak is the epoch's true peak.
+full mode trains every batch. Both run the same untimed warm-up first: the shortest batch with an
+optimizer step (AdamW's states exist from then on), then the longest batch with gradients present:
+the epoch's worst memory state, so the recorded peak is the epoch's true peak, and the allocator
+has grown to it before any step is timed (a one-off cost in a real epoch, not one step in 32).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ OPTIMIZER_TIMINGS = 3
 @dataclass(frozen=True)
 class RunOptions:
     full_epoch: bool = False
-    representative_steps: int = 8
+    representative_steps: int = 32
     attn_fallback: str | None = None  # kernel to use where flash-attn is missing, e.g. "sdpa"
 
 
@@ -69,16 +70,16 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-    def warm_up(self, batch: Batch) -> None:
-        self.micro_step(batch)
+    def warm_up(self, shortest: Batch, longest: Batch) -> None:
+        self.micro_step(shortest)
         self.optimizer_step()
-        self.micro_step(batch)
+        self.micro_step(longest)
 
     def run(self, options: RunOptions, progress=print) -> EpochTiming:
         timer = StepTimer(self.device)
         ordered = sorted(self.batches, key=lambda b: -b.tokens)
-        with timer.step(ordered[-1].tokens):
-            self.warm_up(ordered[-1])
+        with timer.step(0):
+            self.warm_up(ordered[-1], ordered[0])
         timing = EpochTiming(warmup_s=timer.durations.pop(), optimizer_steps=self.optimizer_steps)
         timer.tokens.clear()
         if options.full_epoch:
