@@ -186,11 +186,11 @@ def bnb_config() -> BitsAndBytesConfig:
                               bnb_4bit_compute_dtype=torch.bfloat16)
 
 
-def gptq_config(bits: int, group_size: int = GPTQ_GROUP_SIZE) -> GPTQConfig:
+def gptq_config(bits: int) -> GPTQConfig:
     """The published Qwen-*-Chat-Int4/Int8 settings, loaded with the trainable torch kernel."""
     from transformers import GPTQConfig
 
-    return GPTQConfig(bits=bits, group_size=group_size, desc_act=False, sym=True, backend=GPTQ_KERNEL)
+    return GPTQConfig(bits=bits, group_size=GPTQ_GROUP_SIZE, desc_act=False, sym=True, backend=GPTQ_KERNEL)
 
 
 def default_cache_dir() -> Path:
@@ -218,8 +218,9 @@ def build_quantized_model(entry: ModelEntry, quantization: str, *, attn_implemen
         bits = GPTQ_BITS[quantization]
         cache_dir = Path(cache_dir or default_cache_dir())
         cache_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint = cache_dir / checkpoint_name(entry, bits)
-        if checkpoint.exists() or shutil.disk_usage(cache_dir).free > gptq_checkpoint_bytes(entry, bits) + DISK_MARGIN_BYTES:
+        fits = (cache_dir / checkpoint_name(entry, bits)).exists() or (
+            shutil.disk_usage(cache_dir).free > gptq_checkpoint_bytes(entry, bits) + DISK_MARGIN_BYTES)
+        if fits:
             return load_gptq_checkpoint(entry, synthesize_gptq_checkpoint(entry, bits, cache_dir), bits,
                                         attn_implementation=attn_implementation, device=device)
         return _build_gptq_in_place(entry, bits, attn_implementation, device)
@@ -238,9 +239,10 @@ def describe_quantized(model: nn.Module) -> dict:
         weight = getattr(module, "weight", None)
         if type(weight).__name__ == "Params4bit":
             double = ", double quant" if weight.compress_statistics else ""
+            compute = str(module.compute_dtype).removeprefix("torch.")
             return {"quantization": "int4-bnb",
                     "backend": f"bitsandbytes {_installed_version('bitsandbytes')} / {type(module).__name__} "
-                               f"{weight.quant_type}{double}, {str(module.compute_dtype).removeprefix('torch.')} compute"}
+                               f"{weight.quant_type}{double}, {compute} compute"}
     return {"quantization": "bf16", "backend": None}
 
 
@@ -261,18 +263,19 @@ class _Synthetic:
 
         self.device = device
         generator = torch.Generator().manual_seed(0)
-        self._bits = torch.randint(-(2**31), 2**31 - 1, (self.POOL,), dtype=torch.int32, generator=generator)
-        self._normal = torch.randn(self.POOL, generator=generator) * 0.02
-        self._scales = torch.rand(self.POOL, generator=generator) * 9e-3 + 1e-3
-        self._pools: dict = {}
+        self._sources = {
+            "bits": torch.randint(-(2**31), 2**31 - 1, (self.POOL,), dtype=torch.int32, generator=generator),
+            "normal": torch.randn(self.POOL, generator=generator) * 0.02,  # as transformers initializes
+            "scales": torch.rand(self.POOL, generator=generator) * 9e-3 + 1e-3,  # GPTQ scales are about 1e-3..1e-2
+        }
+        self._pools: dict[tuple[str, torch.dtype], torch.Tensor] = {}
 
-    def _tiled(self, pool: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    def tiled(self, source: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         import torch
 
-        key = (id(pool), dtype)
-        if key not in self._pools:
-            self._pools[key] = pool.to(device=self.device, dtype=dtype)
-        pool = self._pools[key]
+        if (source, dtype) not in self._pools:
+            self._pools[source, dtype] = self._sources[source].to(device=self.device, dtype=dtype)
+        pool = self._pools[source, dtype]
         out = torch.empty(math.prod(shape), dtype=dtype, device=self.device)
         full, rest = divmod(out.numel(), self.POOL)
         if full:
@@ -281,28 +284,13 @@ class _Synthetic:
             out[full * self.POOL :].copy_(pool[:rest])
         return out.view(shape)
 
-    def random_int32(self, shape) -> torch.Tensor:
-        import torch
-
-        return self._tiled(self._bits, shape, torch.int32)
-
-    def normal(self, shape, dtype: torch.dtype) -> torch.Tensor:
-        """std 0.02, as transformers initializes."""
-        return self._tiled(self._normal, shape, dtype)
-
-    def scales(self, shape) -> torch.Tensor:
-        import torch
-
-        return self._tiled(self._scales, shape, torch.float16)
-
-    def parameter(self, name: str, shape, dtype: torch.dtype) -> torch.Tensor:
-        """An unquantized parameter: matrices normal, biases 0, norm weights 1."""
+    def parameter(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """An unquantized parameter (`name`: its own name, e.g. weight): matrices normal, biases 0, norm weights 1."""
         import torch
 
         if len(shape) > 1:
-            return self.normal(shape, dtype)
-        fill = torch.zeros if name.rsplit(".", 1)[-1] == "bias" else torch.ones
-        return fill(shape, dtype=dtype, device=self.device)
+            return self.tiled("normal", shape, dtype)
+        return (torch.zeros if name == "bias" else torch.ones)(shape, dtype=dtype, device=self.device)
 
 
 def _meta_model(entry: ModelEntry, dtype: torch.dtype, attn_implementation: str) -> PreTrainedModel:
@@ -335,7 +323,7 @@ def _materialize_unquantized(model: PreTrainedModel, synthetic: _Synthetic, dtyp
     (rotary tables) computed by transformers' initialization."""
     import torch
 
-    for prefix, module in model.named_modules():
+    for module in model.modules():
         own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
         if isinstance(module, quantized) or not any(tensor.is_meta for tensor in own):
             continue
@@ -343,7 +331,7 @@ def _materialize_unquantized(model: PreTrainedModel, synthetic: _Synthetic, dtyp
         model._init_weights(module)
         with torch.no_grad():
             for name, parameter in module.named_parameters(recurse=False):
-                parameter.copy_(synthetic.parameter(f"{prefix}.{name}", tuple(parameter.shape), dtype))
+                parameter.copy_(synthetic.parameter(name, tuple(parameter.shape), dtype))
 
 
 # --- bnb NF4 --------------------------------------------------------------------------------------
@@ -361,7 +349,7 @@ def _build_bnb(entry: ModelEntry, attn_implementation: str, device: torch.device
     synthetic = _Synthetic(device)
     for module in model.modules():
         if isinstance(module, bnb.nn.Linear4bit):
-            weight = synthetic.normal((module.out_features, module.in_features), torch.bfloat16)
+            weight = synthetic.tiled("normal", (module.out_features, module.in_features), torch.bfloat16)
             # Params4bit.to(device) quantizes; the bf16 weight is freed before the next layer's is made.
             module.weight = bnb.nn.Params4bit(weight, requires_grad=False, **module.weight.__dict__).to(device)
             if module.bias is not None:
@@ -405,10 +393,10 @@ def _gptq_layer(in_features: int, out_features: int, bias: bool, bits: int, grou
     per_word = 32 // bits
     groups = in_features // group_size
     tensors = {
-        "qweight": synthetic.random_int32((in_features // per_word, out_features)),
+        "qweight": synthetic.tiled("bits", (in_features // per_word, out_features), torch.int32),
         "qzeros": torch.full((groups, out_features // per_word), GPTQ_QZEROS[bits], dtype=torch.int32,
                              device=synthetic.device),
-        "scales": synthetic.scales((groups, out_features)),
+        "scales": synthetic.tiled("scales", (groups, out_features), torch.float16),
         "g_idx": torch.arange(in_features, dtype=torch.int32, device=synthetic.device) // group_size,
     }
     if bias:
@@ -430,7 +418,7 @@ def _gptq_tensors(model: nn.Module, bits: int, synthetic: _Synthetic) -> Iterato
             continue
         for name, parameter in module.named_parameters(recurse=False):
             key = f"{prefix}.{name}" if prefix else name
-            yield key, synthetic.parameter(key, tuple(parameter.shape), torch.float16)
+            yield key, synthetic.parameter(name, tuple(parameter.shape), torch.float16)
 
 
 def gptq_checkpoint_bytes(entry: ModelEntry, bits: int) -> int:
