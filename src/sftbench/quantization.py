@@ -34,9 +34,9 @@ GPTQ -- a synthetic checkpoint loaded through transformers' GPTQ quantizer
     auto-gptq is unmaintained and does not import on transformers 5 / peft 0.21: `gptq_backend`
     says so instead of crashing.
 
-Checkpoints that do not fit the disk (qwen-72b int8 is ~75 GB, int4 ~40 GB; the GPU machine has
-64 GB of disk, and /dev/shm, half of its 128 GB RAM, would take the RAM the run needs) are not
-written: the same optimum conversion is applied to a meta model and the quantized buffers are made
+Checkpoints that do not fit the disk (qwen-72b int8 is 76 GB, int4 41 GB; the GPU machine has
+64 GB of disk, and /dev/shm, by default half of its 128 GB of RAM, would hold RAM the run needs) are
+not written: the same optimum conversion is applied to a meta model and the quantized buffers are made
 directly on the device with the same synthetic values (`_build_gptq_in_place`), so both paths give
 the same modules, kernels and numbers.
 
