@@ -79,6 +79,9 @@ def allocator_config() -> str:
 
 
 def git_commit(root: Path | None = None) -> str | None:
+    """The checkout's commit; SFTBENCH_COMMIT names it where the tree is a copy without .git."""
+    if os.environ.get("SFTBENCH_COMMIT"):
+        return os.environ["SFTBENCH_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
                              timeout=10)

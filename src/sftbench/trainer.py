@@ -1,7 +1,8 @@
 """The training loop, as swift ran it, and the two ways of timing an epoch.
 
-swift (Dec 2023) trained with the HF Trainer: bf16 autocast, AdamW (torch), max_grad_norm 0.5,
-gradient accumulation ceil(16 / batch_size), a cosine schedule with 5% warm-up, one epoch.
+swift (Dec 2023) trained with the HF Trainer: autocast in the model's dtype (bf16; fp16 with a grad
+scaler for the fp16 GPTQ checkpoints), AdamW (torch), max_grad_norm 0.5, gradient accumulation
+ceil(16 / batch_size), a cosine schedule with 5% warm-up, one epoch.
 
 Quick mode times representative batches (the epoch's longest and batches at evenly spaced
 quantiles of batch size in tokens) and projects the epoch by interpolating step time over tokens;
@@ -49,9 +50,11 @@ class EpochTiming:
 
 class Trainer:
     def __init__(self, model, corpus, batches: list[Batch], *, sft_type: str, max_length: int,
-                 accumulation: int, device: torch.device):
+                 accumulation: int, device: torch.device, amp_dtype: torch.dtype = torch.bfloat16):
         self.model, self.corpus, self.batches = model, corpus, batches
         self.max_length, self.accumulation, self.device = max_length, accumulation, device
+        self.amp_dtype = amp_dtype
+        self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer_steps = math.ceil(len(batches) / accumulation)
         self.optimizer = torch.optim.AdamW(self.params, lr=LEARNING_RATE[sft_type], weight_decay=0.01)
@@ -60,13 +63,15 @@ class Trainer:
 
     def micro_step(self, batch: Batch) -> None:
         inputs = collate(self.corpus, batch, self.max_length, self.device)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16):
+        with torch.autocast(self.device.type, dtype=self.amp_dtype):
             loss = self.model(**inputs).loss
-        (loss / self.accumulation).backward()
+        self.scaler.scale(loss / self.accumulation).backward()
 
     def optimizer_step(self) -> None:
+        self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.params, MAX_GRAD_NORM)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 

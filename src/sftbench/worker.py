@@ -58,7 +58,8 @@ def run_case(spec: CaseSpec, options: RunOptions, log=print) -> Result:
         corpus = SyntheticCorpus(model.get_input_embeddings().num_embeddings, spec.samples)
         batches = epoch_batches(corpus.lengths, spec.batch_size, spec.max_length)
         trainer = Trainer(model, corpus, batches, sft_type=spec.sft_type, max_length=spec.max_length,
-                          accumulation=spec.gradient_accumulation_steps, device=device)
+                          accumulation=spec.gradient_accumulation_steps, device=device,
+                          amp_dtype=torch.float16 if spec.quantization.endswith("gptq") else torch.bfloat16)
         result.overhead["setup_s"] = time.perf_counter() - started
         log(f"built in {result.overhead['setup_s']:.1f} s ({result.attention}); training")
         # Millions of long-lived objects (torch, transformers, the model) make every full GC pass

@@ -168,6 +168,8 @@ class GLMTransformer(nn.Module):
 
 class ChatGLMPreTrainedModel(DecoderPreTrainedModel):
     config: ChatGLMConfig
+    # Explicit: with postponed annotations transformers cannot read the class from the annotation above.
+    config_class = ChatGLMConfig
     _no_split_modules = ["GLMBlock"]
 
 

@@ -142,6 +142,8 @@ class QWenBlock(GradientCheckpointingLayer):
 
 class QWenPreTrainedModel(DecoderPreTrainedModel):
     config: QWenConfig
+    # Explicit: with postponed annotations transformers cannot read the class from the annotation above.
+    config_class = QWenConfig
     _no_split_modules = ["QWenBlock"]
 
 
