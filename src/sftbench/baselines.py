@@ -119,7 +119,7 @@ class MetricChange:
         return "better" if self.delta_pct < -self.tolerance_pct else "same"
 
     def describe(self) -> str:
-        return (f"{self.metric}: {self.baseline:.4g} -> {self.now:.4g} ({self.delta_pct:+.1f}%, "
+        return (f"{self.metric}: {self.baseline:.6g} -> {self.now:.6g} ({self.delta_pct:+.1f}%, "
                 f"tolerance {self.tolerance_pct:g}%)")
 
 
