@@ -10,6 +10,9 @@ full mode trains every batch. Both run the same untimed warm-up first: the short
 optimizer step (AdamW's states exist from then on), then the longest batch with gradients present:
 the epoch's worst memory state, so the recorded peak is the epoch's true peak, and the allocator
 has grown to it before any step is timed (a one-off cost in a real epoch, not one step in 32).
+Then `settle_steps` more untimed micro-steps: on the H200, steps of a full epoch ran 10-15% slower
+for the first ~15 steps than afterwards, a start-up cost a 1000-step epoch hardly feels but one
+that skewed 32 timed steps taken right after start-up (docs/gpu-log.md).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ OPTIMIZER_TIMINGS = 3
 class RunOptions:
     full_epoch: bool = False
     representative_steps: int = 32
+    settle_steps: int = 16
     attn_fallback: str | None = None  # kernel to use where flash-attn is missing, e.g. "sdpa"
 
 
@@ -75,16 +79,17 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-    def warm_up(self, shortest: Batch, longest: Batch) -> None:
+    def warm_up(self, shortest: Batch, longest: Batch, settle: list[Batch]) -> None:
         self.micro_step(shortest)
         self.optimizer_step()
-        self.micro_step(longest)
+        for batch in [longest, *settle]:
+            self.micro_step(batch)
 
     def run(self, options: RunOptions, progress=print) -> EpochTiming:
         timer = StepTimer(self.device)
         ordered = sorted(self.batches, key=lambda b: -b.tokens)
         with timer.step(0):
-            self.warm_up(ordered[-1], ordered[0])
+            self.warm_up(ordered[-1], ordered[0], representatives(ordered, options.settle_steps))
         timing = EpochTiming(warmup_s=timer.durations.pop(), optimizer_steps=self.optimizer_steps)
         timer.tokens.clear()
         if options.full_epoch:
