@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from sftbench.catalog import Row, Table, seed_tables
@@ -12,8 +13,6 @@ SEED_STACK = "A100 80GB, torch 2.1.1, flash_attn 2.3.4"
 
 def load_results(folder: Path) -> dict[str, Result]:
     """Results by configuration key, from a results/<gpu>/ folder or a baselines/<gpu>/ folder."""
-    import json
-
     results = {}
     for path in sorted(Path(folder).glob("*.json")):
         data = json.loads(path.read_text(encoding="utf-8"))

@@ -79,6 +79,7 @@ class BenchSession:
         self.store = BaselineStore(options.baselines_dir)
         self.results: dict[CaseSpec, Result] = {}
         self.reports: list[RowReport] = []
+        self._written: set[CaseSpec] = set()
         self._launcher: Launcher | None = None
 
     @property
@@ -135,15 +136,19 @@ class BenchSession:
         if result.outcome == "error":
             pytest.fail(f"{row.node_id} could not run: {result.message}", pytrace=False)
         if self.options.update_baselines:
-            path = self.store.write(result, rows_of(row.spec), self._metadata())
+            path = self.store.path(self.gpu, result.key)
+            if spec not in self._written:  # once per configuration, for all the rows that show it
+                path = self.store.write(result, rows_of(row.spec), self._metadata())
+                self._written.add(spec)
             self.reports.append(RowReport(row, result, None, f"baseline written: {path}"))
             return
         try:
             baseline = self.store.load(self.gpu, result.key)
         except BaselineError as error:
             pytest.fail(str(error), pytrace=False)
-        tolerances = Tolerances(row.time_tolerance_pct or self.options.tolerances.time_pct,
-                                row.memory_tolerance_pct or self.options.tolerances.memory_pct)
+        tolerances = Tolerances(
+            self.options.tolerances.time_pct if row.time_tolerance_pct is None else row.time_tolerance_pct,
+            self.options.tolerances.memory_pct if row.memory_tolerance_pct is None else row.memory_tolerance_pct)
         comparison = compare(result, baseline, tolerances)
         self.reports.append(RowReport(row, result, comparison))
         message = comparison.explain(row.node_id)
