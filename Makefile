@@ -1,15 +1,16 @@
 # Set-up and the two jobs. `make bench` runs the benchmarks, `make test` the tests; each creates
 # the virtual environment first if it is missing. On a GPU machine, point TORCH at your CUDA build
 # (or an existing install: TORCH=torch) and add the extras you need: EXTRAS=test,gpu,gptq,flash.
+# constraints.txt pins the stack the committed baselines were measured with.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 EXTRAS ?= test
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH)" -e ".[$(EXTRAS)]"
+	$(PY) -m pip install -q -c constraints.txt "$(TORCH)" -e ".[$(EXTRAS)]"
 	touch $@
 
 .PHONY: bench test
