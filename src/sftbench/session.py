@@ -109,7 +109,7 @@ class BenchSession:
         if spec not in self.results:
             if self._launcher is None:
                 self._launcher = Launcher(self.options.timeout_s, log=self.write_line)
-                self.write_line(f"sftbench: starting the case launcher (imports torch, transformers, peft once)")
+                self.write_line("sftbench: starting the case launcher (imports torch, transformers, peft once)")
                 self.write_line(f"sftbench: launcher ready in {self._launcher.start():.1f} s")
             self.write_line(f"sftbench: running {label} ({spec.key}) ...")
             result = self._launcher.run(spec, self.options.run)
@@ -180,10 +180,13 @@ class BenchSession:
                 "command": " ".join(sys.argv), "mode": "full" if self.options.run.full_epoch else "quick"}
 
     def summary_lines(self) -> list[str]:
+        """A line per row; regressions, improvements and mismatches also say what changed."""
         lines = []
         for report in self.reports:
             verdict = report.note or report.comparison.verdict
             lines.append(f"{report.row.node_id}: {summary(report.result)} -> {verdict}")
+            if report.comparison and report.comparison.verdict in ("regression", "improvement", "not-comparable"):
+                lines += report.comparison.explain(report.row.node_id).splitlines()[1:]
         return lines
 
 
