@@ -8,7 +8,7 @@ import pytest
 
 from sftbench import environment
 from sftbench.baselines import DEFAULT_MEMORY_TOLERANCE_PCT, DEFAULT_TIME_TOLERANCE_PCT, Tolerances
-from sftbench.catalog import Row
+from sftbench.catalog import Row, all_rows
 from sftbench.session import BenchSession, SessionOptions
 from sftbench.trainer import RunOptions
 
@@ -59,10 +59,14 @@ def pytest_configure(config):
 
 
 def _parse_weights(values: list[str]):
+    known = sorted({row.spec.model_type for row in all_rows()})
     for value in values:
         model_type, sep, path = value.partition("=")
         if not sep or not model_type or not path:
             raise pytest.UsageError(f"--sftbench-weights takes MODEL_TYPE=PATH, got {value!r}")
+        if model_type not in known:
+            raise pytest.UsageError(f"--sftbench-weights: unknown model type {model_type!r}; "
+                                    f"the catalog has {', '.join(known)}")
         if not Path(path).is_dir():
             raise pytest.UsageError(f"--sftbench-weights {value}: {path} is not a folder")
         yield model_type, path
