@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     report = commands.add_parser("report", help="Markdown of every seed table: seed | this run | ratio")
     report.add_argument("folder", type=Path, help="a results/<gpu>/ or baselines/<gpu>/ folder")
     report.add_argument("--out", type=Path, help="write here instead of standard output")
+    report.add_argument("--plots", type=Path, help="write PNG plots to this folder (beside --out: links are relative)")
 
     run = commands.add_parser("run", help="run catalog rows' configurations, each in a fresh process")
     run.add_argument("rows", nargs="+", help="pytest ids such as 'test_lora_max_length[qwen-7b-chat-4096]'")
@@ -75,7 +76,7 @@ def _baselines(args) -> int:
 def _report(args) -> int:
     from sftbench.report import load_results, markdown
 
-    text = markdown(load_results(args.folder))
+    text = markdown(load_results(args.folder), args.plots)
     if args.out:
         args.out.write_text(text, encoding="utf-8")
     else:

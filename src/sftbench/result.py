@@ -26,7 +26,7 @@ class Result:
     optimizer_step_s: float | None = None  # median of clip + AdamW step + zero_grad
     epoch_micro_batches: int = 0
     epoch_optimizer_steps: int = 0
-    epoch_tokens: int = 0  # padded tokens of the whole epoch
+    epoch_tokens: int = 0  # tokens of the whole epoch after truncation, padding not counted
     epoch_seconds: float | None = None  # projected (quick) or measured (full)
     minutes_per_1000_samples: float | None = None
     tokens_per_s: float | None = None
