@@ -1,0 +1,32 @@
+"""Shared fixtures of the unit tests."""
+
+import pytest
+
+from sftbench.result import Result
+from sftbench.spec import CaseSpec
+from sftbench.trackers import MemoryPeaks
+
+QWEN_7B_4096 = CaseSpec("qwen-7b-chat", max_length=4096)  # one row: test_lora_max_length[qwen-7b-chat-4096]
+VERSIONS = {"torch": "2.11.0", "transformers": "5.17.0", "peft": "0.21.0", "flash-attn": "2.8.3", "sftbench": "0.1.0"}
+
+
+def make_result(spec: CaseSpec = QWEN_7B_4096, *, gpu: str = "NVIDIA H200", minutes: float | None = 10.0,
+                reserved: float | None = 1000.0, allocated: float | None = 900.0, **fields) -> Result:
+    """A Result as a GPU run would record it; keyword fields override any Result field."""
+    values = dict(
+        case=spec.to_dict(), key=spec.key, outcome="ok", mode="quick", attention=spec.attention,
+        step_durations_s=[0.5, 0.25, 0.125], step_tokens=[4096, 2048, 512], optimizer_step_s=0.01,
+        epoch_micro_batches=1000, epoch_optimizer_steps=63, epoch_tokens=2_800_000,
+        epoch_seconds=None if minutes is None else minutes * 60, minutes_per_1000_samples=minutes,
+        tokens_per_s=None if minutes is None else 2_800_000 / (minutes * 60), trainable_params=4_194_304,
+        memory=MemoryPeaks(max_reserved_mib=reserved, max_allocated_mib=allocated, max_rss_mib=4000.0),
+        overhead={"setup_s": 3.0}, versions=dict(VERSIONS),
+        machine={"gpu": gpu, "driver": "580.1", "gpu_memory_mib": 143771, "cuda": "13.0", "allocator": ""},
+    )
+    values.update(fields)
+    return Result(**values)
+
+
+@pytest.fixture
+def result_factory():
+    return make_result

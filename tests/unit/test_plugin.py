@@ -1,0 +1,262 @@
+"""The pytest plugin end to end: tiny CPU rows trained in pytest subprocesses, checked against baselines.
+
+Each subprocess run starts the plugin's forkserver (torch, transformers and peft imported once) and
+trains its tiny cases, ~15-30 s a run on 2 cores: there are three (update, compare, strict), and
+the tests share their results and one baseline folder. Collection-only
+runs (sharding, usage errors) run in-process: they start no case.
+"""
+
+import json
+import re
+import shutil
+
+import pytest
+
+from sftbench.baselines import BaselineStore
+from sftbench.result import Result
+from sftbench.spec import CaseSpec
+
+SMOKE_MODULE = """
+import pytest
+
+from sftbench.catalog import Row
+from sftbench.spec import CaseSpec
+
+
+def tiny(samples, device="cpu"):
+    return CaseSpec("tiny-qwen", device=device, attention="sdpa", max_length=64, samples=samples,
+                    gradient_checkpointing=False)
+
+
+ROWS = [
+    Row(table="cpu_smoke", id="faster", spec=tiny(6)),
+    Row(table="cpu_smoke", id="slower", spec=tiny(7)),
+    Row(table="cpu_smoke", id="corrupt", spec=tiny(8)),
+    Row(table="cpu_smoke", id="fresh", spec=tiny(5)),
+    Row(table="cpu_smoke", id="gpu", spec=tiny(6, device="cuda")),
+]
+{extra}
+
+@pytest.mark.parametrize("row", ROWS, ids=lambda row: row.id)
+def test_cpu_smoke(row, check_row):
+    check_row(row)
+"""
+# A configuration per CPU row (its sample count), so a baseline per row; "fresh" never gets one.
+SAMPLES = {"faster": 6, "slower": 7, "corrupt": 8, "fresh": 5}
+WITH_BASELINE = ("faster", "slower", "corrupt")
+
+
+def key(row_id: str) -> str:
+    return CaseSpec("tiny-qwen", device="cpu", attention="sdpa", max_length=64, samples=SAMPLES[row_id],
+                    gradient_checkpointing=False).key
+
+
+@pytest.fixture(autouse=True)
+def no_gpu(monkeypatch):
+    # The runs see no GPU even on a GPU machine: the GPU slug is "cpu" and the cuda row is skipped.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+
+
+def write_module(pytester, extra: str = "") -> None:
+    pytester.makepyfile(test_smoke=SMOKE_MODULE.replace("{extra}", extra))
+
+
+def run(pytester, *args, baselines=None):
+    """A pytest subprocess in pytester's folder, with its baselines and results there unless told."""
+    return pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-rfEs", "--sftbench-timeout", "300",
+        "--sftbench-baselines", str(baselines or pytester.path / "baselines"),
+        "--sftbench-results", str(pytester.path / "results"), *args, timeout=600)
+
+
+def sftbench_section(result) -> str:
+    text = result.stdout.str()
+    assert re.search(r"^=+ sftbench =+$", text, re.M), text
+    return re.split(r"^=+ sftbench =+$", text, flags=re.M)[1]
+
+
+def summary_line(result, row_id: str) -> str:
+    lines = [line for line in sftbench_section(result).splitlines() if line.startswith(f"test_cpu_smoke[{row_id}]: ")]
+    assert len(lines) == 1, sftbench_section(result)
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """The module's three subprocess runs, each made once by the first test that needs it."""
+    return {"folder": tmp_path_factory.mktemp("shared") / "baselines"}
+
+
+@pytest.fixture
+def baselines(pytester, shared):
+    """Baselines of faster, slower and corrupt, written once by an --sftbench-update-baselines run; a copy per test."""
+    write_module(pytester)
+    if "update" not in shared:
+        shared["update"] = run(pytester, "--sftbench-update-baselines", "-k", "not fresh", baselines=shared["folder"])
+    assert shared["folder"].is_dir(), shared["update"].stdout.str()
+    copy = pytester.path / "baselines"
+    shutil.copytree(shared["folder"], copy)
+    return copy
+
+
+def edit_minutes(folder, row_id: str, factor: float) -> None:
+    path = folder / "cpu" / f"{key(row_id)}.json"
+    data = json.loads(path.read_text())
+    data["result"]["minutes_per_1000_samples"] *= factor
+    path.write_text(json.dumps(data))
+
+
+@pytest.fixture
+def compared(pytester, baselines, shared):
+    """(result, folder) of one comparing run: the baseline of faster made 100x faster, of slower 100x slower
+    (far beyond the noise of CPU timings on a busy machine), of corrupt broken; fresh has none; with
+    --benchmark-json."""
+    if "compare" not in shared:
+        edit_minutes(baselines, "faster", 0.01)
+        edit_minutes(baselines, "slower", 100)
+        (baselines / "cpu" / f"{key('corrupt')}.json").write_text('{"schema": 1, "key": ')
+        shared["compare"] = run(pytester, "--benchmark-json", "bench.json"), pytester.path
+    return shared["compare"]
+
+
+def test_update_baselines_writes_one_file_per_configuration_in_the_cpu_folder(baselines, shared):
+    update = shared["update"]
+    update.assert_outcomes(passed=3, skipped=1, deselected=1)
+    assert [p.name for p in shared["folder"].iterdir()] == ["cpu"]
+    files = sorted(p.name for p in (shared["folder"] / "cpu").iterdir())
+    assert files == sorted(f"{key(row_id)}.json" for row_id in WITH_BASELINE)  # no .tmp left behind
+    store = BaselineStore(baselines)
+    for row_id in WITH_BASELINE:
+        baseline = store.load("cpu", key(row_id))
+        assert baseline.result.outcome == "ok" and baseline.result.minutes_per_1000_samples > 0
+        assert baseline.metadata["mode"] == "quick" and baseline.metadata["versions"]["torch"]
+        assert re.fullmatch(rf".* -> baseline written: .*{re.escape(key(row_id))}\.json", summary_line(update, row_id))
+
+
+def test_a_row_without_a_baseline_passes_as_no_baseline_and_writes_none(compared):
+    result, folder = compared
+    result.assert_outcomes(passed=2, failed=2, skipped=1)  # fresh and slower pass; faster and corrupt fail
+    assert re.fullmatch(r"test_cpu_smoke\[fresh\]: .* min/1000 samples \(quick\), .* -> no-baseline",
+                        summary_line(result, "fresh"))
+    assert not (folder / "baselines" / "cpu" / f"{key('fresh')}.json").exists()  # comparing writes no baseline
+
+
+def test_a_gpu_row_is_skipped_without_a_gpu(compared):
+    result, _ = compared
+    result.stdout.re_match_lines([r"SKIPPED \[1\] \S+: no CUDA GPU here: "])
+    assert "test_cpu_smoke[gpu]" not in sftbench_section(result)
+
+
+def test_a_slower_run_fails_naming_the_metric_the_change_and_the_tolerance(compared):
+    result, _ = compared
+    result.stdout.re_match_lines([
+        r"test_cpu_smoke\[faster\]: regression$",
+        r"\s+minutes_per_1000_samples: \S+ -> \S+ \(\+\d+\.\d%, tolerance 5%\)$",
+    ])
+    assert summary_line(result, "faster").endswith(" -> regression")
+    # The delta is the edit's (about +9900%), give or take this machine's noise.
+    delta = re.search(r"minutes_per_1000_samples: \S+ -> \S+ \(\+(\d+\.\d)%", result.stdout.str()).group(1)
+    assert float(delta) > 500
+
+
+def test_a_faster_run_passes_as_an_improvement(compared):
+    result, _ = compared
+    assert summary_line(result, "slower").endswith(" -> improvement")
+    assert "test_smoke.py::test_cpu_smoke[slower]" not in "\n".join(
+        line for line in result.outlines if line.startswith("FAILED"))
+
+
+def test_a_corrupt_baseline_fails_its_row_with_one_clear_message(compared):
+    result, _ = compared
+    text = result.stdout.str()
+    assert "INTERNALERROR" not in text and "Traceback" not in text
+    result.stdout.re_match_lines([rf"baseline .*{re.escape(key('corrupt'))}\.json is corrupt \(JSONDecodeError: .*\); "
+                                  "restore it from git or rewrite it with --sftbench-update-baselines$"])
+    assert [line.split(" - ")[0] for line in result.outlines if line.startswith("FAILED")] == [
+        "FAILED test_smoke.py::test_cpu_smoke[faster]", "FAILED test_smoke.py::test_cpu_smoke[corrupt]"]
+
+
+def test_pytest_benchmark_stats_are_the_replayed_steps(compared):
+    result, folder = compared
+    data = json.loads((folder / "bench.json").read_text())
+    assert data["machine_info"]["sftbench"]["gpu"] == "cpu"
+    assert "torch" in data["machine_info"]["sftbench"]["versions"]
+    benchmarks = {b["name"]: b for b in data["benchmarks"]}
+    assert {"test_cpu_smoke[fresh]", "test_cpu_smoke[slower]"} <= set(benchmarks)
+    assert "test_cpu_smoke[gpu]" not in benchmarks
+    for name, bench in benchmarks.items():
+        row_id = name[len("test_cpu_smoke["):-1]
+        measured = Result.from_json((folder / "results" / "cpu" / f"{key(row_id)}.json").read_text())
+        steps = measured.step_durations_s
+        assert len(steps) == SAMPLES[row_id]  # one batch per sample, fewer than 32: every batch timed
+        assert bench["stats"]["rounds"] == len(steps)
+        assert bench["stats"]["min"] == pytest.approx(min(steps), rel=1e-6)
+        assert bench["stats"]["max"] == pytest.approx(max(steps), rel=1e-6)
+        extra = bench["extra_info"]
+        assert {"max_reserved_mib", "max_allocated_mib", "minutes_per_1000_samples", "tokens_per_s"} <= set(extra)
+        assert extra["minutes_per_1000_samples"] == pytest.approx(measured.minutes_per_1000_samples)
+        assert extra["sftbench_key"] == key(row_id)
+    assert sorted(p.name for p in (folder / "results" / "cpu").iterdir()) == sorted(
+        f"{key(row_id)}.json" for row_id in SAMPLES)
+
+
+def test_strict_fails_an_improvement(pytester, baselines):
+    edit_minutes(baselines, "slower", 100)
+    result = run(pytester, "-k", "slower", "--sftbench-strict")
+    result.assert_outcomes(failed=1, deselected=4)
+    result.stdout.re_match_lines([
+        r"test_cpu_smoke\[slower\]: improvement$",
+        r"\s+minutes_per_1000_samples: \S+ -> \S+ \(-\d+\.\d%, tolerance 5%\)$",
+        r"\s+\(--sftbench-strict: a stale or mismatched baseline fails\)$",
+    ])
+
+
+# --- collection only: sharding and usage errors (in-process, no case runs) ---------------------------------------
+
+TWIN_AND_PLAIN = '''
+ROWS.append(Row(table="cpu_smoke", id="faster-twin", spec=tiny(6)))  # the same configuration as "faster"
+
+
+def test_not_a_row():
+    pass
+'''
+
+
+def collected(result) -> set[str]:
+    return {line.split("::", 1)[1] for line in result.outlines if line.startswith("test_smoke.py::")}
+
+
+def test_shards_split_configurations_without_overlap(pytester):
+    write_module(pytester, TWIN_AND_PLAIN)
+    everything = collected(pytester.runpytest_inprocess("-p", "no:cacheprovider", "--collect-only", "-q"))
+    assert len(everything) == 7
+    first, second = (collected(pytester.runpytest_inprocess("-p", "no:cacheprovider", "--collect-only", "-q",
+                                                            "--sftbench-shard", shard)) for shard in ("1/2", "2/2"))
+    assert first & second == {"test_not_a_row"}  # only the non-row test is in both
+    assert (first | second) == everything
+    assert first - {"test_not_a_row"} and second - {"test_not_a_row"}
+    twins = {"test_cpu_smoke[faster]", "test_cpu_smoke[faster-twin]"}
+    assert twins <= first or twins <= second  # a configuration's rows stay together
+
+
+@pytest.mark.parametrize("shard", ["3/2", "0/2", "1", "a/b"])
+def test_a_bad_shard_is_a_usage_error(pytester, shard):
+    write_module(pytester)
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--collect-only", "--sftbench-shard", shard)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert f"--sftbench-shard takes I/N with 1 <= I <= N, got {shard!r}" in result.stderr.str()
+
+
+@pytest.mark.parametrize("value, message", [
+    ("tiny-qwen={file}", "is not a folder"),
+    ("tiny-qwen={missing}", "is not a folder"),
+    ("tiny-qwen", "takes MODEL_TYPE=PATH"),
+    ("={folder}", "takes MODEL_TYPE=PATH"),
+])
+def test_bad_weights_are_a_usage_error(pytester, value, message):
+    write_module(pytester)
+    file = pytester.makefile(".safetensors", model="not a folder")
+    value = value.format(file=file, missing=pytester.path / "missing", folder=pytester.path)
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--collect-only", "--sftbench-weights", value)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert message in result.stderr.str() and value in result.stderr.str()

@@ -1,0 +1,126 @@
+"""sftbench.trainer: choosing representative batches, projecting an epoch, and timing a tiny model on the CPU."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sftbench.data import Batch, SyntheticCorpus, epoch_batches
+from sftbench.models import build_model
+from sftbench.spec import CaseSpec
+from sftbench.trainer import OPTIMIZER_TIMINGS, RunOptions, Trainer, project_epoch, representatives
+from sftbench.worker import prepare_for_training
+
+
+def ordered_batches(n: int) -> list[Batch]:
+    """n single-sample batches, longest first, all of different sizes."""
+    return [Batch((i,), padded_length=10 * (n - i)) for i in range(n)]
+
+
+# --- representatives -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n, count", [(1000, 32), (100, 32), (33, 32), (32, 32), (10, 32), (500, 2), (7, 3)])
+def test_representatives_span_the_epoch_longest_first(n, count):
+    ordered = ordered_batches(n)
+    chosen = representatives(ordered, count)
+    assert len(chosen) == min(count, n)
+    assert chosen[0] is ordered[0]  # the longest
+    assert chosen[-1] is ordered[-1]  # the shortest
+    tokens = [b.tokens for b in chosen]
+    assert tokens == sorted(tokens, reverse=True)
+    assert len(set(tokens)) == len(tokens)  # no batch twice
+
+
+def test_representatives_are_evenly_spaced():
+    chosen = representatives(ordered_batches(101), 11)
+    assert [b.indices[0] for b in chosen] == list(range(0, 101, 10))
+
+
+def test_a_single_representative_is_the_longest_batch():
+    ordered = ordered_batches(50)
+    assert representatives(ordered, 1) == [ordered[0]]
+
+
+# --- project_epoch ---------------------------------------------------------------------------------------------
+
+
+def test_project_epoch_is_exact_on_a_linear_model():
+    def step_time(tokens):
+        return 0.02 + 3e-5 * tokens
+
+    timed = [4096, 3000, 2048, 1024, 512]
+    epoch = np.random.RandomState(0).randint(512, 4097, size=1000).tolist()
+    projected = project_epoch(timed, [step_time(t) for t in timed], epoch, optimizer_steps=0, optimizer_step_s=1.0)
+    assert projected == pytest.approx(sum(step_time(t) for t in epoch), rel=1e-9)
+
+
+def test_project_epoch_takes_the_median_of_repeated_token_counts_and_adds_optimizer_steps():
+    projected = project_epoch([100, 100, 100, 200], [1.0, 5.0, 2.0, 3.0], [100, 200, 150],
+                              optimizer_steps=4, optimizer_step_s=0.25)
+    assert projected == pytest.approx(2.0 + 3.0 + 2.5 + 4 * 0.25)
+
+
+def test_project_epoch_holds_the_end_values_outside_the_timed_range():
+    # Quick mode always times the longest and the shortest batch, so this is only a guard.
+    assert project_epoch([100, 200], [1.0, 2.0], [50, 400], 0, 0.0) == pytest.approx(3.0)
+
+
+# --- Trainer on a tiny CPU model -------------------------------------------------------------------------------
+
+SPEC = CaseSpec("tiny-qwen", device="cpu", attention="sdpa", max_length=256, batch_size=2, samples=12,
+                gradient_checkpointing=False)
+
+
+@pytest.fixture
+def trainer():
+    torch.manual_seed(0)
+    model = prepare_for_training(build_model(SPEC.model_type, attn_implementation=SPEC.attention, device="cpu"), SPEC)
+    corpus = SyntheticCorpus(model.get_input_embeddings().num_embeddings, SPEC.samples)
+    batches = epoch_batches(corpus.lengths, SPEC.batch_size, SPEC.max_length)
+    return Trainer(model, corpus, batches, sft_type=SPEC.sft_type, max_length=SPEC.max_length, accumulation=4,
+                   device=torch.device("cpu"))
+
+
+def count_optimizer_steps(trainer, monkeypatch) -> list[int]:
+    calls = []
+    step = trainer.optimizer_step
+
+    def counted():
+        calls.append(1)
+        step()
+
+    monkeypatch.setattr(trainer, "optimizer_step", counted)
+    return calls
+
+
+def test_quick_mode_times_representative_steps_and_projects_the_epoch(trainer, monkeypatch):
+    assert len(trainer.batches) == 6 and trainer.optimizer_steps == math.ceil(6 / 4)
+    calls = count_optimizer_steps(trainer, monkeypatch)
+    progress = []
+    timing = trainer.run(RunOptions(representative_steps=4), progress=progress.append)
+    chosen = representatives(sorted(trainer.batches, key=lambda b: -b.tokens), 4)
+    assert timing.step_tokens == [b.tokens for b in chosen]
+    assert len(timing.step_durations_s) == 4 and all(d > 0 for d in timing.step_durations_s)
+    assert timing.warmup_s > 0 and timing.optimizer_step_s > 0
+    assert timing.optimizer_steps == 2
+    assert len(calls) == 1 + OPTIMIZER_TIMINGS  # the warm-up's, then the timed ones
+    assert timing.epoch_seconds > 0
+    assert timing.epoch_seconds == pytest.approx(project_epoch(
+        timing.step_tokens, timing.step_durations_s, [b.tokens for b in trainer.batches], 2, timing.optimizer_step_s))
+    assert progress == ["timed 4 representative micro-steps"]
+
+
+def test_full_mode_times_every_batch_in_training_order(trainer, monkeypatch):
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    calls = count_optimizer_steps(trainer, monkeypatch)
+    timing = trainer.run(RunOptions(full_epoch=True), progress=lambda line: None)
+    assert timing.step_tokens == [b.tokens for b in trainer.batches]
+    assert len(timing.step_durations_s) == len(trainer.batches) and all(d > 0 for d in timing.step_durations_s)
+    assert len(calls) == 1 + trainer.optimizer_steps  # the warm-up's, then one per 4 micro-steps and the rest
+    assert timing.optimizer_step_s > 0
+    assert timing.epoch_seconds >= sum(timing.step_durations_s) + timing.optimizer_step_s
+    after = dict(trainer.model.named_parameters())
+    assert any(not torch.equal(before[n], after[n]) for n in before), "the epoch trained nothing"
+    assert all(p.grad is None for p in trainer.params)  # the last optimizer step cleared the gradients
