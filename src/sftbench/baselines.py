@@ -60,9 +60,11 @@ class BaselineStore:
     def read(self, path: Path) -> Baseline:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict):
+                raise ValueError("a JSON object was expected")
             if data.get("schema") != SCHEMA:
                 raise BaselineError(f"schema {data.get('schema')!r}, this sftbench reads schema {SCHEMA}")
-            result = Result.from_dict(data["result"])
+            key, result = data["key"], Result.from_dict(data["result"])
             baseline = Baseline(result, data["rows"], data["tables"], data["metadata"], path)
         except BaselineError as error:
             raise BaselineError(f"baseline {path}: {error}") from None
@@ -70,8 +72,8 @@ class BaselineStore:
             raise BaselineError(f"baseline {path} is corrupt ({type(error).__name__}: {error}); "
                                 "restore it from git or rewrite it with --sftbench-update-baselines") from None
         measured_on = gpu_slug(str(result.machine.get("gpu")))
-        if measured_on != path.parent.name or data["key"] != path.stem:
-            raise BaselineError(f"baseline {path} was measured on {result.machine.get('gpu')!r} for {data['key']!r} "
+        if measured_on != path.parent.name or key != path.stem:
+            raise BaselineError(f"baseline {path} was measured on {result.machine.get('gpu')!r} for {key!r} "
                                 f"but is stored as {path.parent.name}/{path.stem}: a baseline counts only for "
                                 "the GPU model and configuration it was measured on")
         return baseline

@@ -115,6 +115,8 @@ class JsonlCorpus:
 def _parse_chat(line: str, path, number: int) -> tuple[str, str, str]:
     try:
         record = json.loads(line)
+        if not isinstance(record, dict):
+            raise ValueError("a JSON object was expected")
         if "messages" in record:
             messages = record["messages"]
             system = next((m["content"] for m in messages if m["role"] == "system"), SYSTEM_PROMPT)

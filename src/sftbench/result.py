@@ -58,7 +58,10 @@ class Result:
         if data.get("outcome", "ok") not in OUTCOMES:
             raise ValueError(f"outcome must be one of {OUTCOMES}, got {data['outcome']!r}")
         values = dict(data)
-        values["memory"] = MemoryPeaks(**data.get("memory", {}))
+        try:
+            values["memory"] = MemoryPeaks(**data.get("memory", {}))
+        except TypeError as error:
+            raise ValueError(f"bad memory fields: {error}") from None
         return cls(**values)
 
     @classmethod

@@ -138,7 +138,7 @@ class BenchSession:
         if self.options.update_baselines:
             path = self.store.path(self.gpu, result.key)
             if spec not in self._written:  # once per configuration, for all the rows that show it
-                path = self.store.write(result, rows_of(row.spec), self._metadata())
+                path = self.store.write(result, rows_of(row.spec) or [row], self._metadata())
                 self._written.add(spec)
             self.reports.append(RowReport(row, result, None, f"baseline written: {path}"))
             return

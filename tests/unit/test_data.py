@@ -254,8 +254,6 @@ def test_jsonl_corpus_names_the_file_and_line_of_a_malformed_record(tmp_path, to
         JsonlCorpus(path, tokenizer_dir)
 
 
-@pytest.mark.xfail(strict=True, reason="data._parse_chat catches no AttributeError: a JSON line that is not an "
-                                       "object (a list, a string) escapes as AttributeError without file:line")
 @pytest.mark.parametrize("bad", [json.dumps(["query", "response"]), json.dumps("hello")])
 def test_jsonl_corpus_names_the_line_of_a_record_that_is_not_an_object(tmp_path, tokenizer_dir, bad):
     path = tmp_path / "broken.jsonl"
