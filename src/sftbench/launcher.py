@@ -37,8 +37,11 @@ class Launcher:
             os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
             started = time.perf_counter()
             receiver, sender = self._context.Pipe(duplex=False)
-            self._spawn(_probe_fork, (sender,)).join()
-            if receiver.recv():
+            probe = self._spawn(_probe_fork, (sender,))
+            sender.close()  # so that recv() raises EOFError rather than hang if the probe dies
+            clean = not receiver.recv()
+            probe.join()
+            if not clean:
                 self.log("sftbench: an import initialized CUDA in the forkserver; starting each case with "
                          "spawn instead (each case then pays for its imports)")
                 self._context = multiprocessing.get_context("spawn")

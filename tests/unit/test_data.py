@@ -250,7 +250,7 @@ def test_jsonl_corpus_stops_at_samples(tmp_path, tokenizer_dir):
 def test_jsonl_corpus_names_the_file_and_line_of_a_malformed_record(tmp_path, tokenizer_dir, bad):
     path = tmp_path / "broken.jsonl"
     _write_jsonl(path, [{"query": "hello", "response": "sports"}, "", bad])
-    with pytest.raises(ValueError, match=rf"broken\.jsonl:3: not a chat record"):
+    with pytest.raises(ValueError, match=r"broken\.jsonl:3: not a chat record"):
         JsonlCorpus(path, tokenizer_dir)
 
 
