@@ -7,15 +7,18 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 EXTRAS ?= test
 
-$(VENV)/.installed: pyproject.toml constraints.txt
-	python3 -m venv $(VENV)
+# One stamp per TORCH/EXTRAS choice, so that changing them installs again.
+STAMP := $(VENV)/.installed-$(shell echo "$(TORCH) $(EXTRAS)" | md5sum | cut -c1-8)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -d $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt "$(TORCH)" -e ".[$(EXTRAS)]"
 	touch $@
 
 .PHONY: bench test
-bench: $(VENV)/.installed
+bench: $(STAMP)
 	$(PY) -m pytest tests/benchmarks $(ARGS)
 
-test: $(VENV)/.installed
+test: $(STAMP)
 	$(PY) -m pytest tests/unit $(ARGS)

@@ -76,6 +76,10 @@ def _baselines(args) -> int:
 def _report(args) -> int:
     from sftbench.report import load_results, markdown
 
+    if not args.folder.is_dir():
+        print(f"sftbench: {args.folder} is not a folder of results (results/<gpu>/ or baselines/<gpu>/)",
+              file=sys.stderr)
+        return 2
     text = markdown(load_results(args.folder), args.plots)
     if args.out:
         args.out.write_text(text, encoding="utf-8")
@@ -86,8 +90,8 @@ def _report(args) -> int:
 
 def _run(args) -> int:
     from sftbench.launcher import Launcher
-    from sftbench.session import summary
-    from sftbench.trainer import RunOptions
+    from sftbench.session import cannot_run, summary
+    from sftbench.spec import InvalidSpec, RunOptions
 
     rows = {r.node_id: r for r in catalog.all_rows()}
     unknown = [name for name in args.rows if name not in rows]
@@ -95,11 +99,19 @@ def _run(args) -> int:
         print(f"sftbench: no catalog row {', '.join(map(repr, unknown))}; ids look like "
               f"{catalog.all_rows()[0].node_id!r} (see pytest tests/benchmarks --collect-only -q)", file=sys.stderr)
         return 2
-    launcher, options = Launcher(), RunOptions(full_epoch=args.full_epoch, attn_fallback=args.attn_fallback)
-    failed = 0
-    changes = {"samples": args.samples} if args.samples else {}
-    specs = [(name, rows[name].spec.replace(**changes, **({"attention": kernel} if kernel else {})))
-             for name in args.rows for kernel in (args.attention or [None])]
+    options = RunOptions(full_epoch=args.full_epoch, attn_fallback=args.attn_fallback)
+    changes = {} if args.samples is None else {"samples": args.samples}
+    try:
+        specs = [(name, rows[name].spec.replace(**changes, **({"attention": kernel} if kernel else {})))
+                 for name in args.rows for kernel in (args.attention or [None])]
+    except InvalidSpec as error:
+        print(f"sftbench: {error}", file=sys.stderr)
+        return 2
+    reasons = {f"{name}: {reason}" for name, spec in specs if (reason := cannot_run(spec, args.attn_fallback))}
+    if reasons:
+        print("sftbench: cannot run here:\n  " + "\n  ".join(sorted(reasons)), file=sys.stderr)
+        return 2
+    launcher, failed = Launcher(), 0
     for name, spec in specs:
         result = launcher.run(spec, options)
         print(f"{name} [{spec.key}]: {summary(result)}", flush=True)

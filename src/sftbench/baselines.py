@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -150,10 +151,7 @@ def compare(result: Result, baseline: Baseline | None, tolerances: Tolerances) -
     old = baseline.result
     versions = {name: (old.versions.get(name), new) for name, new in result.versions.items()
                 if old.versions.get(name) != new and name != "sftbench"}
-    if result.attention != old.attention or result.quantization_backend != old.quantization_backend:
-        return Comparison("not-comparable", reasons=[
-            f"baseline ran attention={old.attention}, quantization backend={old.quantization_backend}; this run "
-            f"attention={result.attention}, backend={result.quantization_backend}"], version_changes=versions)
+    # Outcomes first: an OOM while building the model leaves no kernel or backend to compare.
     if (old.outcome, result.outcome) == ("ok", "oom"):
         return Comparison("regression", reasons=[f"fitted in the baseline, now OOMs: {result.message}"],
                           version_changes=versions)
@@ -161,11 +159,22 @@ def compare(result: Result, baseline: Baseline | None, tolerances: Tolerances) -
         return Comparison("improvement", reasons=["OOMed in the baseline, now fits"], version_changes=versions)
     if old.outcome != "ok" or result.outcome != "ok":
         return Comparison("pass", reasons=[f"outcome {result.outcome} as in the baseline"], version_changes=versions)
+    setup = (old.attention, _without_versions(old.quantization_backend), old.mode)
+    if (result.attention, _without_versions(result.quantization_backend), result.mode) != setup:
+        return Comparison("not-comparable", reasons=[
+            f"baseline ran attention={old.attention}, backend={old.quantization_backend}, mode={old.mode}; this run "
+            f"attention={result.attention}, backend={result.quantization_backend}, mode={result.mode}"],
+            version_changes=versions)
     changes = [MetricChange(name, read(old), read(result), tolerances.of(kind))
                for name, (read, kind) in METRICS.items() if read(old) is not None and read(result) is not None]
     verdicts = {c.verdict for c in changes}
     verdict = "regression" if "worse" in verdicts else "improvement" if "better" in verdicts else "pass"
     return Comparison(verdict, changes, version_changes=versions)
+
+
+def _without_versions(backend: str | None) -> str | None:
+    """'bitsandbytes 0.50.2 / Linear4bit nf4' -> 'bitsandbytes / Linear4bit nf4': an upgrade is compared, not excluded."""
+    return None if backend is None else re.sub(r" \d+(\.\w+)+", "", backend)
 
 
 def listing(store: BaselineStore) -> list[dict]:

@@ -17,10 +17,10 @@ import time
 
 from sftbench import environment
 from sftbench.result import Result
-from sftbench.spec import CaseSpec
-from sftbench.trainer import RunOptions
+from sftbench.spec import CaseSpec, RunOptions
 
-DEFAULT_TIMEOUT_S = 1800.0
+DEFAULT_TIMEOUT_S = 1800.0  # per case; full epochs of the largest models need more (--sftbench-timeout)
+STARTUP_TIMEOUT_S = 600.0
 
 
 class Launcher:
@@ -38,9 +38,16 @@ class Launcher:
             started = time.perf_counter()
             receiver, sender = self._context.Pipe(duplex=False)
             probe = self._spawn(_probe_fork, (sender,))
-            sender.close()  # so that recv() raises EOFError rather than hang if the probe dies
-            clean = not receiver.recv()
-            probe.join()
+            sender.close()  # so that a dead probe reads as EOF rather than a hang
+            try:
+                if not receiver.poll(STARTUP_TIMEOUT_S):
+                    raise EOFError(f"no answer in {STARTUP_TIMEOUT_S:.0f} s")
+                clean = not receiver.recv()
+            except EOFError as error:
+                raise RuntimeError(f"sftbench: the case launcher did not start ({error}); importing sftbench.worker "
+                                   "in a fresh process shows why") from None
+            finally:
+                _reap(probe)
             if not clean:
                 self.log("sftbench: an import initialized CUDA in the forkserver; starting each case with "
                          "spawn instead (each case then pays for its imports)")
@@ -66,12 +73,20 @@ class Launcher:
                 process.kill()
                 result = _died(spec, options, f"timed out after {self.timeout_s:.0f} s")
         except EOFError:
-            process.join()
+            _reap(process)
             result = _died(spec, options, f"the case's process died with exit code {process.exitcode}"
                                           " (a negative code is the signal that killed it)")
-        process.join()
+        _reap(process)
         result.overhead["wall_s"] = time.perf_counter() - started
         return result
+
+
+def _reap(process, grace_s: float = 60.0) -> None:
+    """Wait for a process that has said its last, killing it if it hangs on the way out."""
+    process.join(grace_s)
+    if process.is_alive():
+        process.kill()
+        process.join()
 
 
 def _probe_fork(sender) -> None:

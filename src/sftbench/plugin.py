@@ -9,8 +9,9 @@ import pytest
 from sftbench import environment
 from sftbench.baselines import DEFAULT_MEMORY_TOLERANCE_PCT, DEFAULT_TIME_TOLERANCE_PCT, Tolerances
 from sftbench.catalog import Row, all_rows
+from sftbench.launcher import DEFAULT_TIMEOUT_S
 from sftbench.session import BenchSession, SessionOptions
-from sftbench.trainer import RunOptions
+from sftbench.spec import RunOptions
 
 
 def pytest_addoption(parser):
@@ -34,10 +35,11 @@ def pytest_addoption(parser):
     group.addoption("--sftbench-results", default=None, metavar="DIR",
                     help="where each case's result JSON is written (default: <rootdir>/results)")
     group.addoption("--sftbench-weights", action="append", default=[], metavar="MODEL_TYPE=PATH",
-                    help="train MODEL_TYPE from a local checkpoint folder instead of random weights (repeatable)")
+                    help="train MODEL_TYPE's bf16 rows from a local checkpoint folder instead of random weights "
+                         "(repeatable)")
     group.addoption("--sftbench-shard", default=None, metavar="I/N",
                     help="run only the I-th of N parts of the selected configurations (1-based)")
-    group.addoption("--sftbench-timeout", type=float, default=1800.0, metavar="SECONDS",
+    group.addoption("--sftbench-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
                     help="per-case limit before its process is killed (default %(default)s)")
 
 
@@ -78,6 +80,7 @@ def _write_line(config, line: str) -> None:
         reporter.write_line(line)
 
 
+@pytest.hookimpl(trylast=True)  # after -k / -m deselection: shards split what was selected
 def pytest_collection_modifyitems(config, items):
     session: BenchSession = config._sftbench
     rows = [item for item in items if "check_row" in getattr(item, "fixturenames", ())]
@@ -85,6 +88,8 @@ def pytest_collection_modifyitems(config, items):
         # Our clock replays the case's measured step times into pytest-benchmark's stats.
         item.add_marker(pytest.mark.benchmark(timer=session.clock, group=item.originalname))
         item.add_marker(pytest.mark.sftbench)
+        # An OOM has no steps to time, so pytest-benchmark sees its fixture unused: expected, not a warning.
+        item.add_marker(pytest.mark.filterwarnings("ignore:Benchmark fixture was not used"))
     shard = config.getoption("sftbench_shard")
     if shard:
         keep = _shard_keys([item.callspec.params["row"].spec.key for item in rows], shard)
@@ -117,14 +122,16 @@ def check_row(request, benchmark):
     return check
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest -p no:benchmark must still work
 def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["sftbench"] = {**environment.machine(), "versions": environment.package_versions()}
 
 
 def pytest_terminal_summary(terminalreporter, config):
     session: BenchSession = config._sftbench
-    lines = session.summary_lines()
-    if lines:
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if "sftbench" in getattr(r, "keywords", {})]
+    lines = session.summary_lines(skipped=len(skipped))
+    if session.reports or skipped:
         terminalreporter.section("sftbench")
         for line in lines:
             terminalreporter.write_line(line)

@@ -6,9 +6,16 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
-from sftbench.trackers import MemoryPeaks
-
 OUTCOMES = ("ok", "oom", "error")
+
+
+@dataclass
+class MemoryPeaks:
+    max_reserved_mib: float | None = None  # the seed's metric
+    max_allocated_mib: float | None = None
+    max_active_mib: float | None = None
+    nvml_peak_mib: float | None = None  # whole device, sampled; None without nvidia-ml-py
+    max_rss_mib: float | None = None  # host memory of the case's process
 
 
 @dataclass
@@ -38,10 +45,6 @@ class Result:
     overhead: dict[str, float] = field(default_factory=dict)
     versions: dict[str, str | None] = field(default_factory=dict)
     machine: dict[str, str | int | None] = field(default_factory=dict)
-
-    @property
-    def max_reserved_mib(self) -> float | None:
-        return self.memory.max_reserved_mib
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

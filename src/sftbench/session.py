@@ -17,10 +17,9 @@ from sftbench import environment
 from sftbench.baselines import BaselineError, BaselineStore, Comparison, Tolerances, compare
 from sftbench.catalog import Row, rows_of
 from sftbench.environment import gpu_slug
-from sftbench.launcher import Launcher
+from sftbench.launcher import DEFAULT_TIMEOUT_S, Launcher
 from sftbench.result import Result
-from sftbench.spec import CaseSpec
-from sftbench.trainer import RunOptions
+from sftbench.spec import CaseSpec, RunOptions
 
 
 @dataclass(frozen=True)
@@ -32,7 +31,7 @@ class SessionOptions:
     run: RunOptions = RunOptions()
     tolerances: Tolerances = Tolerances()
     weights: tuple[tuple[str, str], ...] = ()  # (model_type, local checkpoint folder)
-    timeout_s: float = 1800.0
+    timeout_s: float = DEFAULT_TIMEOUT_S
 
 
 class ReplayClock:
@@ -88,22 +87,11 @@ class BenchSession:
 
     def spec_for(self, row: Row) -> CaseSpec:
         weights = dict(self.options.weights).get(row.spec.model_type)
-        return row.spec.replace(weights_path=weights) if weights else row.spec
+        # Quantized rows keep their synthetic quantized weights (spec.py refuses a checkpoint for them).
+        return row.spec.replace(weights_path=weights) if weights and row.spec.quantization == "bf16" else row.spec
 
     def skip_reason(self, spec: CaseSpec) -> str | None:
-        if spec.device == "cuda" and self.gpu == "cpu":
-            return "no CUDA GPU here: the seed's rows need one (the CPU smoke cases run without)"
-        if spec.attention == "flash_attention_2" and not environment.flash_attn_installed() \
-                and self.options.run.attn_fallback is None:
-            return f"{environment.FLASH_EXTRA}, or run with --sftbench-attn-fallback sdpa"
-        if spec.quantization != "bf16":
-            from sftbench import quantization
-
-            try:
-                quantization.require(spec.quantization)
-            except quantization.MissingExtra as error:
-                return str(error)
-        return None
+        return cannot_run(spec, self.options.run.attn_fallback)
 
     def result_for(self, spec: CaseSpec, label: str) -> Result:
         if spec not in self.results:
@@ -129,7 +117,6 @@ class BenchSession:
         spec = self.spec_for(row)
         reason = self.skip_reason(spec)
         if reason:
-            benchmark.skipped = True
             pytest.skip(reason)
         result = self.result_for(spec, row.node_id)
         self._feed_benchmark(benchmark, row, result)
@@ -169,7 +156,6 @@ class BenchSession:
             "seed_memory_mib": row.seed_memory_mib, "seed_outcome": row.seed_outcome,
         })
         if not result.step_durations_s:  # an OOM or error has no steps to time
-            benchmark.skipped = True
             return
         self.clock.load(result.step_durations_s)
         benchmark.pedantic(_step, rounds=len(result.step_durations_s), iterations=1)
@@ -179,15 +165,34 @@ class BenchSession:
                 "commit": environment.git_commit(self.options.baselines_dir.parent),
                 "command": " ".join(sys.argv), "mode": "full" if self.options.run.full_epoch else "quick"}
 
-    def summary_lines(self) -> list[str]:
-        """A line per row; regressions, improvements and mismatches also say what changed."""
+    def summary_lines(self, skipped: int = 0) -> list[str]:
+        """A line per row; regressions, improvements and mismatches also say what changed; then the counts."""
         lines = []
         for report in self.reports:
             verdict = report.note or report.comparison.verdict
             lines.append(f"{report.row.node_id}: {summary(report.result)} -> {verdict}")
             if report.comparison and report.comparison.verdict in ("regression", "improvement", "not-comparable"):
                 lines += report.comparison.explain(report.row.node_id).splitlines()[1:]
+        verdicts = [r.comparison.verdict if r.comparison else "baseline written" for r in self.reports]
+        counts = {verdict: verdicts.count(verdict) for verdict in dict.fromkeys(verdicts)}
+        lines.append(", ".join([f"{n} {verdict}" for verdict, n in counts.items()] + [f"{skipped} skipped"]))
         return lines
+
+
+def cannot_run(spec: CaseSpec, attn_fallback: str | None) -> str | None:
+    """Why this machine cannot run `spec` (one line naming what to install), or None."""
+    if spec.device == "cuda" and environment.gpu_info()["gpu"] == "cpu":
+        return "no CUDA GPU here: the seed's rows need one (the CPU smoke cases run without)"
+    if spec.attention == "flash_attention_2" and not environment.flash_attn_installed() and attn_fallback is None:
+        return f"{environment.FLASH_EXTRA}, or run with --sftbench-attn-fallback sdpa"
+    if spec.quantization != "bf16":
+        from sftbench import quantization
+
+        try:
+            quantization.require(spec.quantization)
+        except quantization.MissingExtra as error:
+            return str(error)
+    return None
 
 
 def _step() -> None:

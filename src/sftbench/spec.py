@@ -1,4 +1,4 @@
-"""CaseSpec: one training configuration, frozen, validated, with a stable key.
+"""CaseSpec: one training configuration, frozen, validated, with a stable key; RunOptions: how it is measured.
 
 A spec says *what* is trained; how it is measured (quick projection or full epoch) is a run option.
 Two seed rows with equal specs are the same configuration and are trained once per pytest run.
@@ -51,6 +51,9 @@ class CaseSpec:
         if self.sft_type == "full" and self.quantization != "bf16":
             raise InvalidSpec(f"full fine-tuning of a {self.quantization} model is impossible: quantized weights "
                               "are frozen; use sft_type='lora'")
+        if self.weights_path and self.quantization != "bf16":
+            raise InvalidSpec(f"{self.quantization} rows use synthetic quantized weights; a checkpoint folder "
+                              "(weights_path) is for bf16 rows")
         if self.device == "cpu" and (self.quantization != "bf16" or self.attention == "flash_attention_2"):
             raise InvalidSpec(f"{self.quantization} / {self.attention} need a CUDA GPU, not the CPU")
 
@@ -84,3 +87,11 @@ class CaseSpec:
 def _check_choice(name: str, value, choices) -> None:
     if value not in choices:
         raise InvalidSpec(f"unknown {name} {value!r}; choose one of {', '.join(map(str, choices))}")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    full_epoch: bool = False
+    representative_steps: int = 32
+    settle_steps: int = 16
+    attn_fallback: str | None = None  # kernel to use where flash-attn is missing, e.g. "sdpa"

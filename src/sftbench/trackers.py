@@ -11,9 +11,10 @@ import resource
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
+
+from sftbench.result import MemoryPeaks
 
 MIB = 2**20
 
@@ -39,15 +40,6 @@ class StepTimer:
         synchronize(self.device)
         self.durations.append(time.perf_counter() - start)
         self.tokens.append(tokens)
-
-
-@dataclass
-class MemoryPeaks:
-    max_reserved_mib: float | None = None  # the seed's metric
-    max_allocated_mib: float | None = None
-    max_active_mib: float | None = None
-    nvml_peak_mib: float | None = None  # whole device, sampled; None without nvidia-ml-py
-    max_rss_mib: float | None = None  # host memory of the case's process
 
 
 class MemoryTracker:

@@ -8,7 +8,8 @@ Quick mode times representative batches (the epoch's longest and batches at even
 quantiles of batch size in tokens) and projects the epoch by interpolating step time over tokens;
 full mode trains every batch. Both run the same untimed warm-up first: the shortest batch with an
 optimizer step (AdamW's states exist from then on), then the longest batch with gradients present:
-the epoch's worst memory state, so the recorded peak is the epoch's true peak, and the allocator
+the epoch's worst memory state, so the recorded peak (over the whole case, model build included,
+as the seed's was) contains the epoch's true peak, and the allocator
 has grown to it before any step is timed (a one-off cost in a real epoch, not one step in 32).
 Then `settle_steps` more untimed micro-steps: on the H200, steps of a full epoch ran 10-15% slower
 for the first ~15 steps than afterwards, a start-up cost a 1000-step epoch hardly feels but one
@@ -26,20 +27,13 @@ import torch
 from transformers import get_cosine_schedule_with_warmup
 
 from sftbench.data import Batch, collate
+from sftbench.spec import RunOptions
 from sftbench.trackers import StepTimer
 
 MAX_GRAD_NORM = 0.5
 WARMUP_RATIO = 0.05
 LEARNING_RATE = {"lora": 1e-4, "full": 2e-5}
 OPTIMIZER_TIMINGS = 3
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    full_epoch: bool = False
-    representative_steps: int = 32
-    settle_steps: int = 16
-    attn_fallback: str | None = None  # kernel to use where flash-attn is missing, e.g. "sdpa"
 
 
 @dataclass

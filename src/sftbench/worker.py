@@ -7,7 +7,9 @@ moment; any other exception is an `error` outcome with its message.
 
 from __future__ import annotations
 
+import ctypes
 import gc
+import signal
 import sys
 import time
 import traceback
@@ -20,18 +22,30 @@ from sftbench import environment
 from sftbench.data import SyntheticCorpus, epoch_batches
 from sftbench.models import build_model, get_model, lora_target_modules
 from sftbench.result import Result
-from sftbench.spec import CaseSpec
+from sftbench.spec import CaseSpec, RunOptions
 from sftbench.trackers import MemoryTracker
-from sftbench.trainer import RunOptions, Trainer
+
+PR_SET_PDEATHSIG = 1
+from sftbench.trainer import Trainer
 
 def main(spec: CaseSpec, options: RunOptions, sender, parent_started: float) -> None:
     """Process entry point: run the case and send its Result as a dict through the pipe."""
     entered = time.time()
+    _die_with_parent()
     result = run_case(spec, options, log=lambda msg: print(f"[sftbench {spec.key}] {msg}", file=sys.stderr,
                                                              flush=True))
     result.overhead["spawn_s"] = entered - parent_started
     sender.send(result.to_dict())
     sender.close()
+
+
+def _die_with_parent() -> None:
+    """Linux: if the process that started the case dies (pytest killed by CI), the case dies too
+    instead of training on, holding the GPU."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
 
 
 def attention_to_use(requested: str, fallback: str | None) -> str:
@@ -50,8 +64,9 @@ def run_case(spec: CaseSpec, options: RunOptions, log=print) -> Result:
     started = time.perf_counter()
     try:
         memory.start()
-        model = _build(spec, attention_to_use(spec.attention, options.attn_fallback), device, result)
-        result.attention = model.config._attn_implementation
+        result.attention = attention_to_use(spec.attention, options.attn_fallback)
+        model = _build(spec, result.attention, device, result)
+        result.attention = model.config._attn_implementation  # what transformers actually set up
         model = prepare_for_training(model, spec)
         result.trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         result.total_params = get_model(spec.model_type).total_params
@@ -69,15 +84,22 @@ def run_case(spec: CaseSpec, options: RunOptions, log=print) -> Result:
         gc.freeze()
         timing = trainer.run(options, progress=log)
         _record_timing(result, timing, corpus, spec, len(batches))
-    except torch.OutOfMemoryError as error:
-        result.outcome, result.message = "oom", str(error).split("\n")[0]
     except Exception as error:  # noqa: BLE001 - any failure is this case's outcome, not the session's
-        result.outcome = "error"
-        result.message = f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=-4)}"
+        if _is_oom(error):
+            result.outcome, result.message = "oom", str(error).split("\n")[0]
+        else:
+            result.outcome = "error"
+            result.message = f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=-4)}"
     result.memory = memory.stop()
     result.overhead["case_s"] = time.perf_counter() - started
     log(f"{result.outcome} in {result.overhead['case_s']:.1f} s")
     return result
+
+
+def _is_oom(error: Exception) -> bool:
+    """torch's OutOfMemoryError, and the allocation failures cuBLAS/cuDNN/the driver report as RuntimeError."""
+    text = str(error)
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in text or "ALLOC_FAILED" in text
 
 
 def _build(spec: CaseSpec, attention: str, device: torch.device, result: Result):

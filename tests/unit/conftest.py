@@ -2,9 +2,8 @@
 
 import pytest
 
-from sftbench.result import Result
+from sftbench.result import MemoryPeaks, Result
 from sftbench.spec import CaseSpec
-from sftbench.trackers import MemoryPeaks
 
 QWEN_7B_4096 = CaseSpec("qwen-7b-chat", max_length=4096)  # one row: test_lora_max_length[qwen-7b-chat-4096]
 VERSIONS = {"torch": "2.11.0", "transformers": "5.17.0", "peft": "0.21.0", "flash-attn": "2.8.3", "sftbench": "0.1.0"}

@@ -202,12 +202,29 @@ def test_compare_without_a_baseline(result_factory):
     assert "no baseline for NVIDIA H200" in comparison.explain("case")
 
 
-@pytest.mark.parametrize("change", [{"attention": "sdpa"}, {"quantization_backend": "gptqmodel"}])
-def test_compare_refuses_another_kernel_or_backend(result_factory, change):
+@pytest.mark.parametrize("change", [{"attention": "sdpa"}, {"quantization_backend": "gptqmodel"}, {"mode": "full"}])
+def test_compare_refuses_another_kernel_backend_or_mode(result_factory, change):
     comparison = compare(result_factory(minutes=1.0, **change), baseline_of(result_factory()), TOLERANCES)
     assert comparison.verdict == "not-comparable"
     assert comparison.changes == []
     assert "baseline ran attention=flash_attention_2" in comparison.explain("case")
+
+
+def test_an_oom_while_building_is_a_regression_not_a_mismatch(result_factory):
+    # The build OOMed: no kernel or backend was recorded, yet the OOM must fail the case.
+    oom = result_factory(outcome="oom", message="CUDA out of memory", attention=None, minutes=None, reserved=80000.0)
+    comparison = compare(oom, baseline_of(result_factory()), TOLERANCES)
+    assert comparison.verdict == "regression"
+    assert "fitted in the baseline, now OOMs" in comparison.explain("case")
+
+
+def test_a_quantization_library_upgrade_is_compared_not_excluded(result_factory):
+    old = result_factory(quantization_backend="bitsandbytes 0.50.2 / Linear4bit nf4, double quant, bfloat16 compute")
+    new = result_factory(minutes=20.0,
+                         quantization_backend="bitsandbytes 0.51.0.dev1 / Linear4bit nf4, double quant, bfloat16 compute")
+    assert compare(new, baseline_of(old), TOLERANCES).verdict == "regression"
+    other_layer = result_factory(quantization_backend="bitsandbytes 0.50.2 / Linear8bitLt")
+    assert compare(other_layer, baseline_of(old), TOLERANCES).verdict == "not-comparable"
 
 
 def test_explain_names_the_case_metric_values_delta_tolerance_and_versions(result_factory):

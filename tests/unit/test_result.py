@@ -6,7 +6,7 @@ import pytest
 
 from sftbench.result import Result
 from sftbench.spec import CaseSpec
-from sftbench.trackers import MemoryPeaks
+from sftbench.result import MemoryPeaks
 
 SPEC = CaseSpec("tiny-qwen", device="cpu", attention="sdpa", max_length=128, samples=20)
 
@@ -18,7 +18,7 @@ def test_a_result_round_trips_through_json(result_factory):
     again = Result.from_json(text)
     assert again == result
     assert isinstance(again.memory, MemoryPeaks)
-    assert again.memory.max_reserved_mib == 1000.0 == again.max_reserved_mib
+    assert again.memory.max_reserved_mib == 1000.0
     assert again.memory.max_rss_mib == 4000.0 and again.step_tokens == [4096, 2048, 512]
     assert again.versions["flash-attn"] is None
 

@@ -8,8 +8,8 @@ import torch
 
 from sftbench.data import Batch, SyntheticCorpus, epoch_batches
 from sftbench.models import build_model
-from sftbench.spec import CaseSpec
-from sftbench.trainer import OPTIMIZER_TIMINGS, RunOptions, Trainer, project_epoch, representatives
+from sftbench.spec import CaseSpec, RunOptions
+from sftbench.trainer import OPTIMIZER_TIMINGS, Trainer, project_epoch, representatives
 from sftbench.worker import prepare_for_training
 
 
@@ -124,3 +124,15 @@ def test_full_mode_times_every_batch_in_training_order(trainer, monkeypatch):
     after = dict(trainer.model.named_parameters())
     assert any(not torch.equal(before[n], after[n]) for n in before), "the epoch trained nothing"
     assert all(p.grad is None for p in trainer.params)  # the last optimizer step cleared the gradients
+
+
+@pytest.mark.parametrize("error, oom", [
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), True),
+    (RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"), True),
+    (RuntimeError("CUDA error: out of memory"), True),
+    (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), False),
+])
+def test_allocation_failures_of_every_library_count_as_oom(error, oom):
+    from sftbench.worker import _is_oom
+
+    assert _is_oom(error) is oom
