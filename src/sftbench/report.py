@@ -101,10 +101,21 @@ def _coverage(results: dict[str, Result]) -> str:
 def _table(t: Table, results: dict[str, Result]) -> list[str]:
     head = [*t.columns, "seed min", "min", "ratio", "seed MiB", "MiB", "ratio", "tokens/s", "MFU", "attention",
             "mode"]
+    trainable = any(row.seed_trainable for row in t.rows)  # the seed printed it for the LoRA rank table
+    if trainable:
+        head += ["seed trainable", "trainable"]
     lines = [f"## {t.title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in t.rows:
-        lines.append("| " + " | ".join(_cells(row, t, results.get(row.spec.key))) + " |")
+        result = results.get(row.spec.key)
+        cells = _cells(row, t, result)
+        if trainable:
+            cells += [_millions(row.seed_trainable), _millions(result.trainable_params if result else None)]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
+
+
+def _millions(count: int | None) -> str:
+    return "" if count is None else f"{count / 1e6:.2f}M"
 
 
 def _cells(row: Row, t: Table, result: Result | None) -> list[str]:

@@ -46,8 +46,9 @@ def test_every_seed_table_is_mirrored_row_for_row_with_the_seeds_numbers():
     assert sum(len(tables[t.title][1]) for t in seed_tables()) == 59
     for t in seed_tables():
         head, rows = tables[t.title]
+        trainable = ["seed trainable", "trainable"] if t.name == "lora_rank_targets" else []
         assert head == [*t.columns, "seed min", "min", "ratio", "seed MiB", "MiB", "ratio", "tokens/s", "MFU",
-                        "attention", "mode"]
+                        "attention", "mode", *trainable]
         assert len(rows) == len(t.rows)
         for cells, row in zip(rows, t.rows):
             assert cells[0] == row.spec.model_type
@@ -151,3 +152,10 @@ def test_load_results_reads_baseline_files_and_plain_results(result_factory, tmp
 def test_the_committed_h200_baselines_give_plausible_mfu():
     results = load_results(BASELINES)
     assert results and all(0.01 < mfu(r) < 0.6 for r in results.values() if r.outcome == "ok")
+
+
+def test_the_rank_table_shows_trainable_parameters_beside_the_seeds():
+    text = markdown(load_results(Path(__file__).parents[2] / "baselines" / "nvidia-h200"))
+    rank_table = text.split("## LoRA Rank & LoRA Target Modules")[1].split("##")[0]
+    assert "| seed trainable | trainable |" in rank_table
+    assert "| 4.19M | 4.19M |" in rank_table  # r8 DEFAULT: the seed's 4.19M, measured 4,194,304
