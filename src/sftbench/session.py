@@ -123,6 +123,10 @@ class BenchSession:
         if result.outcome == "error":
             pytest.fail(f"{row.node_id} could not run: {result.message}", pytrace=False)
         if self.options.update_baselines:
+            if result.outcome == "ok" and result.attention != spec.attention:
+                pytest.fail(f"{row.node_id} ran {result.attention} (--sftbench-attn-fallback) for a row measured with "
+                            f"{spec.attention}: its baseline is not rewritten with another kernel's numbers",
+                            pytrace=False)
             path = self.store.path(self.gpu, result.key)
             if spec not in self._written:  # once per configuration, for all the rows that show it
                 path = self.store.write(result, rows_of(row.spec) or [row], self._metadata())
