@@ -38,11 +38,17 @@ def gpu_info() -> dict[str, str | int | None]:
         info["cuda"] = torch.version.cuda
     except ImportError:
         pass
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and not visible.strip():
+        return info  # every GPU hidden: a CPU run
+    first = (visible or "0").split(",")[0].strip()
     try:
         import pynvml
 
         pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(int(os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]))
+        # CUDA_VISIBLE_DEVICES holds indices, or GPU-/MIG- UUIDs.
+        handle = (pynvml.nvmlDeviceGetHandleByIndex(int(first)) if first.isdigit()
+                  else pynvml.nvmlDeviceGetHandleByUUID(first))
         name = pynvml.nvmlDeviceGetName(handle)
         info["gpu"] = name.decode() if isinstance(name, bytes) else name
         driver = pynvml.nvmlSystemGetDriverVersion()

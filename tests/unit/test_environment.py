@@ -1,0 +1,39 @@
+"""The machine description: which GPU CUDA_VISIBLE_DEVICES points NVML at."""
+
+import sys
+import types
+
+import pytest
+
+from sftbench import environment
+
+
+@pytest.fixture
+def fake_nvml(monkeypatch):
+    """A pynvml with two GPUs: index 0 an H100, the UUID GPU-b an H200."""
+    nvml = types.SimpleNamespace(
+        nvmlInit=lambda: None,
+        nvmlDeviceGetHandleByIndex=lambda i: ["NVIDIA H100 80GB HBM3", "NVIDIA H200"][i],
+        nvmlDeviceGetHandleByUUID=lambda uuid: {"GPU-b": "NVIDIA H200"}[uuid],
+        nvmlDeviceGetName=lambda handle: handle,
+        nvmlSystemGetDriverVersion=lambda: "580.159.04",
+        nvmlDeviceGetMemoryInfo=lambda handle: types.SimpleNamespace(total=81559 * 2**20),
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    environment.gpu_info.cache_clear()
+    yield
+    environment.gpu_info.cache_clear()
+
+
+@pytest.mark.parametrize("visible, gpu", [(None, "NVIDIA H100 80GB HBM3"), ("1,0", "NVIDIA H200"),
+                                          ("GPU-b", "NVIDIA H200"), ("", "cpu")])
+def test_the_gpu_is_the_first_visible_one(fake_nvml, monkeypatch, visible, gpu):
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert environment.gpu_info()["gpu"] == gpu
+
+
+def test_gpu_slug_names_the_baselines_folder():
+    assert environment.gpu_slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
