@@ -7,7 +7,6 @@ local folder holding the original checkpoint.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,6 +19,8 @@ from safetensors import safe_open
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, PreTrainedConfig
 from transformers.initialization import no_init_weights
 from transformers.modeling_utils import PreTrainedModel
+
+from sftbench import environment
 
 from .chatglm import ChatGLMConfig, ChatGLMForConditionalGeneration
 from .qwen import QWenConfig, QWenLMHeadModel
@@ -307,11 +308,8 @@ def lora_target_modules(model_type: str, targets: str) -> list[str]:
 
 def check_attn_implementation(attn_implementation: str) -> None:
     # transformers would otherwise try to fetch a flash kernel from the hub, which is unreachable here.
-    if attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
-        raise ImportError(
-            "attn_implementation='flash_attention_2' needs the flash-attn package, which is not installed: "
-            "pip install 'sftbench[flash]'"
-        )
+    if attn_implementation == "flash_attention_2" and not environment.flash_attn_installed():
+        raise ImportError(f"attn_implementation='flash_attention_2': {environment.FLASH_EXTRA}")
 
 
 def build_model(
