@@ -64,12 +64,8 @@ def all_rows() -> list[Row]:
     return [row for t in tables() for row in t.rows]
 
 
-def tables_of(spec: CaseSpec) -> list[str]:
-    """Every table a configuration appears in (the qwen-7b-chat LoRA default is in six)."""
-    return sorted({row.table for row in all_rows() if row.spec == spec})
-
-
 def rows_of(spec: CaseSpec) -> list[Row]:
+    """Every row of a configuration (the qwen-7b-chat LoRA default has one in six tables)."""
     return [row for row in all_rows() if row.spec == spec]
 
 
