@@ -92,23 +92,38 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(pytest.mark.filterwarnings("ignore:Benchmark fixture was not used"))
     shard = config.getoption("sftbench_shard")
     if shard:
-        keep = _shard_keys([item.callspec.params["row"].spec.key for item in rows], shard)
+        keep = shard_keys([item.callspec.params["row"] for item in rows], shard)
         deselected = [item for item in rows if item.callspec.params["row"].spec.key not in keep]
         if deselected:
             config.hook.pytest_deselected(items=deselected)
             items[:] = [item for item in items if item not in deselected]
 
 
-def _shard_keys(keys: list[str], shard: str) -> set[str]:
-    """Split configurations (not rows: a configuration's rows stay together) into N parts."""
+def shard_keys(rows: list[Row], shard: str) -> set[str]:
+    """The configurations of the I-th of N parts (a configuration's rows stay together).
+
+    Parts are balanced by the seed's minutes (a 72B row costs ~14 7B rows): the longest configuration
+    goes to the part with the least work so far. Rows without seed minutes (the seed's OOMs) count as
+    the median. Deterministic, so N processes that each compute their own part split the work exactly.
+    """
     try:
         index, count = (int(part) for part in shard.split("/"))
         if not 1 <= index <= count:
             raise ValueError
     except ValueError:
         raise pytest.UsageError(f"--sftbench-shard takes I/N with 1 <= I <= N, got {shard!r}") from None
-    unique = sorted(set(keys))
-    return set(unique[index - 1::count])
+    cost: dict[str, float | None] = {}
+    for row in rows:
+        minutes = row.seed_minutes
+        cost[row.spec.key] = max(filter(None, [cost.get(row.spec.key), minutes]), default=None)
+    known = sorted(c for c in cost.values() if c is not None)
+    fallback = known[len(known) // 2] if known else 1.0
+    parts: list[tuple[float, int, set[str]]] = [(0.0, i, set()) for i in range(count)]
+    for key in sorted(cost, key=lambda k: (-(cost[k] or fallback), k)):
+        load, i, keys = min(parts)
+        keys.add(key)
+        parts[i] = (load + (cost[key] or fallback), i, keys)
+    return parts[index - 1][2]
 
 
 @pytest.fixture

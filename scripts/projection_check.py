@@ -1,0 +1,75 @@
+"""Check the quick mode's projection against a full epoch, on the GPU (issue 2: within 3%).
+
+For each row: quick runs before and after one full epoch (so drift over the run shows), each in a
+fresh process like a pytest case, every result's JSON written to --out, then a table of quick vs full.
+Quick-mode settings can be varied (--settle, --steps: each combination is run) to calibrate them.
+
+Usage: python scripts/projection_check.py 'test_lora_max_length[qwen-7b-chat-512]' ... \
+           [--quick-runs 2] [--settle 16] [--steps 32] [--samples N] --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from pathlib import Path
+
+from sftbench import catalog
+from sftbench.launcher import Launcher
+from sftbench.session import summary
+from sftbench.spec import RunOptions
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("rows", nargs="+")
+    parser.add_argument("--quick-runs", type=int, default=2, help="quick runs per setting (half before the full epoch)")
+    parser.add_argument("--settle", type=int, action="append", help="untimed settle steps (repeatable)")
+    parser.add_argument("--steps", type=int, action="append", help="representative steps (repeatable)")
+    parser.add_argument("--samples", type=int)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+
+    rows = {r.node_id: r for r in catalog.all_rows()}
+    defaults = RunOptions()
+    settings = [RunOptions(settle_steps=settle, representative_steps=steps)
+                for settle, steps in itertools.product(args.settle or [defaults.settle_steps],
+                                                       args.steps or [defaults.representative_steps])]
+    args.out.mkdir(parents=True, exist_ok=True)
+    launcher, table = Launcher(), []
+    for name in args.rows:
+        spec = rows[name].spec
+        if args.samples:
+            spec = spec.replace(samples=args.samples)
+        before = args.quick_runs - args.quick_runs // 2
+        plan = ([("quick", s) for s in settings] * before + [("full", RunOptions(full_epoch=True))]
+                + [("quick", s) for s in settings] * (args.quick_runs // 2))
+        full, quick = None, []
+        for i, (mode, options) in enumerate(plan):
+            result = launcher.run(spec, options)
+            print(f"{name} {mode} settle={options.settle_steps} steps={options.representative_steps}: "
+                  f"{summary(result)}", flush=True)
+            (args.out / f"{spec.key}.{i:02d}.{mode}.json").write_text(result.to_json() + "\n", encoding="utf-8")
+            if result.outcome != "ok":
+                continue
+            if mode == "full":
+                full = result.minutes_per_1000_samples
+            else:
+                quick.append((options.settle_steps, options.representative_steps, result.minutes_per_1000_samples))
+        for settle, steps, minutes in quick:
+            delta = None if full is None else 100 * (minutes / full - 1)
+            table.append({"row": name, "settle": settle, "steps": steps, "quick_min": minutes, "full_min": full,
+                          "delta_pct": delta})
+    (args.out / "projection.json").write_text(json.dumps(table, indent=1) + "\n", encoding="utf-8")
+    print("\n| row | settle | steps | quick min/1000 | full min/1000 | quick vs full |\n|---|---|---|---|---|---|")
+    for t in table:
+        delta = "" if t["delta_pct"] is None else f"{t['delta_pct']:+.1f}%"
+        full = "" if t["full_min"] is None else f"{t['full_min']:.3f}"
+        print(f"| {t['row']} | {t['settle']} | {t['steps']} | {t['quick_min']:.3f} | {full} | {delta} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
