@@ -24,7 +24,6 @@ from statistics import median
 
 import numpy as np
 import torch
-from transformers import get_cosine_schedule_with_warmup
 
 from sftbench.data import Batch, collate
 from sftbench.spec import RunOptions
@@ -56,6 +55,9 @@ class Trainer:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer_steps = math.ceil(len(batches) / accumulation)
         self.optimizer = torch.optim.AdamW(self.params, lr=LEARNING_RATE[sft_type], weight_decay=0.01)
+        # Imported here, in the case: transformers.optimization imports peft (see sftbench.worker).
+        from transformers import get_cosine_schedule_with_warmup
+
         self.scheduler = get_cosine_schedule_with_warmup(
             self.optimizer, math.ceil(WARMUP_RATIO * self.optimizer_steps), self.optimizer_steps)
 

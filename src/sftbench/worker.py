@@ -1,8 +1,11 @@
 """What runs inside a case's fresh process: build the model, train, measure, return a Result.
 
-The launcher's forkserver imports this module once, so torch, transformers and peft are already
-loaded when a case's process starts. An OOM is an outcome, recorded with the memory peaks at that
-moment; any other exception is an `error` outcome with its message.
+The launcher's forkserver imports this module once, so torch and transformers are already loaded
+when a case's process starts. peft is imported by the case itself (~1 s): importing peft imports
+bitsandbytes where it is installed, and bitsandbytes initializes CUDA as it loads, which would leave
+the forkserver unable to fork clean CUDA processes (the launcher then spawns each case, 12 s each).
+An OOM is an outcome, recorded with the memory peaks at that moment; any other exception is an
+`error` outcome with its message.
 """
 
 from __future__ import annotations
@@ -14,9 +17,8 @@ import sys
 import time
 import traceback
 
-import peft  # noqa: F401 - imported here so the forkserver preloads it
 import torch
-import transformers  # noqa: F401 - likewise
+import transformers  # noqa: F401 - imported here so the forkserver preloads it
 
 from sftbench import environment
 from sftbench.data import SyntheticCorpus, epoch_batches
@@ -24,9 +26,9 @@ from sftbench.models import build_model, get_model, lora_target_modules
 from sftbench.result import Result
 from sftbench.spec import CaseSpec, RunOptions
 from sftbench.trackers import MemoryTracker
+from sftbench.trainer import Trainer
 
 PR_SET_PDEATHSIG = 1
-from sftbench.trainer import Trainer
 
 def main(spec: CaseSpec, options: RunOptions, sender, parent_started: float) -> None:
     """Process entry point: run the case and send its Result as a dict through the pipe."""
@@ -117,6 +119,8 @@ def _build(spec: CaseSpec, attention: str, device: torch.device, result: Result)
 
 def prepare_for_training(model, spec: CaseSpec):
     """Gradient checkpointing and LoRA as swift set them up."""
+    import peft
+
     model.config.use_cache = False
     if spec.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

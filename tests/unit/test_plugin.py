@@ -1,6 +1,6 @@
 """The pytest plugin end to end: tiny CPU rows trained in pytest subprocesses, checked against baselines.
 
-Each subprocess run starts the plugin's forkserver (torch, transformers and peft imported once) and
+Each subprocess run starts the plugin's forkserver (torch and transformers imported once) and
 trains its tiny cases, ~15-30 s a run on 2 cores: there are three (update, compare, strict), and
 the tests share their results and one baseline folder. Collection-only
 runs (sharding, usage errors) run in-process: they start no case.

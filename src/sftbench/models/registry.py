@@ -14,7 +14,6 @@ from functools import cache
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, get_peft_model
 from safetensors import safe_open
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, PreTrainedConfig
 from transformers.initialization import no_init_weights
@@ -418,6 +417,8 @@ def count_lora_trainable(model_type: str, rank: int, targets: str) -> int:
 
 @cache
 def lora_trainable_at_rank_1(model_type: str, targets: str) -> int:
+    from peft import LoraConfig, get_peft_model  # not at import: see sftbench.worker
+
     lora = LoraConfig(r=1, target_modules=lora_target_modules(model_type, targets))
     with torch.device("meta"):
         peft_model = get_peft_model(meta_model(model_type), lora)
