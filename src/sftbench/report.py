@@ -317,7 +317,7 @@ def _plot(t: Table, results: dict[str, Result], plots_dir: Path) -> list[str]:
     gpu = next(iter(results.values())).machine.get("gpu")
     figure.suptitle(f"{t.title}: seed (A100 80GB) vs this run ({gpu})")
     memory.set_title("GPU memory: max reserved (GiB)")
-    minutes.set_title("minutes per 1000 samples (seed: whole run, ours: training)")
+    minutes.set_title("minutes per 1000 samples\n(seed: whole run, ours: training)")
     for axes in (memory, minutes):
         axes.set_ylim(bottom=0)
         axes.grid(alpha=0.3)
@@ -345,7 +345,7 @@ def _lines(t: Table, results: dict[str, Result], memory, minutes) -> None:
                 known = [(x, v / divisor) for x, v in zip(xs, values) if v is not None]  # a line over the gaps
                 axes.plot([x for x, _ in known], [v for _, v in known], style, color=color, mfc=face,
                           label=f"{name}, {source}")
-        _mark_ooms(memory, xs, sweep, runs, color)
+        _mark_ooms(memory, xs, sweep, runs, color, first=min(getattr(row.spec, axis) for row in t.rows))
     for axes in (memory, minutes):
         axes.set_xscale("log", base=2)
         axes.set_xticks(sorted({getattr(row.spec, axis) for row in t.rows}), minor=False)
@@ -354,20 +354,23 @@ def _lines(t: Table, results: dict[str, Result], memory, minutes) -> None:
     memory.legend(fontsize="small")
 
 
-def _mark_ooms(memory, xs: list[int], sweep: list[Row], runs: list[Result | None], color: str) -> None:
-    """An OOM stands at its card's memory, marked ×; the seed's 80 GB is drawn where the seed ran out."""
+def _mark_ooms(memory, xs: list[int], sweep: list[Row], runs: list[Result | None], color: str, first: int) -> None:
+    """An OOM stands at its card's memory, marked ×; the seed's 80 GB is drawn where the seed ran out.
+    Labels sit left of the mark, except at the axis's first x, where they would leave the plot."""
     for x, row, result in zip(xs, sweep, runs):
+        side = "left" if x == first else "right"
         if row.seed_outcome == "oom":
             memory.axhline(SEED_GPU_MIB / 1024, color="grey", linestyle=":", linewidth=1)
-            _oom(memory, x, SEED_GPU_MIB, "seed OOM (A100 80GB)", color)
+            _oom(memory, x, SEED_GPU_MIB, "seed OOM (A100 80GB)", color, side)
         if result is not None and result.outcome == "oom" and result.machine.get("gpu_memory_mib"):
-            _oom(memory, x, result.machine["gpu_memory_mib"], "OOM", color)
+            _oom(memory, x, result.machine["gpu_memory_mib"], "OOM", color, side)
 
 
-def _oom(memory, x: int, capacity_mib: float, text: str, color: str) -> None:
+def _oom(memory, x: int, capacity_mib: float, text: str, color: str, side: str) -> None:
     memory.plot([x], [capacity_mib / 1024], "x", color=color, markersize=10, markeredgewidth=2)
-    memory.annotate(text, (x, capacity_mib / 1024), textcoords="offset points", xytext=(-10, -18), ha="right",
-                    fontsize="small", color=color, bbox={"facecolor": "white", "edgecolor": "none", "pad": 1})
+    memory.annotate(text, (x, capacity_mib / 1024), textcoords="offset points", ha=side,
+                    xytext=(10 if side == "left" else -10, -18), fontsize="small", color=color,
+                    bbox={"facecolor": "white", "edgecolor": "none", "pad": 1})
 
 
 def _bars(t: Table, results: dict[str, Result], memory, minutes) -> None:
