@@ -134,6 +134,7 @@ class Comparison:
     changes: list[MetricChange] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
     version_changes: dict[str, tuple] = field(default_factory=dict)
+    setting_changes: dict[str, tuple] = field(default_factory=dict)  # driver, CUDA, environment variables
 
     def explain(self, case: str) -> str:
         lines = [f"{case}: {self.verdict}"]
@@ -142,6 +143,9 @@ class Comparison:
         if self.version_changes:
             lines.append("  versions that differ from the baseline's: " + ", ".join(
                 f"{name} {old} -> {new}" for name, (old, new) in sorted(self.version_changes.items())))
+        if self.setting_changes:
+            lines.append("  settings that differ from the baseline's: " + ", ".join(
+                f"{name} {old} -> {new}" for name, (old, new) in sorted(self.setting_changes.items())))
         return "\n".join(lines)
 
 
@@ -149,27 +153,41 @@ def compare(result: Result, baseline: Baseline | None, tolerances: Tolerances) -
     if baseline is None:
         return Comparison("no-baseline", reasons=[f"no baseline for {result.machine.get('gpu')}"])
     old = baseline.result
-    versions = {name: (old.versions.get(name), new) for name, new in result.versions.items()
-                if old.versions.get(name) != new and name != "sftbench"}
+    differ = {"version_changes": _version_changes(old, result), "setting_changes": _setting_changes(old, result)}
     # Outcomes first: an OOM while building the model leaves no kernel or backend to compare.
     if (old.outcome, result.outcome) == ("ok", "oom"):
-        return Comparison("regression", reasons=[f"fitted in the baseline, now OOMs: {result.message}"],
-                          version_changes=versions)
+        return Comparison("regression", reasons=[f"fitted in the baseline, now OOMs: {result.message}"], **differ)
     if (old.outcome, result.outcome) == ("oom", "ok"):
-        return Comparison("improvement", reasons=["OOMed in the baseline, now fits"], version_changes=versions)
+        return Comparison("improvement", reasons=["OOMed in the baseline, now fits"], **differ)
     if old.outcome != "ok" or result.outcome != "ok":
-        return Comparison("pass", reasons=[f"outcome {result.outcome} as in the baseline"], version_changes=versions)
+        return Comparison("pass", reasons=[f"outcome {result.outcome} as in the baseline"], **differ)
     setup = (old.attention, _without_versions(old.quantization_backend), old.mode)
     if (result.attention, _without_versions(result.quantization_backend), result.mode) != setup:
         return Comparison("not-comparable", reasons=[
             f"baseline ran attention={old.attention}, backend={old.quantization_backend}, mode={old.mode}; this run "
-            f"attention={result.attention}, backend={result.quantization_backend}, mode={result.mode}"],
-            version_changes=versions)
+            f"attention={result.attention}, backend={result.quantization_backend}, mode={result.mode}"], **differ)
     changes = [MetricChange(name, read(old), read(result), tolerances.of(kind))
                for name, (read, kind) in METRICS.items() if read(old) is not None and read(result) is not None]
     verdicts = {c.verdict for c in changes}
     verdict = "regression" if "worse" in verdicts else "improvement" if "better" in verdicts else "pass"
-    return Comparison(verdict, changes, version_changes=versions)
+    return Comparison(verdict, changes, **differ)
+
+
+def _version_changes(old: Result, new: Result) -> dict[str, tuple]:
+    return {name: (old.versions.get(name), version) for name, version in new.versions.items()
+            if old.versions.get(name) != version and name != "sftbench"}
+
+
+def _setting_changes(old: Result, new: Result) -> dict[str, tuple]:
+    """Driver, CUDA and the environment variables of environment.SETTINGS that differ; a baseline written
+    before sftbench recorded the variables says nothing about them."""
+    changes = {name: (old.machine.get(name), new.machine.get(name)) for name in ("driver", "cuda")
+               if old.machine.get(name) != new.machine.get(name)}
+    if "settings" in old.machine:
+        before, now = old.machine["settings"], new.machine.get("settings", {})
+        changes.update({name: (before.get(name, "unset"), now.get(name, "unset"))
+                        for name in sorted(set(before) | set(now)) if before.get(name) != now.get(name)})
+    return changes
 
 
 def _without_versions(backend: str | None) -> str | None:

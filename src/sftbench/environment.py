@@ -100,5 +100,16 @@ def git_commit(root: Path | None = None) -> str | None:
         return None
 
 
-def machine() -> dict[str, str | int | None]:
-    return {**gpu_info(), "allocator": allocator_config()}
+# Environment variables that change a case's speed or memory without any package changing; a baseline
+# records those that are set, and a comparison names those that differ.
+SETTINGS = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF", "PYTORCH_NO_CUDA_MEMORY_CACHING", "CUDA_LAUNCH_BLOCKING",
+            "NVIDIA_TF32_OVERRIDE", "CUBLAS_WORKSPACE_CONFIG", "CUDA_MODULE_LOADING", "OMP_NUM_THREADS",
+            "TORCH_NCCL_AVOID_RECORD_STREAMS")
+
+
+def settings() -> dict[str, str]:
+    return {name: os.environ[name] for name in SETTINGS if name in os.environ}
+
+
+def machine() -> dict:
+    return {**gpu_info(), "allocator": allocator_config(), "settings": settings()}

@@ -44,7 +44,7 @@ class Result:
     # Where a case's wall time goes: process start, imports and build, warm-up, measuring.
     overhead: dict[str, float] = field(default_factory=dict)
     versions: dict[str, str | None] = field(default_factory=dict)
-    machine: dict[str, str | int | None] = field(default_factory=dict)
+    machine: dict = field(default_factory=dict)  # environment.machine(): GPU, driver, CUDA, settings
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

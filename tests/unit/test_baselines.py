@@ -239,6 +239,25 @@ def test_explain_names_the_case_metric_values_delta_tolerance_and_versions(resul
     assert "max_reserved_mib" not in text  # unchanged metrics stay out
 
 
+def test_explain_names_the_driver_and_settings_that_differ(result_factory):
+    # The regression demo of docs/gpu-log.md: CUDA_LAUNCH_BLOCKING=1 set, no package changed.
+    old = result_factory()
+    old.machine = {**old.machine, "driver": "580.159.04", "settings": {"PYTORCH_ALLOC_CONF": "expandable_segments:True"}}
+    now = result_factory(minutes=16.0)
+    now.machine = {**old.machine, "driver": "590.10", "settings": {"CUDA_LAUNCH_BLOCKING": "1"}}
+    text = compare(now, baseline_of(old), TOLERANCES).explain("case")
+    assert ("  settings that differ from the baseline's: CUDA_LAUNCH_BLOCKING unset -> 1, "
+            "PYTORCH_ALLOC_CONF expandable_segments:True -> unset, driver 580.159.04 -> 590.10") in text.splitlines()
+
+
+def test_a_baseline_without_recorded_settings_claims_no_setting_changed(result_factory):
+    old = result_factory()
+    old.machine = {k: v for k, v in old.machine.items() if k != "settings"}
+    now = result_factory()
+    now.machine = {**old.machine, "settings": {"CUDA_LAUNCH_BLOCKING": "1"}}
+    assert compare(now, baseline_of(old), TOLERANCES).setting_changes == {}
+
+
 # --- python -m sftbench baselines ------------------------------------------------------------------------------
 
 

@@ -37,3 +37,11 @@ def test_the_gpu_is_the_first_visible_one(fake_nvml, monkeypatch, visible, gpu):
 
 def test_gpu_slug_names_the_baselines_folder():
     assert environment.gpu_slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+
+
+def test_machine_records_the_speed_and_memory_settings_that_are_set(monkeypatch):
+    for name in environment.SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CUDA_LAUNCH_BLOCKING", "1")
+    monkeypatch.setenv("UNRELATED_VARIABLE", "x")
+    assert environment.machine()["settings"] == {"CUDA_LAUNCH_BLOCKING": "1"}
