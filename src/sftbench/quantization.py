@@ -17,10 +17,12 @@ bnb NF4 -- no CPU detour and no fp32 upcast
     and the head stay bf16 here too, where `prepare_model_for_kbit_training` upcasts them to fp32
     (35620 MiB instead of the seed's 13616 for qwen-7b, facts.md section 4). peft 0.21 creates the
     LoRA weights of a quantized layer in fp32 (the base weight is not floating point), which is
-    what swift's cast gave. Differences left: bitsandbytes 0.50 kernels instead of 0.41.3; the
-    seed's reserved peak included transformers 4.35 loading bf16 shards and quantizing them on the
-    GPU, here one bf16 weight at a time is the only load transient; the rebuilt Qwen/ChatGLM code
-    instead of the remote code (no `registered_causal_mask` buffer, for one).
+    what swift's cast gave. On the H200 these rows reserve 21-24% less than the seed's (7B/14B/72B),
+    while the GPTQ rows are within 1-4%. The seed's bnb rows exceeded its own int4 GPTQ rows by
+    ~12 bytes per layer x hidden x token (24.9, 22.7, 24.7 kB per layer x hidden for 7B, 14B, 72B), so
+    the gap grows with activations, not with the weights or a checkpoint shard's load transient:
+    the seed's bnb path kept more per layer (bitsandbytes 0.41.3 and transformers 4.35 with the
+    remote Qwen code); which tensors is not yet measured (docs/gpu-log.md).
 
 GPTQ -- a synthetic checkpoint loaded through transformers' GPTQ quantizer
     No calibration is needed to *load* GPTQ: `synthesize_gptq_checkpoint` writes random qweight,
