@@ -11,6 +11,7 @@ import json
 import math
 import re
 from functools import cache
+from statistics import median
 from pathlib import Path
 
 from sftbench.catalog import Row, Table, seed_tables
@@ -41,6 +42,7 @@ MFU_FORMULA = (
 )
 
 MEMORY_NOTE_RATIO = 0.10  # a bf16 row whose reserved memory is off the seed's by more than this gets a note
+TREND_MIN_CHANGE = 0.01  # neighbouring rows that change less than this in both runs show no trend to reverse
 NOT_MEASURED = "not yet measured"
 
 # Tables that get a plot, and how: "lines" along the table's numeric column, per model; "bars" per row.
@@ -222,7 +224,8 @@ def _sweeps(t: Table, axis: str) -> list[list[Row]]:
 
 def _fidelity_notes(results: dict[str, Result]) -> list[str]:
     lines = ["## Fidelity notes", "",
-             f"What differs from the seed, not why: each note's cause is {NOT_MEASURED}.", ""]
+             "What differs from the seed. A cause is given where this run's own numbers show it; "
+             f"otherwise it is {NOT_MEASURED}.", ""]
     for title, head, rows in (
         (f"Memory more than {MEMORY_NOTE_RATIO:.0%} off the seed (bf16 rows)",
          ["rows", "seed MiB", "MiB", "ratio"], _memory_notes(results)),
@@ -233,7 +236,7 @@ def _fidelity_notes(results: dict[str, Result]) -> list[str]:
         lines += [f"### {title}", ""]
         if rows:
             lines += ["| " + " | ".join([*head, "cause"]) + " |", "|" + "---|" * (len(head) + 1)]
-            lines += ["| " + " | ".join([*cells, NOT_MEASURED]) + " |" for cells in rows]
+            lines += ["| " + " | ".join(cells) + " |" for cells in rows]
         else:
             lines.append("None.")
         lines.append("")
@@ -258,7 +261,7 @@ def _memory_notes(results: dict[str, Result]) -> list[list[str]]:
     for (key, seed, _), rows in _by_configuration(results).items():
         now = _run_value(results[key], "MiB")
         if rows[0].spec.quantization == "bf16" and seed and now and abs(now / seed - 1) > MEMORY_NOTE_RATIO:
-            notes.append([_node_ids(rows), _num(seed, 0), _num(now, 0), _ratio(now, seed)])
+            notes.append([_node_ids(rows), _num(seed, 0), _num(now, 0), _ratio(now, seed), NOT_MEASURED])
     return notes
 
 
@@ -268,8 +271,16 @@ def _outcome_notes(results: dict[str, Result]) -> list[list[str]]:
         result = results[key]
         if result.outcome != seed_outcome:
             fits = f", {_num(result.memory.max_reserved_mib, 0)} MiB" if result.outcome == "ok" else ""
-            notes.append([_node_ids(rows), seed_outcome.upper(), result.outcome.upper() + fits])
+            notes.append([_node_ids(rows), seed_outcome.upper(), result.outcome.upper() + fits, _outcome_cause(result)])
     return notes
+
+
+def _outcome_cause(result: Result) -> str:
+    """A seed OOM that fits here because this card is larger: its peak is more than the seed's card holds."""
+    peak, card = result.memory.max_reserved_mib, result.machine.get("gpu_memory_mib")
+    if result.outcome == "ok" and peak and card and SEED_GPU_MIB < peak < card:
+        return f"needs more than the seed's 80 GB ({SEED_GPU_MIB} MiB); this GPU has {card} MiB"
+    return NOT_MEASURED
 
 
 def _trend_notes(results: dict[str, Result]) -> list[list[str]]:
@@ -279,9 +290,22 @@ def _trend_notes(results: dict[str, Result]) -> list[list[str]]:
         axis = _axis(t)
         for sweep in _sweeps(t, axis) if axis else []:
             for a, b in zip(sweep, sweep[1:]):
-                notes += [[t.title, f"{a.id} → {b.id}", metric, *changes]
+                notes += [[t.title, f"{a.id} → {b.id}", metric, *changes, _trend_cause(a, b, metric, results)]
                           for metric in ("min", "MiB") if (changes := _reversal(a, b, metric, results))]
     return notes
+
+
+def _trend_cause(a: Row, b: Row, metric: str, results: dict[str, Result]) -> str:
+    """Where the timed steps of row b hold far more tokens than row a's but take about as long, the steps
+    are bound by the CPU (Python, kernel launches), not by the GPU's work: a fact of this run."""
+    ra, rb = results[a.spec.key], results[b.spec.key]
+    if metric != "min" or not (ra.step_durations_s and rb.step_durations_s):
+        return NOT_MEASURED
+    (ta, sa), (tb, sb) = [(median(r.step_tokens), median(r.step_durations_s)) for r in (ra, rb)]
+    if tb >= 1.5 * ta and sb < 1.15 * sa:
+        return (f"CPU-bound steps here: the median timed step takes {sa:.2f} s at {ta:.0f} tokens and "
+                f"{sb:.2f} s at {tb:.0f}")
+    return NOT_MEASURED
 
 
 def _reversal(a: Row, b: Row, metric: str, results: dict[str, Result]) -> list[str] | None:
@@ -289,6 +313,8 @@ def _reversal(a: Row, b: Row, metric: str, results: dict[str, Result]) -> list[s
     seed = (_seed_value(a, metric), _seed_value(b, metric))
     now = (_run_value(results.get(a.spec.key), metric), _run_value(results.get(b.spec.key), metric))
     if None in seed + now or (seed[1] - seed[0]) * (now[1] - now[0]) >= 0:
+        return None
+    if max(abs(seed[1] / seed[0] - 1), abs(now[1] / now[0] - 1)) < TREND_MIN_CHANGE:
         return None
     return [_change(*seed, metric), _change(*now, metric)]
 

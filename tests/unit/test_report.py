@@ -136,10 +136,26 @@ def test_fidelity_notes_list_memory_beyond_10_percent_outcomes_and_reversed_tren
     assert memory[0][0].count("`test_") == 6 and "`test_lora_max_length[qwen-7b-chat-2048]`" in memory[0][0]
     assert memory[1][0] == "`test_lora_max_length[qwen-7b-chat-4096]`"
     assert notes["Outcome differs from the seed"][1] == [
-        ["`test_full_max_length[qwen-7b-chat-8192]`", "OOM", "OK, 88080 MiB", "not yet measured"]]
+        ["`test_full_max_length[qwen-7b-chat-8192]`", "OOM", "OK, 88080 MiB",
+         "needs more than the seed's 80 GB (81920 MiB); this GPU has 143771 MiB"]]
     assert notes["Within-table trend goes the other way"][1] == [
         ["Max Length (LoRA)", "qwen-7b-chat-1024 → qwen-7b-chat-2048", "min", "4.11 → 7.01 (+71%)",
          "5.00 → 4.00 (-20%)", "not yet measured"]]
+
+
+def test_a_reversed_time_trend_of_cpu_bound_steps_says_so_and_a_flat_one_is_no_trend(result_factory):
+    results = results_of(
+        # 512 -> 1024 tokens per step at the same step time: the minutes cannot follow the seed's +63%.
+        result_factory(lora(max_length=512), minutes=4.03, step_durations_s=[0.24] * 3, step_tokens=[512] * 3),
+        result_factory(lora(max_length=1024), minutes=4.01, step_durations_s=[0.25] * 3, step_tokens=[1024] * 3),
+        # 73836 -> 73834 MiB against the seed's +0.55%: under 1% in both, not a trend.
+        result_factory(full(max_length=512), reserved=73836.0),
+        result_factory(full(max_length=1024), reserved=73834.0),
+    )
+    trends = sections(markdown(results))["Within-table trend goes the other way"][1]
+    assert [cells[1:3] + cells[5:] for cells in trends] == [
+        ["qwen-7b-chat-512 → qwen-7b-chat-1024", "min",
+         "CPU-bound steps here: the median timed step takes 0.24 s at 512 tokens and 0.25 s at 1024"]]
 
 
 def test_load_results_reads_baseline_files_and_plain_results(result_factory, tmp_path):
