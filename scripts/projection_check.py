@@ -4,6 +4,11 @@ For each row: quick runs before and after one full epoch (so drift over the run 
 fresh process like a pytest case, every result's JSON written to --out, then a table of quick vs full.
 Quick-mode settings can be varied (--settle, --steps: each combination is run) to calibrate them.
 
+On a shared host the machine's speed drifts by more than 3% within minutes, so quick runs and a full
+epoch taken minutes apart also differ by that drift. The "replayed" column separates the method from
+the drift: the quick mode's projection computed from the full epoch's own steps at the batches the
+quick mode would time (same moments, same host state).
+
 Usage: python scripts/projection_check.py 'test_lora_max_length[qwen-7b-chat-512]' ... \
            [--quick-runs 2] [--settle 16] [--steps 32] [--samples N] --out DIR
 """
@@ -16,7 +21,7 @@ import json
 import sys
 from pathlib import Path
 
-from sftbench import catalog
+from sftbench import catalog, trainer
 from sftbench.launcher import Launcher
 from sftbench.session import summary
 from sftbench.spec import RunOptions
@@ -46,7 +51,7 @@ def main() -> int:
         before = args.quick_runs - args.quick_runs // 2
         plan = ([("quick", s) for s in settings] * before + [("full", RunOptions(full_epoch=True))]
                 + [("quick", s) for s in settings] * (args.quick_runs // 2))
-        full, quick = None, []
+        full, replayed, quick = None, None, []
         for i, (mode, options) in enumerate(plan):
             result = launcher.run(spec, options)
             print(f"{name} {mode} settle={options.settle_steps} steps={options.representative_steps}: "
@@ -56,19 +61,35 @@ def main() -> int:
                 continue
             if mode == "full":
                 full = result.minutes_per_1000_samples
+                replayed = replay_quick(result, defaults.representative_steps)
             else:
                 quick.append((options.settle_steps, options.representative_steps, result.minutes_per_1000_samples))
         for settle, steps, minutes in quick:
             delta = None if full is None else 100 * (minutes / full - 1)
             table.append({"row": name, "settle": settle, "steps": steps, "quick_min": minutes, "full_min": full,
-                          "delta_pct": delta})
+                          "delta_pct": delta, "replayed_min": replayed})
+        if not quick and full is not None:
+            table.append({"row": name, "settle": None, "steps": None, "quick_min": None, "full_min": full,
+                          "delta_pct": None, "replayed_min": replayed})
     (args.out / "projection.json").write_text(json.dumps(table, indent=1) + "\n", encoding="utf-8")
-    print("\n| row | settle | steps | quick min/1000 | full min/1000 | quick vs full |\n|---|---|---|---|---|---|")
+    print("\n| row | settle | steps | quick min/1000 | full min/1000 | quick vs full | replayed on the full epoch |"
+          "\n|---|---|---|---|---|---|---|")
     for t in table:
-        delta = "" if t["delta_pct"] is None else f"{t['delta_pct']:+.1f}%"
-        full = "" if t["full_min"] is None else f"{t['full_min']:.3f}"
-        print(f"| {t['row']} | {t['settle']} | {t['steps']} | {t['quick_min']:.3f} | {full} | {delta} |")
+        cells = [_num(t["quick_min"]), _num(t["full_min"]),
+                 "" if t["delta_pct"] is None else f"{t['delta_pct']:+.1f}%",
+                 "" if t["replayed_min"] is None else f"{t['replayed_min']:.3f} ({100 * (t['replayed_min'] / t['full_min'] - 1):+.1f}%)"]
+        print(f"| {t['row']} | {t['settle'] or ''} | {t['steps'] or ''} | " + " | ".join(cells) + " |")
     return 0
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
+def replay_quick(full, count: int) -> float:
+    seconds = trainer.replay_quick(full.step_tokens, full.step_durations_s, full.epoch_optimizer_steps,
+                                   full.optimizer_step_s, count)
+    return seconds / 60 * 1000 / full.case["samples"]
 
 
 if __name__ == "__main__":

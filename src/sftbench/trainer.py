@@ -129,8 +129,11 @@ class Trainer:
 
 def representatives(ordered: list[Batch], count: int) -> list[Batch]:
     """The longest batch and batches at evenly spaced quantiles of size, longest first."""
-    positions = sorted({round(q) for q in np.linspace(0, len(ordered) - 1, min(count, len(ordered)))})
-    return [ordered[p] for p in positions]
+    return [ordered[p] for p in representative_positions(len(ordered), count)]
+
+
+def representative_positions(length: int, count: int) -> list[int]:
+    return sorted({round(q) for q in np.linspace(0, length - 1, min(count, length))})
 
 
 def project_epoch(step_tokens: list[int], step_durations: list[float], epoch_tokens: list[int],
@@ -142,3 +145,14 @@ def project_epoch(step_tokens: list[int], step_durations: list[float], epoch_tok
     xs = sorted(by_tokens)
     ys = [median(by_tokens[x]) for x in xs]
     return float(np.interp(epoch_tokens, xs, ys).sum()) + optimizer_steps * optimizer_step_s
+
+
+def replay_quick(step_tokens: list[int], step_durations: list[float], optimizer_steps: int, optimizer_step_s: float,
+                 count: int) -> float:
+    """What the quick mode would project from a full epoch's own steps: the steps at the batches it times,
+    measured at their moments in the epoch. Against the epoch's measured time this is the method's error
+    alone, without the host's drift between separate runs (scripts/projection_check.py)."""
+    order = sorted(range(len(step_tokens)), key=lambda i: -step_tokens[i])
+    steps = [order[p] for p in representative_positions(len(order), count)]
+    return project_epoch([step_tokens[i] for i in steps], [step_durations[i] for i in steps], step_tokens,
+                         optimizer_steps, optimizer_step_s)

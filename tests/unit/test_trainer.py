@@ -9,7 +9,7 @@ import torch
 from sftbench.data import Batch, SyntheticCorpus, epoch_batches
 from sftbench.models import build_model
 from sftbench.spec import CaseSpec, RunOptions
-from sftbench.trainer import OPTIMIZER_TIMINGS, Trainer, project_epoch, representatives
+from sftbench.trainer import OPTIMIZER_TIMINGS, Trainer, project_epoch, replay_quick, representatives
 from sftbench.worker import prepare_for_training
 
 
@@ -136,3 +136,11 @@ def test_allocation_failures_of_every_library_count_as_oom(error, oom):
     from sftbench.worker import _is_oom
 
     assert _is_oom(error) is oom
+
+
+def test_replay_quick_projects_from_the_epochs_own_steps_at_the_representative_batches():
+    tokens = [512, 2048, 100, 2048, 900, 1500]
+    durations = [0.1 + t / 1e4 for t in tokens]  # linear in tokens: the projection is exact
+    assert replay_quick(tokens, durations, 1, 0.5, count=3) == pytest.approx(sum(durations) + 0.5)
+    durations[1] = 9.0  # the longest batch is always one of the timed ones
+    assert replay_quick(tokens, durations, 0, 0.0, count=2) > 9.0
