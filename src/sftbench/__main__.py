@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 from sftbench import catalog
@@ -111,14 +112,17 @@ def _run(args) -> int:
     if reasons:
         print("sftbench: cannot run here:\n  " + "\n  ".join(sorted(reasons)), file=sys.stderr)
         return 2
-    launcher, failed = Launcher(), 0
+    launcher, failed, written = Launcher(), 0, Counter()
     for name, spec in specs:
         result = launcher.run(spec, options)
         print(f"{name} [{spec.key}]: {summary(result)}", flush=True)
         failed += result.outcome == "error"
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)
-            (args.out / f"{spec.key}.{result.mode}.json").write_text(result.to_json() + "\n", encoding="utf-8")
+            stem = f"{spec.key}.{result.mode}"
+            written[stem] += 1  # a row given twice is run twice: keep both results
+            suffix = "" if written[stem] == 1 else f".{written[stem]}"
+            (args.out / f"{stem}{suffix}.json").write_text(result.to_json() + "\n", encoding="utf-8")
     return 1 if failed else 0
 
 
