@@ -186,7 +186,7 @@ def _setting_changes(old: Result, new: Result) -> dict[str, tuple]:
     if "settings" in old.machine:
         before, now = old.machine["settings"], new.machine.get("settings", {})
         changes.update({name: (before.get(name, "unset"), now.get(name, "unset"))
-                        for name in sorted(set(before) | set(now)) if before.get(name) != now.get(name)})
+                        for name in set(before) | set(now) if before.get(name) != now.get(name)})
     return changes
 
 

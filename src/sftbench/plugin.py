@@ -112,17 +112,19 @@ def shard_keys(rows: list[Row], shard: str) -> set[str]:
             raise ValueError
     except ValueError:
         raise pytest.UsageError(f"--sftbench-shard takes I/N with 1 <= I <= N, got {shard!r}") from None
-    cost: dict[str, float | None] = {}
+    minutes: dict[str, list[float]] = {}
     for row in rows:
-        minutes = row.seed_minutes
-        cost[row.spec.key] = max(filter(None, [cost.get(row.spec.key), minutes]), default=None)
-    known = sorted(c for c in cost.values() if c is not None)
+        seed = minutes.setdefault(row.spec.key, [])
+        if row.seed_minutes:
+            seed.append(row.seed_minutes)
+    known = sorted(max(m) for m in minutes.values() if m)
     fallback = known[len(known) // 2] if known else 1.0
+    cost = {key: max(m, default=fallback) for key, m in minutes.items()}
     parts: list[tuple[float, int, set[str]]] = [(0.0, i, set()) for i in range(count)]
-    for key in sorted(cost, key=lambda k: (-(cost[k] or fallback), k)):
+    for key in sorted(cost, key=lambda k: (-cost[k], k)):
         load, i, keys = min(parts)
         keys.add(key)
-        parts[i] = (load + (cost[key] or fallback), i, keys)
+        parts[i] = (load + cost[key], i, keys)
     return parts[index - 1][2]
 
 

@@ -359,6 +359,7 @@ def _plotted(values: list[float | None], divisor: int) -> list[float]:
 def _lines(t: Table, results: dict[str, Result], memory, minutes) -> None:
     """One colour per model along the table's numeric column: the seed dashed, this run solid."""
     axis = _axis(t)
+    ticks = sorted({getattr(row.spec, axis) for row in t.rows})
     sweeps = [sweep for sweep in _sweeps(t, axis) if any(row.spec.key in results for row in sweep)]
     for i, sweep in enumerate(sweeps):
         color = f"C{i % 10}"
@@ -371,10 +372,10 @@ def _lines(t: Table, results: dict[str, Result], memory, minutes) -> None:
                 known = [(x, v / divisor) for x, v in zip(xs, values) if v is not None]  # a line over the gaps
                 axes.plot([x for x, _ in known], [v for _, v in known], style, color=color, mfc=face,
                           label=f"{name}, {source}")
-        _mark_ooms(memory, xs, sweep, runs, color, first=min(getattr(row.spec, axis) for row in t.rows))
+        _mark_ooms(memory, xs, sweep, runs, color, first=ticks[0])
     for axes in (memory, minutes):
         axes.set_xscale("log", base=2)
-        axes.set_xticks(sorted({getattr(row.spec, axis) for row in t.rows}), minor=False)
+        axes.set_xticks(ticks, minor=False)
         axes.xaxis.set_major_formatter("{x:.0f}")
         axes.set_xlabel(axis)
     memory.legend(fontsize="small")
