@@ -1,0 +1,211 @@
+"""Where one case's micro-step time and peak memory go, on the GPU: a diagnostic, not a benchmark.
+
+Builds the row's case in this process as the worker does, runs the warm-up, then reports:
+- the launch floor: microseconds per tiny kernel launch from Python on this host;
+- micro-step time with and without the NVML sampler thread (MemoryTracker's 10 ms poll), in
+  alternating blocks so that the host's drift hits both alike;
+- torch.profiler over a few micro-steps: host time in torch ops against GPU kernel time, the
+  synchronizing calls, the top ops; then cProfile over the same: the Python functions that cost;
+- the Python lines that synchronize with the GPU (torch.cuda.set_sync_debug_mode);
+- with --memory: the tensors alive at the peak of the epoch's longest micro-step, grouped by the
+  line of sftbench / transformers / peft code that allocated them.
+
+Usage: python scripts/step_profile.py 'test_lora_max_length[qwen-7b-chat-512]' [--memory] [--no-timing] --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import io
+import json
+import pstats
+import sys
+import time
+import warnings
+from pathlib import Path
+from statistics import median
+
+import torch
+
+from sftbench import catalog
+from sftbench.data import SyntheticCorpus, epoch_batches
+from sftbench.result import Result
+from sftbench.trackers import MemoryTracker, StepTimer, synchronize
+from sftbench.trainer import Trainer, representatives
+from sftbench.worker import _build, prepare_for_training
+
+MIB = 2**20
+SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpyAsync")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("row")
+    parser.add_argument("--steps", type=int, default=20, help="micro-steps per timed block")
+    parser.add_argument("--memory", action="store_true", help="group the live tensors at the peak")
+    parser.add_argument("--no-timing", action="store_true")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    spec = {r.node_id: r for r in catalog.all_rows()}[args.row].spec
+    report: dict = {"row": args.row, "key": spec.key}
+    device = torch.device(spec.device)
+
+    model = prepare_for_training(_build(spec, spec.attention, device, Result(case={}, key=spec.key)), spec)
+    corpus = SyntheticCorpus(model.get_input_embeddings().num_embeddings, spec.samples)
+    batches = epoch_batches(corpus.lengths, spec.batch_size, spec.max_length)
+    trainer = Trainer(model, corpus, batches, sft_type=spec.sft_type, max_length=spec.max_length,
+                      accumulation=spec.gradient_accumulation_steps, device=device,
+                      amp_dtype=torch.float16 if spec.quantization.endswith("gptq") else torch.bfloat16)
+    ordered = sorted(batches, key=lambda b: -b.tokens)
+    trainer.warm_up(ordered[-1], ordered[0], representatives(ordered, 16))
+    gc.collect()
+    gc.freeze()
+    middle = ordered[len(ordered) // 2]
+    report["middle_batch_tokens"] = middle.tokens
+
+    if not args.no_timing:
+        report["launch_floor_us"] = launch_floor_us(device)
+        report["nvml_ab"] = nvml_ab(trainer, middle, device, args.steps)
+        report["profile"] = profile(trainer, middle, args.out / f"{spec.key}.profile.txt")
+        if device.type == "cuda":
+            report["sync_lines"] = sync_lines(trainer, middle)
+    if args.memory and device.type == "cuda":
+        report["memory_at_peak"] = memory_at_peak(trainer, ordered[0], device)
+    (args.out / f"{spec.key}.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+def launch_floor_us(device: torch.device, launches: int = 20000) -> float:
+    x = torch.zeros(1, device=device)
+    for _ in range(100):
+        x.add_(1)
+    synchronize(device)
+    started = time.perf_counter()
+    for _ in range(launches):
+        x.add_(1)
+    synchronize(device)
+    return (time.perf_counter() - started) / launches * 1e6
+
+
+def nvml_ab(trainer: Trainer, batch, device: torch.device, steps: int, blocks: int = 3) -> dict:
+    """Median micro-step with the sampler thread off and on, in alternating blocks."""
+    times: dict[str, list[float]] = {"off": [], "on": []}
+    for _ in range(blocks):
+        for mode in ("off", "on"):
+            tracker = MemoryTracker(device)
+            if mode == "on":
+                tracker.start()
+            timer = StepTimer(device)
+            for _ in range(steps):
+                with timer.step(batch.tokens):
+                    trainer.micro_step(batch)
+            tracker.stop()
+            times[mode].append(median(timer.durations))
+    return {mode: [round(t, 4) for t in values] for mode, values in times.items()}
+
+
+def profile(trainer: Trainer, batch, text_path: Path, steps: int = 3) -> dict:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    synchronize(trainer.device)
+    started = time.perf_counter()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if trainer.device.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        for _ in range(steps):
+            trainer.micro_step(batch)
+        synchronize(trainer.device)
+    wall = time.perf_counter() - started
+    averages = prof.key_averages()
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    gpu_us = sum(getattr(e, "device_time", 0) or getattr(e, "cuda_time", 0) for e in kernels)
+    python = cProfile.Profile()
+    python.enable()
+    for _ in range(steps):
+        trainer.micro_step(batch)
+    synchronize(trainer.device)
+    python.disable()
+    stats = io.StringIO()
+    pstats.Stats(python, stream=stats).sort_stats("tottime").print_stats(30)
+    pstats.Stats(python, stream=stats).sort_stats("cumulative").print_stats(40)
+    text_path.write_text(averages.table(sort_by="self_cpu_time_total", row_limit=30) + "\n" + stats.getvalue(),
+                         encoding="utf-8")
+    return {
+        "micro_steps": steps,
+        "wall_s_profiled": round(wall, 3),
+        "gpu_kernel_s": round(gpu_us / 1e6, 3),
+        "kernels": len(kernels),
+        "cpu_ops": sum(e.count for e in averages if e.device_type == torch.autograd.DeviceType.CPU),
+        "sync_calls": {e.key: e.count for e in averages if e.key in SYNC_CALLS},
+    }
+
+
+def sync_lines(trainer: Trainer, batch) -> dict[str, int]:
+    """file:line of the Python code whose torch calls waited for the GPU, during one micro-step."""
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.micro_step(batch)
+            trainer.optimizer_step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    lines: dict[str, int] = {}
+    for w in caught:
+        where = f"{w.filename}:{w.lineno}"
+        lines[where] = lines.get(where, 0) + 1
+    return lines
+
+
+def memory_at_peak(trainer: Trainer, batch, device: torch.device) -> dict:
+    """Replay the allocator's trace of one micro-step; group the bytes alive at its peak."""
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    torch.cuda.memory._record_memory_history(enabled="all", context="all", stacks="python", max_entries=2_000_000)
+    trainer.micro_step(batch)
+    torch.cuda.synchronize()
+    snapshot = torch.cuda.memory._snapshot()
+    torch.cuda.memory._record_memory_history(enabled=None)
+    live: dict[int, tuple[int, str]] = {}  # blocks allocated during the trace: size, where
+    now = peak = 0  # bytes above `before`
+    at_peak: dict[int, tuple[int, str]] = {}
+    for event in snapshot["device_traces"][device.index or 0]:
+        if event["action"] == "alloc":
+            live[event["addr"]] = (event["size"], _where(event.get("frames", [])))
+            now += event["size"]
+        elif event["action"] == "free_completed":
+            now -= live.pop(event["addr"], (event["size"], ""))[0]
+        if now > peak:
+            peak, at_peak = now, dict(live)
+    groups: dict[str, list[int]] = {}
+    for size, where in at_peak.values():
+        groups.setdefault(where, [0, 0])
+        groups[where][0] += size
+        groups[where][1] += 1
+    top = sorted(groups.items(), key=lambda kv: -kv[1][0])[:20]
+    return {
+        "batch_tokens": batch.tokens,
+        "allocated_before_mib": round(before / MIB),
+        "trace_peak_above_before_mib": round(peak / MIB),
+        "max_allocated_mib": round(torch.cuda.max_memory_allocated(device) / MIB),
+        "max_reserved_mib": round(torch.cuda.max_memory_reserved(device) / MIB),
+        "groups_mib": [[where, round(size / MIB), count] for where, (size, count) in top],
+    }
+
+
+def _where(frames: list[dict]) -> str:
+    """The innermost frame outside torch itself (autograd's backward counts as torch's)."""
+    for frame in frames:
+        name = frame.get("filename", "")
+        if "/torch/" not in name or "checkpoint" in name:
+            return f"{Path(name).parent.name}/{Path(name).name}:{frame.get('line')} {frame.get('name')}"
+    return frames[0]["name"] if frames else "(no stack)"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
