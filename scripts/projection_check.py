@@ -10,7 +10,7 @@ the drift: the quick mode's projection computed from the full epoch's own steps 
 quick mode would time (same moments, same host state).
 
 Usage: python scripts/projection_check.py 'test_lora_max_length[qwen-7b-chat-512]' ... \
-           [--quick-runs 2] [--settle 16] [--steps 32] [--samples N] --out DIR
+           [--quick-runs 2] [--settle 4] [--steps 32] [--samples N] --out DIR
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def main() -> int:
         before = args.quick_runs - args.quick_runs // 2
         plan = ([("quick", s) for s in settings] * before + [("full", RunOptions(full_epoch=True))]
                 + [("quick", s) for s in settings] * (args.quick_runs // 2))
-        full, replayed, quick = None, None, []
+        full, full_result, replayed, quick = None, None, None, []
         for i, (mode, options) in enumerate(plan):
             result = launcher.run(spec, options)
             print(f"{name} {mode} settle={options.settle_steps} steps={options.representative_steps}: "
@@ -60,10 +60,11 @@ def main() -> int:
             if result.outcome != "ok":
                 continue
             if mode == "full":
-                full = result.minutes_per_1000_samples
-                replayed = replay_quick(result, defaults.representative_steps)
+                full, full_result = result.minutes_per_1000_samples, result
             else:
-                quick.append((options.settle_steps, options.representative_steps, result.minutes_per_1000_samples))
+                quick.append((options.settle_steps, len(result.step_durations_s), result.minutes_per_1000_samples))
+        if full is not None:  # replayed with as many steps as the quick runs timed
+            replayed = replay_quick(full_result, quick[0][1] if quick else defaults.representative_steps)
         for settle, steps, minutes in quick:
             delta = None if full is None else 100 * (minutes / full - 1)
             table.append({"row": name, "settle": settle, "steps": steps, "quick_min": minutes, "full_min": full,

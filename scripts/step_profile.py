@@ -20,6 +20,7 @@ import cProfile
 import gc
 import io
 import json
+import linecache
 import pstats
 import sys
 import time
@@ -32,6 +33,7 @@ import torch
 from sftbench import catalog
 from sftbench.data import SyntheticCorpus, epoch_batches
 from sftbench.result import Result
+from sftbench.spec import RunOptions
 from sftbench.trackers import MemoryTracker, StepTimer, synchronize
 from sftbench.trainer import Trainer, representatives
 from sftbench.worker import _build, prepare_for_training
@@ -60,7 +62,9 @@ def main() -> int:
                       accumulation=spec.gradient_accumulation_steps, device=device,
                       amp_dtype=torch.float16 if spec.quantization.endswith("gptq") else torch.bfloat16)
     ordered = sorted(batches, key=lambda b: -b.tokens)
-    trainer.warm_up(ordered[-1], ordered[0], representatives(ordered, 16))
+    trainer.warm_up(ordered[-1], ordered[0])
+    for batch in representatives(ordered, RunOptions().settle_steps):
+        trainer.micro_step(batch)
     gc.collect()
     gc.freeze()
     middle = ordered[len(ordered) // 2]
@@ -199,12 +203,14 @@ def memory_at_peak(trainer: Trainer, batch, device: torch.device) -> dict:
 
 
 def _where(frames: list[dict]) -> str:
-    """The innermost frame outside torch itself (autograd's backward counts as torch's)."""
+    """The innermost frame outside torch itself, with its line of code; the backward pass runs in autograd's
+    own thread, without Python frames."""
     for frame in frames:
         name = frame.get("filename", "")
         if "/torch/" not in name or "checkpoint" in name:
-            return f"{Path(name).parent.name}/{Path(name).name}:{frame.get('line')} {frame.get('name')}"
-    return frames[0]["name"] if frames else "(no stack)"
+            code = linecache.getline(name, frame.get("line", 0)).strip()
+            return f"`{code}` ({Path(name).name}:{frame.get('line')})"
+    return f"in {frames[0]['name']}" if frames else "in the backward pass"
 
 
 if __name__ == "__main__":

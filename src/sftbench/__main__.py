@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("folder", type=Path, help="a results/<gpu>/ or baselines/<gpu>/ folder")
     report.add_argument("--out", type=Path, help="write here instead of standard output")
     report.add_argument("--plots", type=Path, help="write PNG plots to this folder (beside --out: links are relative)")
+    report.add_argument("--diagnostics", type=Path,
+                        help="memory diagnostics (scripts/step_profile.py --memory) for the fidelity notes' causes")
 
     run = commands.add_parser("run", help="run catalog rows' configurations, each in a fresh process")
     run.add_argument("rows", nargs="+", help="pytest ids such as 'test_lora_max_length[qwen-7b-chat-4096]'")
@@ -75,13 +77,14 @@ def _baselines(args) -> int:
 
 
 def _report(args) -> int:
-    from sftbench.report import load_results, markdown
+    from sftbench.report import load_diagnostics, load_results, markdown
 
     if not args.folder.is_dir():
         print(f"sftbench: {args.folder} is not a folder of results (results/<gpu>/ or baselines/<gpu>/)",
               file=sys.stderr)
         return 2
-    text = markdown(load_results(args.folder), args.plots)
+    text = markdown(load_results(args.folder), args.plots,
+                    load_diagnostics(args.diagnostics) if args.diagnostics else None)
     if args.out:
         args.out.write_text(text, encoding="utf-8")
     else:

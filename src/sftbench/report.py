@@ -44,6 +44,8 @@ MFU_FORMULA = (
 MEMORY_NOTE_RATIO = 0.10  # a bf16 row whose reserved memory is off the seed's by more than this gets a note
 TREND_MIN_CHANGE = 0.01  # neighbouring rows that change less than this in both runs show no trend to reverse
 NOT_MEASURED = "not yet measured"
+# A step with more tokens whose time grows by less than this fraction of the token growth is host-bound.
+HOST_BOUND_GROWTH = 0.8
 
 # Tables that get a plot, and how: "lines" along the table's numeric column, per model; "bars" per row.
 PLOTS = {"lora_max_length": "lines", "full_max_length": "lines", "batch_size": "lines",
@@ -62,9 +64,21 @@ def load_results(folder: Path) -> dict[str, Result]:
     return results
 
 
-def markdown(results: dict[str, Result], plots_dir: Path | None = None) -> str:
+def load_diagnostics(folder: Path) -> dict[str, dict]:
+    """Memory diagnostics by configuration key: the JSON files of `scripts/step_profile.py --memory`."""
+    diagnostics = {}
+    for path in sorted(Path(folder).glob("*.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if "memory_at_peak" in data:
+            diagnostics[data["key"]] = data["memory_at_peak"]
+    return diagnostics
+
+
+def markdown(results: dict[str, Result], plots_dir: Path | None = None,
+             diagnostics: dict[str, dict] | None = None) -> str:
     """The report. With `plots_dir` (a folder beside the Markdown file), its PNG plots are written there
-    and linked relatively, as `<plots_dir name>/<table>.png`."""
+    and linked relatively, as `<plots_dir name>/<table>.png`. `diagnostics` (load_diagnostics) give
+    the memory notes their measured causes."""
     lines = [f"# sftbench results: {_stack(results)}", "", _coverage(results), "",
              f"Seed: ms-swift's Benchmark.md ({SEED_STACK}); its minutes are wall time of the whole "
              "`swift sft` run (model load included), ours are the training epoch of 1000 samples "
@@ -74,7 +88,7 @@ def markdown(results: dict[str, Result], plots_dir: Path | None = None) -> str:
         lines += _table(t, results)
         if plots_dir is not None and t.name in PLOTS:
             lines += _plot(t, results, Path(plots_dir))
-    lines += _fidelity_notes(results)
+    lines += _fidelity_notes(results, diagnostics or {})
     return "\n".join(lines) + "\n"
 
 
@@ -222,13 +236,13 @@ def _sweeps(t: Table, axis: str) -> list[list[Row]]:
 # --- fidelity notes ------------------------------------------------------------------------------------
 
 
-def _fidelity_notes(results: dict[str, Result]) -> list[str]:
+def _fidelity_notes(results: dict[str, Result], diagnostics: dict[str, dict]) -> list[str]:
     lines = ["## Fidelity notes", "",
              "What differs from the seed. A cause is given where this run's own numbers show it; "
              f"otherwise it is {NOT_MEASURED}.", ""]
     for title, head, rows in (
         (f"Memory more than {MEMORY_NOTE_RATIO:.0%} off the seed (bf16 rows)",
-         ["rows", "seed MiB", "MiB", "ratio"], _memory_notes(results)),
+         ["rows", "seed MiB", "MiB", "ratio"], _memory_notes(results, diagnostics)),
         ("Outcome differs from the seed", ["rows", "seed", "this run"], _outcome_notes(results)),
         ("Within-table trend goes the other way", ["table", "rows", "metric", "seed", "this run"],
          _trend_notes(results)),
@@ -256,13 +270,21 @@ def _node_ids(rows: list[Row]) -> str:
     return ", ".join(f"`{row.node_id}`" for row in rows)
 
 
-def _memory_notes(results: dict[str, Result]) -> list[list[str]]:
+def _memory_notes(results: dict[str, Result], diagnostics: dict[str, dict]) -> list[list[str]]:
     notes = []
     for (key, seed, _), rows in _by_configuration(results).items():
         now = _run_value(results[key], "MiB")
         if rows[0].spec.quantization == "bf16" and seed and now and abs(now / seed - 1) > MEMORY_NOTE_RATIO:
-            notes.append([_node_ids(rows), _num(seed, 0), _num(now, 0), _ratio(now, seed), NOT_MEASURED])
+            cause = _peak_composition(diagnostics[key]) if key in diagnostics else NOT_MEASURED
+            notes.append([_node_ids(rows), _num(seed, 0), _num(now, 0), _ratio(now, seed), cause])
     return notes
+
+
+def _peak_composition(peak: dict, groups: int = 3) -> str:
+    """What this run holds at its peak, from a memory diagnostic: the largest groups of live tensors."""
+    largest = ", ".join(f"{mib} MiB {where}" for where, mib, _ in peak["groups_mib"][:groups])
+    return (f"at the peak of its longest micro-step ({peak['batch_tokens']} tokens), above the "
+            f"{peak['allocated_before_mib']} MiB held before it: {largest} (scripts/step_profile.py --memory)")
 
 
 def _outcome_notes(results: dict[str, Result]) -> list[list[str]]:
@@ -296,14 +318,15 @@ def _trend_notes(results: dict[str, Result]) -> list[list[str]]:
 
 
 def _trend_cause(a: Row, b: Row, metric: str, results: dict[str, Result]) -> str:
-    """Where the timed steps of row b hold far more tokens than row a's but take about as long, the steps
-    are bound by the CPU (Python, kernel launches), not by the GPU's work: a fact of this run."""
+    """Where the timed steps of row b hold far more tokens than row a's (longer samples, larger batches)
+    but their time grows much less, a fixed cost per step dominates: the host's (Python, kernel launches),
+    not the GPU's work. A fact of this run; the seed's steps on the A100 grew with the tokens."""
     ra, rb = results[a.spec.key], results[b.spec.key]
     if metric != "min" or not (ra.step_durations_s and rb.step_durations_s):
         return NOT_MEASURED
     (ta, sa), (tb, sb) = [(median(r.step_tokens), median(r.step_durations_s)) for r in (ra, rb)]
-    if tb >= 1.5 * ta and sb < 1.15 * sa:
-        return (f"CPU-bound steps here: the median timed step takes {sa:.2f} s at {ta:.0f} tokens and "
+    if tb >= 1.5 * ta and sb / sa < HOST_BOUND_GROWTH * tb / ta:
+        return (f"host-bound steps here: the median timed step takes {sa:.2f} s at {ta:.0f} tokens and "
                 f"{sb:.2f} s at {tb:.0f}")
     return NOT_MEASURED
 

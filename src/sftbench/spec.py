@@ -93,5 +93,5 @@ def _check_choice(name: str, value, choices) -> None:
 class RunOptions:
     full_epoch: bool = False
     representative_steps: int = 32
-    settle_steps: int = 16
+    settle_steps: int = 4
     attn_fallback: str | None = None  # kernel to use where flash-attn is missing, e.g. "sdpa"

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from sftbench.catalog import seed_tables
-from sftbench.report import load_results, markdown, mfu, model_flops_per_token, peak_bf16_flops
+from sftbench.report import load_diagnostics, load_results, markdown, mfu, model_flops_per_token, peak_bf16_flops
 from sftbench.spec import CaseSpec
 
 BASELINES = Path(__file__).parents[2] / "baselines" / "nvidia-h200"
@@ -155,7 +155,36 @@ def test_a_reversed_time_trend_of_cpu_bound_steps_says_so_and_a_flat_one_is_no_t
     trends = sections(markdown(results))["Within-table trend goes the other way"][1]
     assert [cells[1:3] + cells[5:] for cells in trends] == [
         ["qwen-7b-chat-512 → qwen-7b-chat-1024", "min",
-         "CPU-bound steps here: the median timed step takes 0.24 s at 512 tokens and 0.25 s at 1024"]]
+         "host-bound steps here: the median timed step takes 0.24 s at 512 tokens and 0.25 s at 1024"]]
+
+
+def test_a_host_bound_batch_size_trend_says_so(result_factory):
+    # bs2 steps hold twice the tokens and take 1.5x as long: the epoch gets faster, the seed's got slower.
+    results = results_of(
+        result_factory(lora(), minutes=4.52, step_durations_s=[0.28] * 3, step_tokens=[1800] * 3),
+        result_factory(lora(batch_size=2), minutes=3.54, step_durations_s=[0.42] * 3, step_tokens=[3600] * 3),
+    )
+    trends = sections(markdown(results))["Within-table trend goes the other way"][1]
+    assert [cells[1:3] + cells[5:] for cells in trends] == [
+        ["qwen-7b-chat-bs1 → qwen-7b-chat-bs2", "min",
+         "host-bound steps here: the median timed step takes 0.28 s at 1800 tokens and 0.42 s at 3600"]]
+
+
+def test_memory_diagnostics_give_the_memory_notes_their_cause(result_factory, tmp_path):
+    spec = lora(max_length=8192)
+    peak = {"batch_tokens": 8192, "allocated_before_mib": 14859,
+            "groups_mib": [["`shift_logits = logits[..., :-1, :].contiguous()` (qwen.py:182)", 7121, 4],
+                           ["in the backward pass", 4747, 2], ["`return hidden_states` (qwen.py:140)", 1984, 31],
+                           ["`x` (qwen.py:59)", 128, 1]]}
+    (tmp_path / "diag.json").write_text(json.dumps({"key": spec.key, "memory_at_peak": peak}))
+    (tmp_path / "timing-only.json").write_text(json.dumps({"key": lora().key, "launch_floor_us": 8.8}))
+    diagnostics = load_diagnostics(tmp_path)
+    assert list(diagnostics) == [spec.key]
+    memory = sections(markdown(results_of(result_factory(spec, reserved=32438.0)), diagnostics=diagnostics))
+    [[_, _, _, _, cause]] = memory["Memory more than 10% off the seed (bf16 rows)"][1]
+    assert cause == ("at the peak of its longest micro-step (8192 tokens), above the 14859 MiB held before it: "
+                     "7121 MiB `shift_logits = logits[..., :-1, :].contiguous()` (qwen.py:182), 4747 MiB in the "
+                     "backward pass, 1984 MiB `return hidden_states` (qwen.py:140) (scripts/step_profile.py --memory)")
 
 
 def test_load_results_reads_baseline_files_and_plain_results(result_factory, tmp_path):

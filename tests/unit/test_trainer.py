@@ -9,6 +9,7 @@ import torch
 from sftbench.data import Batch, SyntheticCorpus, epoch_batches
 from sftbench.models import build_model
 from sftbench.spec import CaseSpec, RunOptions
+from sftbench import trainer as trainer_module
 from sftbench.trainer import OPTIMIZER_TIMINGS, Trainer, project_epoch, replay_quick, representatives
 from sftbench.worker import prepare_for_training
 
@@ -56,10 +57,11 @@ def test_project_epoch_is_exact_on_a_linear_model():
     assert projected == pytest.approx(sum(step_time(t) for t in epoch), rel=1e-9)
 
 
-def test_project_epoch_takes_the_median_of_repeated_token_counts_and_adds_optimizer_steps():
-    projected = project_epoch([100, 100, 100, 200], [1.0, 5.0, 2.0, 3.0], [100, 200, 150],
+def test_project_epoch_takes_the_mean_of_repeated_token_counts_and_adds_optimizer_steps():
+    # The mean: an epoch's time is a sum, and its occasional slow step (here 6.0) is part of it.
+    projected = project_epoch([100, 100, 100, 200], [1.0, 6.0, 2.0, 3.0], [100, 200, 150],
                               optimizer_steps=4, optimizer_step_s=0.25)
-    assert projected == pytest.approx(2.0 + 3.0 + 2.5 + 4 * 0.25)
+    assert projected == pytest.approx(3.0 + 3.0 + 3.0 + 4 * 0.25)
 
 
 def test_project_epoch_holds_the_end_values_outside_the_timed_range():
@@ -110,6 +112,19 @@ def test_quick_mode_times_representative_steps_and_projects_the_epoch(trainer, m
     assert timing.epoch_seconds == pytest.approx(project_epoch(
         timing.step_tokens, timing.step_durations_s, [b.tokens for b in trainer.batches], 2, timing.optimizer_step_s))
     assert progress == ["timed 4 representative micro-steps"]
+
+
+def test_quick_mode_times_half_as_many_steps_where_settle_steps_are_long(trainer, monkeypatch):
+    monkeypatch.setattr(trainer_module, "LONG_STEP_S", 0.0)  # every step counts as long
+    timing = trainer.run(RunOptions(representative_steps=4, settle_steps=2), progress=lambda line: None)
+    chosen = representatives(sorted(trainer.batches, key=lambda b: -b.tokens), 2)
+    assert timing.step_tokens == [b.tokens for b in chosen]
+
+
+def test_without_settle_steps_quick_mode_times_all_representatives(trainer, monkeypatch):
+    monkeypatch.setattr(trainer_module, "LONG_STEP_S", 0.0)
+    timing = trainer.run(RunOptions(representative_steps=4, settle_steps=0), progress=lambda line: None)
+    assert len(timing.step_tokens) == 4
 
 
 def test_full_mode_times_every_batch_in_training_order(trainer, monkeypatch):
