@@ -46,6 +46,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("row")
     parser.add_argument("--steps", type=int, default=20, help="micro-steps per timed block")
+    parser.add_argument("--blocks", type=int, default=3, help="timed blocks per NVML sampler setting")
     parser.add_argument("--memory", action="store_true", help="group the live tensors at the peak")
     parser.add_argument("--no-timing", action="store_true")
     parser.add_argument("--out", type=Path, required=True)
@@ -72,7 +73,7 @@ def main() -> int:
 
     if not args.no_timing:
         report["launch_floor_us"] = launch_floor_us(device)
-        report["nvml_ab"] = nvml_ab(trainer, middle, device, args.steps)
+        report["nvml_ab"] = nvml_ab(trainer, middle, device, args.steps, args.blocks)
         report["profile"] = profile(trainer, middle, args.out / f"{spec.key}.profile.txt")
         if device.type == "cuda":
             report["sync_lines"] = sync_lines(trainer, middle)
@@ -95,7 +96,7 @@ def launch_floor_us(device: torch.device, launches: int = 20000) -> float:
     return (time.perf_counter() - started) / launches * 1e6
 
 
-def nvml_ab(trainer: Trainer, batch, device: torch.device, steps: int, blocks: int = 3) -> dict:
+def nvml_ab(trainer: Trainer, batch, device: torch.device, steps: int, blocks: int) -> dict:
     """Median micro-step with the sampler thread off and on, in alternating blocks."""
     times: dict[str, list[float]] = {"off": [], "on": []}
     for _ in range(blocks):
