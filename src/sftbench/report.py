@@ -46,6 +46,8 @@ TREND_MIN_CHANGE = 0.01  # neighbouring rows that change less than this in both 
 NOT_MEASURED = "not yet measured"
 # A step with more tokens whose time grows by less than this fraction of the token growth is host-bound.
 HOST_BOUND_GROWTH = 0.8
+# A step of a quarter of the tokens or fewer that still takes this share of the longest step's time is host-bound.
+HOST_FLOOR_SHARE = 0.6
 
 # Tables that get a plot, and how: "lines" along the table's numeric column, per model; "bars" per row.
 PLOTS = {"lora_max_length": "lines", "full_max_length": "lines", "batch_size": "lines",
@@ -318,16 +320,23 @@ def _trend_notes(results: dict[str, Result]) -> list[list[str]]:
 
 
 def _trend_cause(a: Row, b: Row, metric: str, results: dict[str, Result]) -> str:
-    """Where the timed steps of row b hold far more tokens than row a's (longer samples, larger batches)
-    but their time grows much less, a fixed cost per step dominates: the host's (Python, kernel launches),
-    not the GPU's work. A fact of this run; the seed's steps on the A100 grew with the tokens."""
+    """Where steps cost about the same whatever their tokens, a fixed cost per step dominates: the host's
+    (Python, kernel launches), not the GPU's work. Shown by row b's steps holding far more tokens than
+    row a's at little more time (longer samples), or by row a's shortest timed step costing nearly what
+    its longest does (a larger batch then pays that cost once for several samples). Facts of this run;
+    the seed's steps on the A100 grew with the tokens."""
     ra, rb = results[a.spec.key], results[b.spec.key]
     if metric != "min" or not (ra.step_durations_s and rb.step_durations_s):
         return NOT_MEASURED
     (ta, sa), (tb, sb) = [(median(r.step_tokens), median(r.step_durations_s)) for r in (ra, rb)]
-    if tb >= 1.5 * ta and sb / sa < HOST_BOUND_GROWTH * tb / ta:
+    if tb >= 1.2 * ta and sb / sa < HOST_BOUND_GROWTH * tb / ta:
         return (f"host-bound steps here: the median timed step takes {sa:.2f} s at {ta:.0f} tokens and "
                 f"{sb:.2f} s at {tb:.0f}")
+    steps = sorted(zip(ra.step_tokens, ra.step_durations_s))
+    (t_short, s_short), (t_long, s_long) = steps[0], steps[-1]
+    if t_short <= 0.25 * t_long and s_short >= HOST_FLOOR_SHARE * s_long:
+        return (f"a per-step host cost: in {a.id} the shortest timed step ({t_short} tokens) takes {s_short:.2f} s, "
+                f"the longest ({t_long} tokens) {s_long:.2f} s")
     return NOT_MEASURED
 
 

@@ -12,7 +12,7 @@ the epoch's worst memory state, so the recorded peak (over the whole case, model
 as the seed's was) contains the epoch's true peak, and the allocator has grown to it before any
 step is timed (a one-off cost in a real epoch, not one step in 32). Then `settle_steps` more
 untimed micro-steps at representative sizes; their times size the quick mode: micro-steps of a
-second or more (72B, batch size 8) are GPU-bound and steady (residual jitter 2-4% against 12% for
+second or more (72B, batch size 8) are GPU-bound and steady (residual jitter 2-4% against 12-20% for
 the host-bound 0.2-s steps of 7B models on the H200), so half as many are timed.
 
 On the projection's error, measured against full epochs (docs/gpu-log.md): the mean of repeated

@@ -170,6 +170,17 @@ def test_a_host_bound_batch_size_trend_says_so(result_factory):
          "host-bound steps here: the median timed step takes 0.28 s at 1800 tokens and 0.42 s at 3600"]]
 
 
+def test_a_batch_size_trend_of_steps_with_a_host_floor_says_so(result_factory):
+    # bs1's 107-token step costs 0.25 s, its 2048-token one 0.30 s: bs2 pays that floor once per two samples.
+    results = results_of(
+        result_factory(lora(), minutes=4.49, step_durations_s=[0.30, 0.26, 0.25], step_tokens=[2048, 2048, 107]),
+        result_factory(lora(batch_size=2), minutes=3.45, step_durations_s=[0.46] * 3, step_tokens=[4096] * 3),
+    )
+    [trend] = sections(markdown(results))["Within-table trend goes the other way"][1]
+    assert trend[5] == ("a per-step host cost: in qwen-7b-chat-bs1 the shortest timed step (107 tokens) takes "
+                        "0.25 s, the longest (2048 tokens) 0.30 s")
+
+
 def test_memory_diagnostics_give_the_memory_notes_their_cause(result_factory, tmp_path):
     spec = lora(max_length=8192)
     peak = {"batch_tokens": 8192, "allocated_before_mib": 14859,
@@ -204,3 +215,20 @@ def test_the_rank_table_shows_trainable_parameters_beside_the_seeds():
     rank_table = text.split("## LoRA Rank & LoRA Target Modules")[1].split("##")[0]
     assert "| seed trainable | trainable |" in rank_table
     assert "| 4.19M | 4.19M |" in rank_table  # r8 DEFAULT: the seed's 4.19M, measured 4,194,304
+
+
+def test_the_committed_h200_report_is_what_the_report_command_writes(tmp_path):
+    """docs/results-h200.md, but for its hand-written preamble (the > lines), is the command's output from
+    the committed baselines and diagnostics: every flagged memory row has its measured cause."""
+    from sftbench.__main__ import main
+
+    docs = BASELINES.parents[1] / "docs"
+    out = tmp_path / "results-h200.md"
+    assert main(["report", str(BASELINES), "--out", str(out), "--plots", str(tmp_path / "results-h200"),
+                 "--diagnostics", str(docs / "diagnostics-h200")]) == 0
+    def text(path):
+        return [line for line in path.read_text().splitlines() if line and not line.startswith(">")]
+
+    assert text(docs / "results-h200.md") == text(out)
+    memory = sections(out.read_text())["Memory more than 10% off the seed (bf16 rows)"][1]
+    assert memory and all("(scripts/step_profile.py --memory)" in cells[-1] for cells in memory)
