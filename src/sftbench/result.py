@@ -41,7 +41,8 @@ class Result:
     trainable_params: int | None = None
     total_params: int | None = None
     memory: MemoryPeaks = field(default_factory=MemoryPeaks)
-    # Where a case's wall time goes: process start, imports and build, warm-up, measuring.
+    # Where a case's wall time goes, in seconds: spawn_s (process start), build_s (CUDA context and model),
+    # prepare_s (peft, LoRA, checkpointing), setup_s (those and the data), warmup_s, case_s, wall_s.
     overhead: dict[str, float] = field(default_factory=dict)
     versions: dict[str, str | None] = field(default_factory=dict)
     machine: dict = field(default_factory=dict)  # environment.machine(): GPU, driver, CUDA, settings

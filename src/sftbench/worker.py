@@ -68,8 +68,10 @@ def run_case(spec: CaseSpec, options: RunOptions, log=print) -> Result:
         memory.start()
         result.attention = attention_to_use(spec.attention, options.attn_fallback)
         model = _build(spec, result.attention, device, result)
+        result.overhead["build_s"] = time.perf_counter() - started  # CUDA context, model (quantized: checkpoint)
         result.attention = model.config._attn_implementation  # what transformers actually set up
         model = prepare_for_training(model, spec)
+        result.overhead["prepare_s"] = time.perf_counter() - started - result.overhead["build_s"]  # peft, LoRA
         result.trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         result.total_params = get_model(spec.model_type).total_params
         corpus = SyntheticCorpus(model.get_input_embeddings().num_embeddings, spec.samples)

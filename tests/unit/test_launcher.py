@@ -1,5 +1,6 @@
 """The launcher's forkserver preload: it must be able to fork CUDA-clean case processes."""
 
+import json
 import subprocess
 import sys
 
@@ -22,6 +23,8 @@ def test_cli_run_trains_rows_in_fresh_processes_and_keeps_every_result(tmp_path,
     key = "tiny-qwen.lora.bf16.len512.bs1.gc.sdpa.r8-DEFAULT.n6.cpu"
     assert written == [f"{key}.quick.2.json", f"{key}.quick.json"]  # the same row twice: two results
     assert capsys.readouterr().out.count(f"{row} [{key}]: ") == 2
+    overhead = json.loads((tmp_path / f"{key}.quick.json").read_text())["overhead"]
+    assert 0 < overhead["build_s"] + overhead["prepare_s"] <= overhead["setup_s"] <= overhead["case_s"] <= overhead["wall_s"]
 
 
 def test_cli_run_names_an_unknown_row(capsys):
