@@ -31,12 +31,11 @@ from statistics import median
 import torch
 
 from sftbench import catalog
-from sftbench.data import SyntheticCorpus, epoch_batches
 from sftbench.result import Result
 from sftbench.spec import RunOptions
 from sftbench.trackers import MemoryTracker, StepTimer, synchronize
 from sftbench.trainer import Trainer, representatives
-from sftbench.worker import _build, prepare_for_training
+from sftbench.worker import build_case_model, case_trainer, prepare_for_training
 
 MIB = 2**20
 SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpyAsync")
@@ -56,13 +55,9 @@ def main() -> int:
     report: dict = {"row": args.row, "key": spec.key}
     device = torch.device(spec.device)
 
-    model = prepare_for_training(_build(spec, spec.attention, device, Result(case={}, key=spec.key)), spec)
-    corpus = SyntheticCorpus(model.get_input_embeddings().num_embeddings, spec.samples)
-    batches = epoch_batches(corpus.lengths, spec.batch_size, spec.max_length)
-    trainer = Trainer(model, corpus, batches, sft_type=spec.sft_type, max_length=spec.max_length,
-                      accumulation=spec.gradient_accumulation_steps, device=device,
-                      amp_dtype=torch.float16 if spec.quantization.endswith("gptq") else torch.bfloat16)
-    ordered = sorted(batches, key=lambda b: -b.tokens)
+    model = prepare_for_training(build_case_model(spec, spec.attention, device, Result(case={}, key=spec.key)), spec)
+    trainer = case_trainer(spec, model, device)
+    ordered = sorted(trainer.batches, key=lambda b: -b.tokens)
     trainer.warm_up(ordered[-1], ordered[0])
     for batch in representatives(ordered, RunOptions().settle_steps):
         trainer.micro_step(batch)

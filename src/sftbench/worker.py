@@ -67,18 +67,14 @@ def run_case(spec: CaseSpec, options: RunOptions, log=print) -> Result:
     try:
         memory.start()
         result.attention = attention_to_use(spec.attention, options.attn_fallback)
-        model = _build(spec, result.attention, device, result)
+        model = build_case_model(spec, result.attention, device, result)
         result.overhead["build_s"] = time.perf_counter() - started  # CUDA context, model (quantized: checkpoint)
         result.attention = model.config._attn_implementation  # what transformers actually set up
         model = prepare_for_training(model, spec)
         result.overhead["prepare_s"] = time.perf_counter() - started - result.overhead["build_s"]  # peft, LoRA
         result.trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         result.total_params = get_model(spec.model_type).total_params
-        corpus = SyntheticCorpus(model.get_input_embeddings().num_embeddings, spec.samples)
-        batches = epoch_batches(corpus.lengths, spec.batch_size, spec.max_length)
-        trainer = Trainer(model, corpus, batches, sft_type=spec.sft_type, max_length=spec.max_length,
-                          accumulation=spec.gradient_accumulation_steps, device=device,
-                          amp_dtype=torch.float16 if spec.quantization.endswith("gptq") else torch.bfloat16)
+        trainer = case_trainer(spec, model, device)
         result.overhead["setup_s"] = time.perf_counter() - started
         log(f"built in {result.overhead['setup_s']:.1f} s ({result.attention}); training")
         # Millions of long-lived objects (torch, transformers, the model) make every full GC pass
@@ -87,7 +83,7 @@ def run_case(spec: CaseSpec, options: RunOptions, log=print) -> Result:
         gc.collect()
         gc.freeze()
         timing = trainer.run(options, progress=log)
-        _record_timing(result, timing, corpus, spec, len(batches))
+        _record_timing(result, timing, trainer.corpus, spec, len(trainer.batches))
     except Exception as error:  # noqa: BLE001 - any failure is this case's outcome, not the session's
         if _is_oom(error):
             result.outcome, result.message = "oom", str(error).split("\n")[0]
@@ -106,7 +102,8 @@ def _is_oom(error: Exception) -> bool:
     return isinstance(error, torch.OutOfMemoryError) or "out of memory" in text or "ALLOC_FAILED" in text
 
 
-def _build(spec: CaseSpec, attention: str, device: torch.device, result: Result):
+def build_case_model(spec: CaseSpec, attention: str, device: torch.device, result: Result):
+    """The case's model in the spec's precision; a quantized model's backend goes into `result`."""
     if spec.quantization == "bf16":
         return build_model(spec.model_type, attn_implementation=attention, dtype=torch.bfloat16, device=device,
                            weights_path=spec.weights_path)
@@ -117,6 +114,15 @@ def _build(spec: CaseSpec, attention: str, device: torch.device, result: Result)
                                                cache_dir=quantization.default_cache_dir())
     result.quantization_backend = quantization.describe_quantized(model).get("backend")
     return model
+
+
+def case_trainer(spec: CaseSpec, model, device: torch.device) -> Trainer:
+    """The trainer of the case's epoch: the synthetic corpus in the model's vocabulary, batched as swift did."""
+    corpus = SyntheticCorpus(model.get_input_embeddings().num_embeddings, spec.samples)
+    batches = epoch_batches(corpus.lengths, spec.batch_size, spec.max_length)
+    return Trainer(model, corpus, batches, sft_type=spec.sft_type, max_length=spec.max_length,
+                   accumulation=spec.gradient_accumulation_steps, device=device,
+                   amp_dtype=torch.float16 if spec.quantization.endswith("gptq") else torch.bfloat16)
 
 
 def prepare_for_training(model, spec: CaseSpec):
