@@ -240,8 +240,8 @@ def _sweeps(t: Table, axis: str) -> list[list[Row]]:
 
 def _fidelity_notes(results: dict[str, Result], diagnostics: dict[str, dict]) -> list[str]:
     lines = ["## Fidelity notes", "",
-             "What differs from the seed. A cause is given where this run's own numbers show it; "
-             f"otherwise it is {NOT_MEASURED}.", ""]
+             "What differs from the seed. A cause is given where this run's own numbers or a memory diagnostic "
+             f"of its configuration show it; otherwise it is {NOT_MEASURED}.", ""]
     for title, head, rows in (
         (f"Memory more than {MEMORY_NOTE_RATIO:.0%} off the seed (bf16 rows)",
          ["rows", "seed MiB", "MiB", "ratio"], _memory_notes(results, diagnostics)),
