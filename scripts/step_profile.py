@@ -51,7 +51,10 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    spec = {r.node_id: r for r in catalog.all_rows()}[args.row].spec
+    rows = {r.node_id: r for r in catalog.all_rows()}
+    if args.row not in rows:
+        parser.error(f"no catalog row {args.row!r}; ids look like {catalog.all_rows()[0].node_id!r}")
+    spec = rows[args.row].spec
     report: dict = {"row": args.row, "key": spec.key}
     device = torch.device(spec.device)
 
@@ -171,10 +174,24 @@ def memory_at_peak(trainer: Trainer, batch, device: torch.device) -> dict:
     torch.cuda.synchronize()
     snapshot = torch.cuda.memory._snapshot()
     torch.cuda.memory._record_memory_history(enabled=None)
+    peak, groups = peak_groups(snapshot["device_traces"][device.index or 0])
+    return {
+        "batch_tokens": batch.tokens,
+        "allocated_before_mib": round(before / MIB),
+        "trace_peak_above_before_mib": round(peak / MIB),
+        "max_allocated_mib": round(torch.cuda.max_memory_allocated(device) / MIB),
+        "max_reserved_mib": round(torch.cuda.max_memory_reserved(device) / MIB),
+        "groups_mib": [[where, round(size / MIB), count] for where, size, count in groups[:20]],
+    }
+
+
+def peak_groups(events: list[dict]) -> tuple[int, list[tuple[str, int, int]]]:
+    """Replay an allocator trace: the highest bytes allocated during it (net of frees, also of blocks
+    allocated before it) and the blocks alive at that moment, as (where, bytes, blocks), largest first."""
     live: dict[int, tuple[int, str]] = {}  # blocks allocated during the trace: size, where
-    now = peak = 0  # bytes above `before`
+    now = peak = 0
     at_peak: dict[int, tuple[int, str]] = {}
-    for event in snapshot["device_traces"][device.index or 0]:
+    for event in events:
         if event["action"] == "alloc":
             live[event["addr"]] = (event["size"], _where(event.get("frames", [])))
             now += event["size"]
@@ -184,23 +201,16 @@ def memory_at_peak(trainer: Trainer, batch, device: torch.device) -> dict:
             peak, at_peak = now, dict(live)
     groups: dict[str, list[int]] = {}
     for size, where in at_peak.values():
-        groups.setdefault(where, [0, 0])
-        groups[where][0] += size
-        groups[where][1] += 1
-    top = sorted(groups.items(), key=lambda kv: -kv[1][0])[:20]
-    return {
-        "batch_tokens": batch.tokens,
-        "allocated_before_mib": round(before / MIB),
-        "trace_peak_above_before_mib": round(peak / MIB),
-        "max_allocated_mib": round(torch.cuda.max_memory_allocated(device) / MIB),
-        "max_reserved_mib": round(torch.cuda.max_memory_reserved(device) / MIB),
-        "groups_mib": [[where, round(size / MIB), count] for where, (size, count) in top],
-    }
+        group = groups.setdefault(where, [0, 0])
+        group[0] += size
+        group[1] += 1
+    return peak, sorted(((where, size, count) for where, (size, count) in groups.items()), key=lambda g: -g[1])
 
 
 def _where(frames: list[dict]) -> str:
-    """The innermost frame outside torch itself, with its line of code; the backward pass runs in autograd's
-    own thread, without Python frames."""
+    """The innermost frame outside torch itself (torch.utils.checkpoint counts as outside: it saves the
+    layers' inputs), with its line of code; the backward pass runs in autograd's own thread, without
+    Python frames."""
     for frame in frames:
         name = frame.get("filename", "")
         if "/torch/" not in name or "checkpoint" in name:

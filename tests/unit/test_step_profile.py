@@ -1,0 +1,58 @@
+"""scripts/step_profile.py: the allocator-trace replay behind the report's memory causes, and a CPU run."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).parents[2] / "scripts" / "step_profile.py"
+
+
+@pytest.fixture(scope="module")
+def step_profile():
+    spec = importlib.util.spec_from_file_location("step_profile", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def frame(line: int, filename: str = "/src/sftbench/models/qwen.py") -> list[dict]:
+    return [{"filename": "/site-packages/torch/nn/functional.py", "line": 1, "name": "linear"},
+            {"filename": filename, "line": line, "name": "forward"}]
+
+
+def test_peak_groups_are_the_blocks_alive_at_the_highest_point(step_profile):
+    events = [
+        {"action": "alloc", "addr": 1, "size": 100, "frames": frame(10)},
+        {"action": "alloc", "addr": 2, "size": 300, "frames": frame(20)},
+        {"action": "alloc", "addr": 3, "size": 50, "frames": frame(10)},
+        {"action": "free_completed", "addr": 2, "size": 300},  # peak was 450, just before this
+        {"action": "free_completed", "addr": 99, "size": 40},  # a block from before the trace
+        {"action": "alloc", "addr": 4, "size": 200, "frames": []},  # backward: no Python frames
+    ]
+    peak, groups = step_profile.peak_groups(events)
+    assert peak == 450
+    assert [(where.split(" (")[-1], size, count) for where, size, count in groups] == [
+        ("qwen.py:20)", 300, 1), ("qwen.py:10)", 150, 2)]
+
+
+def test_allocations_are_placed_at_the_innermost_frame_outside_torch(step_profile):
+    assert step_profile._where(frame(7, str(SCRIPT))).endswith(f"({SCRIPT.name}:7)")
+    assert step_profile._where([]) == "in the backward pass"
+
+
+def test_a_cpu_run_writes_its_report_and_an_unknown_row_is_one_clear_error(tmp_path):
+    row = "test_cpu_smoke[tiny-qwen-lora-sdpa]"
+    run = subprocess.run([sys.executable, str(SCRIPT), row, "--steps", "2", "--blocks", "1", "--out", str(tmp_path)],
+                         capture_output=True, text=True, check=True)
+    key = "tiny-qwen.lora.bf16.len512.bs1.gc.sdpa.r8-DEFAULT.cpu"
+    report = json.loads((tmp_path / f"{key}.json").read_text())
+    assert report["key"] == key and report["launch_floor_us"] > 0 and report["profile"]["cpu_ops"] > 0
+    assert len(report["nvml_ab"]["off"]) == len(report["nvml_ab"]["on"]) == 1
+    assert (tmp_path / f"{key}.profile.txt").stat().st_size > 0 and run.returncode == 0
+    bad = subprocess.run([sys.executable, str(SCRIPT), "test_x[nope]", "--out", str(tmp_path)],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "no catalog row 'test_x[nope]'" in bad.stderr and "Traceback" not in bad.stderr
