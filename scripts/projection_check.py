@@ -38,6 +38,9 @@ def main() -> int:
     args = parser.parse_args()
 
     rows = {r.node_id: r for r in catalog.all_rows()}
+    unknown = [name for name in args.rows if name not in rows]
+    if unknown:
+        parser.error(f"no catalog row {', '.join(map(repr, unknown))}; ids look like {catalog.all_rows()[0].node_id!r}")
     defaults = RunOptions()
     settings = [RunOptions(settle_steps=settle, representative_steps=steps)
                 for settle, steps in itertools.product(args.settle or [defaults.settle_steps],

@@ -1,4 +1,5 @@
-"""scripts/step_profile.py: the allocator-trace replay behind the report's memory causes, and a CPU run."""
+"""scripts/step_profile.py (the allocator-trace replay behind the report's memory causes, a CPU run) and the
+scripts' handling of an unknown row."""
 
 import importlib.util
 import json
@@ -54,5 +55,12 @@ def test_a_cpu_run_writes_its_report_and_an_unknown_row_is_one_clear_error(tmp_p
     assert len(report["nvml_ab"]["off"]) == len(report["nvml_ab"]["on"]) == 1
     assert (tmp_path / f"{key}.profile.txt").stat().st_size > 0 and run.returncode == 0
     bad = subprocess.run([sys.executable, str(SCRIPT), "test_x[nope]", "--out", str(tmp_path)],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "no catalog row 'test_x[nope]'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_projection_check_names_an_unknown_row(tmp_path):
+    script = SCRIPT.with_name("projection_check.py")
+    bad = subprocess.run([sys.executable, str(script), "test_x[nope]", "--out", str(tmp_path)],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "no catalog row 'test_x[nope]'" in bad.stderr and "Traceback" not in bad.stderr
