@@ -23,6 +23,7 @@ from pathlib import Path
 
 from sftbench import catalog, trainer
 from sftbench.launcher import Launcher
+from sftbench.result import minutes_per_1000_samples
 from sftbench.session import summary
 from sftbench.spec import RunOptions
 
@@ -37,24 +38,24 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
-    rows = {r.node_id: r for r in catalog.all_rows()}
-    unknown = [name for name in args.rows if name not in rows]
-    if unknown:
-        parser.error(f"no catalog row {', '.join(map(repr, unknown))}; ids look like {catalog.all_rows()[0].node_id!r}")
+    try:
+        rows = catalog.rows_by_id(args.rows)
+    except catalog.UnknownRow as error:
+        parser.error(str(error))
     defaults = RunOptions()
     settings = [RunOptions(settle_steps=settle, representative_steps=steps)
                 for settle, steps in itertools.product(args.settle or [defaults.settle_steps],
                                                        args.steps or [defaults.representative_steps])]
     args.out.mkdir(parents=True, exist_ok=True)
     launcher, table = Launcher(), []
-    for name in args.rows:
-        spec = rows[name].spec
+    for row in rows:
+        name, spec = row.node_id, row.spec
         if args.samples:
             spec = spec.replace(samples=args.samples)
         before = args.quick_runs - args.quick_runs // 2
         plan = ([("quick", s) for s in settings] * before + [("full", RunOptions(full_epoch=True))]
                 + [("quick", s) for s in settings] * (args.quick_runs // 2))
-        full, full_result, replayed, quick = None, None, None, []
+        full_result, quick = None, []
         for i, (mode, options) in enumerate(plan):
             result = launcher.run(spec, options)
             print(f"{name} {mode} settle={options.settle_steps} steps={options.representative_steps}: "
@@ -63,11 +64,13 @@ def main() -> int:
             if result.outcome != "ok":
                 continue
             if mode == "full":
-                full, full_result = result.minutes_per_1000_samples, result
+                full_result = result
             else:
                 quick.append((options.settle_steps, len(result.step_durations_s), result.minutes_per_1000_samples))
-        if full is not None:  # replayed with as many steps as the quick runs timed
-            replayed = replay_quick(full_result, quick[0][1] if quick else defaults.representative_steps)
+        full = None if full_result is None else full_result.minutes_per_1000_samples
+        # Replayed with as many steps as the quick runs timed.
+        replayed = None if full_result is None else replay_quick(
+            full_result, quick[0][1] if quick else defaults.representative_steps)
         for settle, steps, minutes in quick:
             delta = None if full is None else 100 * (minutes / full - 1)
             table.append({"row": name, "settle": settle, "steps": steps, "quick_min": minutes, "full_min": full,
@@ -93,7 +96,7 @@ def _num(value: float | None) -> str:
 def replay_quick(full, count: int) -> float:
     seconds = trainer.replay_quick(full.step_tokens, full.step_durations_s, full.epoch_optimizer_steps,
                                    full.optimizer_step_s, count)
-    return seconds / 60 * 1000 / full.case["samples"]
+    return minutes_per_1000_samples(seconds, full.case["samples"])
 
 
 if __name__ == "__main__":

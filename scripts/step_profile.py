@@ -51,10 +51,11 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = {r.node_id: r for r in catalog.all_rows()}
-    if args.row not in rows:
-        parser.error(f"no catalog row {args.row!r}; ids look like {catalog.all_rows()[0].node_id!r}")
-    spec = rows[args.row].spec
+    try:
+        [row] = catalog.rows_by_id([args.row])
+    except catalog.UnknownRow as error:
+        parser.error(str(error))
+    spec = row.spec
     report: dict = {"row": args.row, "key": spec.key}
     device = torch.device(spec.device)
 

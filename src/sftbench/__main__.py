@@ -97,17 +97,16 @@ def _run(args) -> int:
     from sftbench.session import cannot_run, summary
     from sftbench.spec import InvalidSpec, RunOptions
 
-    rows = {r.node_id: r for r in catalog.all_rows()}
-    unknown = [name for name in args.rows if name not in rows]
-    if unknown:
-        print(f"sftbench: no catalog row {', '.join(map(repr, unknown))}; ids look like "
-              f"{catalog.all_rows()[0].node_id!r} (see pytest tests/benchmarks --collect-only -q)", file=sys.stderr)
+    try:
+        rows = catalog.rows_by_id(args.rows)
+    except catalog.UnknownRow as error:
+        print(f"sftbench: {error}", file=sys.stderr)
         return 2
     options = RunOptions(full_epoch=args.full_epoch, attn_fallback=args.attn_fallback)
     changes = {} if args.samples is None else {"samples": args.samples}
     try:
-        specs = [(name, rows[name].spec.replace(**changes, **({"attention": kernel} if kernel else {})))
-                 for name in args.rows for kernel in (args.attention or [None])]
+        specs = [(row.node_id, row.spec.replace(**changes, **({"attention": kernel} if kernel else {})))
+                 for row in rows for kernel in (args.attention or [None])]
     except InvalidSpec as error:
         print(f"sftbench: {error}", file=sys.stderr)
         return 2

@@ -64,6 +64,20 @@ def all_rows() -> list[Row]:
     return [row for t in tables() for row in t.rows]
 
 
+class UnknownRow(ValueError):
+    pass
+
+
+def rows_by_id(ids: list[str]) -> list[Row]:
+    """The rows of these pytest ids, in order; one error naming every id the catalog does not have."""
+    rows = {row.node_id: row for row in all_rows()}
+    unknown = [row_id for row_id in ids if row_id not in rows]
+    if unknown:
+        raise UnknownRow(f"no catalog row {', '.join(map(repr, unknown))}; ids look like "
+                         f"{all_rows()[0].node_id!r} (see pytest tests/benchmarks --collect-only -q)")
+    return [rows[row_id] for row_id in ids]
+
+
 def rows_of(spec: CaseSpec) -> list[Row]:
     """Every row of a configuration (the qwen-7b-chat LoRA default has one in six tables)."""
     return [row for row in all_rows() if row.spec == spec]

@@ -9,6 +9,11 @@ from dataclasses import dataclass, field
 OUTCOMES = ("ok", "oom", "error")
 
 
+def minutes_per_1000_samples(epoch_seconds: float, samples: int) -> float:
+    """The seed's speed unit, from an epoch of `samples` samples."""
+    return epoch_seconds / 60 * 1000 / samples
+
+
 @dataclass
 class MemoryPeaks:
     max_reserved_mib: float | None = None  # the seed's metric

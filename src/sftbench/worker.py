@@ -23,7 +23,7 @@ import transformers  # noqa: F401 - imported here so the forkserver preloads it
 from sftbench import environment
 from sftbench.data import SyntheticCorpus, epoch_batches
 from sftbench.models import build_model, get_model, lora_target_modules
-from sftbench.result import Result
+from sftbench.result import Result, minutes_per_1000_samples
 from sftbench.spec import CaseSpec, RunOptions
 from sftbench.trackers import MemoryTracker
 from sftbench.trainer import Trainer
@@ -148,6 +148,6 @@ def _record_timing(result: Result, timing, corpus, spec: CaseSpec, micro_batches
     result.epoch_micro_batches, result.epoch_optimizer_steps = micro_batches, timing.optimizer_steps
     result.epoch_tokens = int(corpus.lengths.clip(max=spec.max_length).sum())
     result.epoch_seconds = timing.epoch_seconds
-    result.minutes_per_1000_samples = timing.epoch_seconds / 60 * 1000 / spec.samples
+    result.minutes_per_1000_samples = minutes_per_1000_samples(timing.epoch_seconds, spec.samples)
     result.tokens_per_s = result.epoch_tokens / timing.epoch_seconds
     result.samples_per_s = spec.samples / timing.epoch_seconds

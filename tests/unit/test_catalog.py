@@ -72,3 +72,10 @@ def test_impossible_combinations_are_one_clear_error(changes, message):
 
 def test_gradient_accumulation_as_swift():
     assert [DEFAULT_7B.replace(batch_size=b).gradient_accumulation_steps for b in (1, 2, 4, 8, 3)] == [16, 8, 4, 2, 6]
+
+
+def test_rows_by_id_keeps_the_order_and_names_every_unknown_id():
+    ids = ["test_lora_max_length[qwen-7b-chat-4096]", "test_batch_size[qwen-7b-chat-bs2]"]
+    assert [row.node_id for row in catalog.rows_by_id(ids)] == ids
+    with pytest.raises(catalog.UnknownRow, match=r"no catalog row 'test_a\[x\]', 'test_b\[y\]'; ids look like"):
+        catalog.rows_by_id(["test_a[x]", ids[0], "test_b[y]"])
