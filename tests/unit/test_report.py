@@ -158,27 +158,23 @@ def test_a_reversed_time_trend_of_cpu_bound_steps_says_so_and_a_flat_one_is_no_t
          "host-bound steps here: the median timed step takes 0.24 s at 512 tokens and 0.25 s at 1024"]]
 
 
-def test_a_host_bound_batch_size_trend_says_so(result_factory):
+@pytest.mark.parametrize("bs1_steps, bs2_steps, minutes, cause", [
     # bs2 steps hold twice the tokens and take 1.5x as long: the epoch gets faster, the seed's got slower.
+    (([0.28] * 3, [1800] * 3), ([0.42] * 3, [3600] * 3), (4.52, 3.54),
+     "host-bound steps here: the median timed step takes 0.28 s at 1800 tokens and 0.42 s at 3600"),
+    # bs1's 107-token step costs 0.25 s, its 2048-token one 0.30 s: bs2 pays that floor once per two samples.
+    (([0.30, 0.26, 0.25], [2048, 2048, 107]), ([0.46] * 3, [4096] * 3), (4.49, 3.45),
+     "a per-step host cost: in qwen-7b-chat-bs1 the shortest timed step (107 tokens) takes 0.25 s, "
+     "the longest (2048 tokens) 0.30 s"),
+])
+def test_a_host_bound_batch_size_trend_says_why(result_factory, bs1_steps, bs2_steps, minutes, cause):
     results = results_of(
-        result_factory(lora(), minutes=4.52, step_durations_s=[0.28] * 3, step_tokens=[1800] * 3),
-        result_factory(lora(batch_size=2), minutes=3.54, step_durations_s=[0.42] * 3, step_tokens=[3600] * 3),
+        result_factory(lora(), minutes=minutes[0], step_durations_s=bs1_steps[0], step_tokens=bs1_steps[1]),
+        result_factory(lora(batch_size=2), minutes=minutes[1], step_durations_s=bs2_steps[0],
+                       step_tokens=bs2_steps[1]),
     )
     trends = sections(markdown(results))["Within-table trend goes the other way"][1]
-    assert [cells[1:3] + cells[5:] for cells in trends] == [
-        ["qwen-7b-chat-bs1 → qwen-7b-chat-bs2", "min",
-         "host-bound steps here: the median timed step takes 0.28 s at 1800 tokens and 0.42 s at 3600"]]
-
-
-def test_a_batch_size_trend_of_steps_with_a_host_floor_says_so(result_factory):
-    # bs1's 107-token step costs 0.25 s, its 2048-token one 0.30 s: bs2 pays that floor once per two samples.
-    results = results_of(
-        result_factory(lora(), minutes=4.49, step_durations_s=[0.30, 0.26, 0.25], step_tokens=[2048, 2048, 107]),
-        result_factory(lora(batch_size=2), minutes=3.45, step_durations_s=[0.46] * 3, step_tokens=[4096] * 3),
-    )
-    [trend] = sections(markdown(results))["Within-table trend goes the other way"][1]
-    assert trend[5] == ("a per-step host cost: in qwen-7b-chat-bs1 the shortest timed step (107 tokens) takes "
-                        "0.25 s, the longest (2048 tokens) 0.30 s")
+    assert [cells[1:3] + cells[5:] for cells in trends] == [["qwen-7b-chat-bs1 → qwen-7b-chat-bs2", "min", cause]]
 
 
 def test_memory_diagnostics_give_the_memory_notes_their_cause(result_factory, tmp_path):
