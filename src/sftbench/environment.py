@@ -71,8 +71,24 @@ def _torch_gpu_name() -> str | None:
 FLASH_EXTRA = "flash-attn is not installed: pip install 'sftbench[flash]'"
 
 
+class MissingFlashAttn(ImportError):
+    """A flash_attention_2 case where flash-attn is not installed and no fallback kernel was chosen."""
+
+
 def flash_attn_installed() -> bool:
     return importlib.util.find_spec("flash_attn") is not None
+
+
+def attention_kernel(requested: str, fallback: str | None = None) -> str:
+    """The attention kernel a case runs here: the requested one, or `fallback` where flash-attn is missing.
+
+    Without flash-attn transformers would try to fetch a flash kernel from the hub instead of failing.
+    """
+    if requested == "flash_attention_2" and not flash_attn_installed():
+        if fallback is None:
+            raise MissingFlashAttn(f"{FLASH_EXTRA}, or run with --sftbench-attn-fallback sdpa")
+        return fallback
+    return requested
 
 
 def gpu_slug(name: str) -> str:

@@ -105,5 +105,5 @@ def _case_main(*args) -> None:
 
 def _died(spec: CaseSpec, options: RunOptions, message: str) -> Result:
     return Result(case=spec.to_dict(), key=spec.key, outcome="error", message=message,
-                  mode="full" if options.full_epoch else "quick", versions=environment.package_versions(),
+                  mode=options.mode, versions=environment.package_versions(),
                   machine=environment.machine())

@@ -76,3 +76,14 @@ class Result:
     @classmethod
     def from_json(cls, text: str) -> Result:
         return cls.from_dict(json.loads(text))
+
+
+def describe(result: Result) -> str:
+    """One line: the outcome, or speed and memory with the kernel that ran."""
+    if result.outcome != "ok":
+        return f"{result.outcome.upper()} ({result.message.splitlines()[0][:160] if result.message else ''})"
+    mem = result.memory
+    reserved = f"{mem.max_reserved_mib:.0f} MiB reserved" if mem.max_reserved_mib is not None else \
+        f"{mem.max_rss_mib:.0f} MiB host RSS"
+    return (f"{result.minutes_per_1000_samples:.2f} min/1000 samples ({result.mode}), {result.tokens_per_s:.0f} tok/s, "
+            f"{reserved}, {result.attention}, wall {result.overhead.get('wall_s', 0):.1f} s")

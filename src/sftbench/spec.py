@@ -95,3 +95,8 @@ class RunOptions:
     representative_steps: int = 32
     settle_steps: int = 4
     attn_fallback: str | None = None  # kernel to use where flash-attn is missing, e.g. "sdpa"
+
+    @property
+    def mode(self) -> str:
+        """quick: representative steps timed and the epoch projected; full: the whole epoch trained."""
+        return "full" if self.full_epoch else "quick"

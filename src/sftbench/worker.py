@@ -50,24 +50,16 @@ def _die_with_parent() -> None:
         pass
 
 
-def attention_to_use(requested: str, fallback: str | None) -> str:
-    if requested == "flash_attention_2" and not environment.flash_attn_installed():
-        if fallback is None:
-            raise RuntimeError(f"{environment.FLASH_EXTRA}, or choose a fallback kernel (--sftbench-attn-fallback sdpa)")
-        return fallback
-    return requested
-
-
 def run_case(spec: CaseSpec, options: RunOptions, log=print) -> Result:
-    result = Result(case=spec.to_dict(), key=spec.key, mode="full" if options.full_epoch else "quick",
+    result = Result(case=spec.to_dict(), key=spec.key, mode=options.mode,
                     versions=environment.package_versions(), machine=environment.machine())
     device = torch.device(spec.device)
     memory = MemoryTracker(device)
     started = time.perf_counter()
     try:
         memory.start()
-        result.attention = attention_to_use(spec.attention, options.attn_fallback)
-        model = build_case_model(spec, result.attention, device, result)
+        result.attention = environment.attention_kernel(spec.attention, options.attn_fallback)
+        model, result.quantization_backend = build_case_model(spec, result.attention, device)
         result.overhead["build_s"] = time.perf_counter() - started  # CUDA context, model (quantized: checkpoint)
         result.attention = model.config._attn_implementation  # what transformers actually set up
         model = prepare_for_training(model, spec)
@@ -102,18 +94,17 @@ def _is_oom(error: Exception) -> bool:
     return isinstance(error, torch.OutOfMemoryError) or "out of memory" in text or "ALLOC_FAILED" in text
 
 
-def build_case_model(spec: CaseSpec, attention: str, device: torch.device, result: Result):
-    """The case's model in the spec's precision; a quantized model's backend goes into `result`."""
+def build_case_model(spec: CaseSpec, attention: str, device: torch.device):
+    """(the case's model in the spec's precision, its quantization backend or None)."""
     if spec.quantization == "bf16":
         return build_model(spec.model_type, attn_implementation=attention, dtype=torch.bfloat16, device=device,
-                           weights_path=spec.weights_path)
+                           weights_path=spec.weights_path), None
     from sftbench import quantization
 
     model = quantization.build_quantized_model(get_model(spec.model_type), spec.quantization,
                                                attn_implementation=attention, device=device,
                                                cache_dir=quantization.default_cache_dir())
-    result.quantization_backend = quantization.describe_quantized(model).get("backend")
-    return model
+    return model, quantization.describe_quantized(model).get("backend")
 
 
 def case_trainer(spec: CaseSpec, model, device: torch.device) -> Trainer:
