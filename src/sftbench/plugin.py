@@ -10,7 +10,8 @@ from sftbench import environment
 from sftbench.baselines import DEFAULT_MEMORY_TOLERANCE_PCT, DEFAULT_TIME_TOLERANCE_PCT, Tolerances
 from sftbench.catalog import Row, all_rows
 from sftbench.launcher import DEFAULT_TIMEOUT_S
-from sftbench.session import BenchSession, SessionOptions
+from sftbench.runner import RunConfig
+from sftbench.session import BenchSession
 from sftbench.spec import RunOptions
 
 
@@ -47,7 +48,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "sftbench: a seed row trained and compared with its baseline")
     root = Path(config.rootpath)
     weights = tuple(_parse_weights(config.getoption("sftbench_weights")))
-    options = SessionOptions(
+    options = RunConfig(
         baselines_dir=Path(config.getoption("sftbench_baselines") or root / "baselines"),
         results_dir=Path(config.getoption("sftbench_results") or root / "results"),
         update_baselines=config.getoption("sftbench_update_baselines"),
@@ -148,7 +149,7 @@ def pytest_terminal_summary(terminalreporter, config):
     session: BenchSession = config._sftbench
     skipped = [r for r in terminalreporter.stats.get("skipped", []) if "sftbench" in getattr(r, "keywords", {})]
     lines = session.summary_lines(skipped=len(skipped))
-    if session.reports or skipped:
+    if session.runner.outcomes or skipped:
         terminalreporter.section("sftbench")
         for line in lines:
             terminalreporter.write_line(line)

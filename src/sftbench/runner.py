@@ -1,0 +1,183 @@
+"""The run flow, without pytest: can a row run here, each configuration trained once, results stored,
+and each row's outcome: its baseline written, or a comparison with it.
+
+pytest (session.py), `python -m sftbench run` and the diagnostics are clients of this module: they turn
+a RowOutcome into pass, fail or skip, or into an exit code.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from sftbench import environment
+from sftbench.baselines import BaselineError, BaselineStore, Comparison, Tolerances, compare
+from sftbench.catalog import Row, rows_of
+from sftbench.environment import gpu_slug
+from sftbench.launcher import DEFAULT_TIMEOUT_S, Launcher
+from sftbench.result import Result, describe
+from sftbench.spec import CaseSpec, RunOptions
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    baselines_dir: Path
+    results_dir: Path | None
+    update_baselines: bool = False
+    strict: bool = False
+    run: RunOptions = RunOptions()
+    tolerances: Tolerances = Tolerances()
+    weights: tuple[tuple[str, str], ...] = ()  # (model_type, local checkpoint folder)
+    timeout_s: float = DEFAULT_TIMEOUT_S
+
+
+class ResultStore:
+    """Results as JSON files, one naming scheme for every writer: <root>/<gpu-slug>/<key>.json, and
+    <key>.2.json, <key>.3.json ... when the same store gets a configuration again (repeats, modes)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self._written: Counter[Path] = Counter()
+
+    def write(self, result: Result) -> Path:
+        folder = self.root / gpu_slug(str(result.machine.get("gpu")))
+        folder.mkdir(parents=True, exist_ok=True)
+        first = folder / f"{result.key}.json"
+        self._written[first] += 1
+        count = self._written[first]
+        path = first if count == 1 else folder / f"{result.key}.{count}.json"
+        path.write_text(result.to_json() + "\n", encoding="utf-8")
+        return path
+
+
+def cannot_run(spec: CaseSpec, attn_fallback: str | None) -> str | None:
+    """Why this machine cannot run `spec` (one line naming what to install), or None."""
+    if spec.device == "cuda" and environment.gpu_info()["gpu"] == "cpu":
+        return "no CUDA GPU here: the seed's rows need one (the CPU smoke cases run without)"
+    try:
+        environment.attention_kernel(spec.attention, attn_fallback)
+    except environment.MissingFlashAttn as error:
+        return str(error)
+    if spec.quantization != "bf16":
+        from sftbench import quantization
+
+        try:
+            quantization.require(spec.quantization)
+        except quantization.MissingExtra as error:
+            return str(error)
+    return None
+
+
+@dataclass
+class RowOutcome:
+    """What a row came to. `action` is what a client does with it: pass, fail or skip."""
+
+    row: Row
+    action: str  # "pass" | "fail" | "skip"
+    verdict: str  # a Comparison's verdict, "baseline written", "skipped", "error" or "refused"
+    message: str = ""
+    result: Result | None = None
+    comparison: Comparison | None = None
+
+
+class Runner:
+    def __init__(self, config: RunConfig, log=print):
+        self.config = config
+        self.log = log
+        self.baselines = BaselineStore(config.baselines_dir)
+        self.results_store = None if config.results_dir is None else ResultStore(config.results_dir)
+        self.results: dict[CaseSpec, Result] = {}
+        self.outcomes: list[RowOutcome] = []
+        self._written: set[CaseSpec] = set()
+        self._launcher: Launcher | None = None
+
+    @property
+    def gpu(self) -> str:
+        return str(environment.gpu_info()["gpu"])
+
+    def spec_for(self, row: Row) -> CaseSpec:
+        weights = dict(self.config.weights).get(row.spec.model_type)
+        # Quantized rows keep their synthetic quantized weights (spec.py refuses a checkpoint for them).
+        return row.spec.replace(weights_path=weights) if weights and row.spec.quantization == "bf16" else row.spec
+
+    def skip_reason(self, spec: CaseSpec) -> str | None:
+        return cannot_run(spec, self.config.run.attn_fallback)
+
+    def result_for(self, spec: CaseSpec, label: str) -> Result:
+        """The configuration's result, trained on first use (a configuration in several tables runs once)."""
+        if spec not in self.results:
+            if self._launcher is None:
+                self._launcher = Launcher(self.config.timeout_s, log=self.log)
+                self.log("sftbench: starting the case launcher (imports torch, transformers, peft once)")
+                self.log(f"sftbench: launcher ready in {self._launcher.start():.1f} s")
+            self.log(f"sftbench: running {label} ({spec.key}) ...")
+            result = self._launcher.run(spec, self.config.run)
+            self.log(f"sftbench: {label}: {describe(result)}")
+            self.results[spec] = result
+            if self.results_store is not None:
+                self.results_store.write(result)
+        return self.results[spec]
+
+    def check(self, row: Row) -> RowOutcome:
+        """Train the row's configuration (once per run), then write its baseline or compare with it."""
+        spec = self.spec_for(row)
+        reason = self.skip_reason(spec)
+        if reason:
+            return RowOutcome(row, "skip", "skipped", reason)
+        result = self.result_for(spec, row.node_id)
+        if result.outcome == "error":
+            return RowOutcome(row, "fail", "error", f"{row.node_id} could not run: {result.message}", result)
+        outcome = self._update(row, spec, result) if self.config.update_baselines else self._compare(row, result)
+        if outcome.verdict not in ("refused", "baseline error"):
+            self.outcomes.append(outcome)
+        return outcome
+
+    def _update(self, row: Row, spec: CaseSpec, result: Result) -> RowOutcome:
+        if result.outcome == "ok" and result.attention != spec.attention:
+            return RowOutcome(row, "fail", "refused", (
+                f"{row.node_id} ran {result.attention} (--sftbench-attn-fallback) for a row measured with "
+                f"{spec.attention}: its baseline is not rewritten with another kernel's numbers"), result)
+        path = self.baselines.path(self.gpu, result.key)
+        if spec not in self._written:  # once per configuration, for all the rows that show it
+            path = self.baselines.write(result, rows_of(row.spec) or [row], self._metadata())
+            self._written.add(spec)
+        return RowOutcome(row, "pass", "baseline written", f"baseline written: {path}", result)
+
+    def _compare(self, row: Row, result: Result) -> RowOutcome:
+        try:
+            baseline = self.baselines.load(self.gpu, result.key)
+        except BaselineError as error:
+            return RowOutcome(row, "fail", "baseline error", str(error), result)
+        tolerances = Tolerances(
+            self.config.tolerances.time_pct if row.time_tolerance_pct is None else row.time_tolerance_pct,
+            self.config.tolerances.memory_pct if row.memory_tolerance_pct is None else row.memory_tolerance_pct)
+        comparison = compare(result, baseline, tolerances)
+        message = comparison.explain(row.node_id)
+        action = "pass"
+        if comparison.verdict == "regression":
+            action = "fail"
+        elif comparison.verdict in ("improvement", "not-comparable") and self.config.strict:
+            action, message = "fail", f"{message}\n  (--sftbench-strict: a stale or mismatched baseline fails)"
+        elif comparison.verdict == "not-comparable":
+            action = "skip"
+        return RowOutcome(row, action, comparison.verdict, message, result, comparison)
+
+    def _metadata(self) -> dict:
+        return {**environment.machine(), "versions": environment.package_versions(),
+                "commit": environment.git_commit(self.config.baselines_dir.parent),
+                "command": " ".join(sys.argv), "mode": self.config.run.mode}
+
+    def summary_lines(self, skipped: int = 0) -> list[str]:
+        """A line per row; regressions, improvements and mismatches also say what changed; then the counts."""
+        lines = []
+        for outcome in self.outcomes:
+            verdict = outcome.message if outcome.comparison is None else outcome.verdict
+            lines.append(f"{outcome.row.node_id}: {describe(outcome.result)} -> {verdict}")
+            if outcome.verdict in ("regression", "improvement", "not-comparable"):
+                lines += outcome.comparison.explain(outcome.row.node_id).splitlines()[1:]
+        verdicts = [outcome.verdict for outcome in self.outcomes]
+        counts = {verdict: verdicts.count(verdict) for verdict in dict.fromkeys(verdicts)}
+        lines.append(", ".join([f"{n} {verdict}" for verdict, n in counts.items()] + [f"{skipped} skipped"]))
+        return lines

@@ -1,0 +1,86 @@
+"""sftbench.runner on recorded results (no case runs): outcomes, the result store, the can-run rule."""
+
+import json
+
+
+from sftbench import environment
+from sftbench.catalog import Row
+from sftbench.runner import ResultStore, RunConfig, Runner, cannot_run
+from sftbench.spec import CaseSpec
+
+ROW = Row(table="lora_max_length", id="qwen-7b-chat-4096", spec=CaseSpec("qwen-7b-chat", max_length=4096))
+
+
+def make_runner(tmp_path, monkeypatch, **config) -> Runner:
+    runner = Runner(RunConfig(baselines_dir=tmp_path, results_dir=None, **config), log=lambda line: None)
+    monkeypatch.setattr(runner, "skip_reason", lambda spec: None)  # as on a GPU machine with flash-attn
+    monkeypatch.setattr(Runner, "gpu", "NVIDIA H200")
+    return runner
+
+
+def test_a_fallback_kernels_numbers_never_become_the_rows_baseline(tmp_path, monkeypatch, result_factory):
+    runner = make_runner(tmp_path, monkeypatch, update_baselines=True)
+    runner.results[ROW.spec] = result_factory(attention="sdpa")  # ran with --sftbench-attn-fallback sdpa
+    outcome = runner.check(ROW)
+    assert outcome.action == "fail" and "ran sdpa (--sftbench-attn-fallback) for a row measured with " \
+        "flash_attention_2" in outcome.message
+    assert not list(tmp_path.rglob("*.json")) and not runner.outcomes
+
+
+def test_update_writes_the_configurations_baseline_once(tmp_path, monkeypatch, result_factory):
+    runner = make_runner(tmp_path, monkeypatch, update_baselines=True)
+    runner.results[ROW.spec] = result_factory()
+    first, second = runner.check(ROW), runner.check(ROW)
+    assert [p.name for p in tmp_path.rglob("*.json")] == [f"{ROW.spec.key}.json"]
+    assert first.action == second.action == "pass" and first.verdict == "baseline written"
+    assert first.message == second.message == f"baseline written: {tmp_path / 'nvidia-h200' / ROW.spec.key}.json"
+
+
+def test_compare_outcomes_fail_regressions_and_skip_mismatches(tmp_path, monkeypatch, result_factory):
+    writer = make_runner(tmp_path, monkeypatch, update_baselines=True)
+    writer.results[ROW.spec] = result_factory(minutes=10.0)
+    writer.check(ROW)
+    slower = make_runner(tmp_path, monkeypatch)
+    slower.results[ROW.spec] = result_factory(minutes=12.0)
+    outcome = slower.check(ROW)
+    assert (outcome.action, outcome.verdict) == ("fail", "regression")
+    assert "minutes_per_1000_samples: 10 -> 12 (+20.0%, tolerance 5%)" in outcome.message
+    other_kernel = make_runner(tmp_path, monkeypatch)
+    other_kernel.results[ROW.spec] = result_factory(attention="sdpa")
+    assert (other_kernel.check(ROW).action, other_kernel.check(ROW).verdict) == ("skip", "not-comparable")
+    strict = make_runner(tmp_path, monkeypatch, strict=True)
+    strict.results[ROW.spec] = result_factory(attention="sdpa")
+    assert strict.check(ROW).action == "fail" and "--sftbench-strict" in strict.check(ROW).message
+
+
+def test_an_error_result_fails_its_row_and_is_left_out_of_the_summary(tmp_path, monkeypatch, result_factory):
+    runner = make_runner(tmp_path, monkeypatch)
+    runner.results[ROW.spec] = result_factory(outcome="error", message="RuntimeError: boom")
+    outcome = runner.check(ROW)
+    assert (outcome.action, outcome.verdict) == ("fail", "error") and "could not run: RuntimeError: boom" in outcome.message
+    assert runner.summary_lines(skipped=2) == ["2 skipped"]
+
+
+def test_a_row_that_cannot_run_is_skipped_with_its_reason(tmp_path, monkeypatch):
+    runner = make_runner(tmp_path, monkeypatch)
+    monkeypatch.setattr(runner, "skip_reason", lambda spec: "no CUDA GPU here")
+    outcome = runner.check(ROW)
+    assert (outcome.action, outcome.message, outcome.result) == ("skip", "no CUDA GPU here", None)
+
+
+def test_cannot_run_names_what_to_install(monkeypatch):
+    monkeypatch.setattr(environment, "gpu_info", lambda: {"gpu": "NVIDIA H200"})
+    monkeypatch.setattr(environment, "flash_attn_installed", lambda: False)
+    assert cannot_run(ROW.spec, None) == ("flash-attn is not installed: pip install 'sftbench[flash]', "
+                                          "or run with --sftbench-attn-fallback sdpa")
+    assert cannot_run(ROW.spec, "sdpa") is None
+    monkeypatch.setattr(environment, "gpu_info", lambda: {"gpu": "cpu"})
+    assert cannot_run(ROW.spec, "sdpa").startswith("no CUDA GPU here")
+
+
+def test_the_result_store_keeps_every_result_of_a_configuration(tmp_path, result_factory):
+    store = ResultStore(tmp_path)
+    paths = [store.write(result_factory(minutes=minutes)) for minutes in (10.0, 11.0, 12.0)]
+    assert [p.relative_to(tmp_path).as_posix() for p in paths] == [
+        f"nvidia-h200/{ROW.spec.key}.json", f"nvidia-h200/{ROW.spec.key}.2.json", f"nvidia-h200/{ROW.spec.key}.3.json"]
+    assert [json.loads(p.read_text())["minutes_per_1000_samples"] for p in paths] == [10.0, 11.0, 12.0]
