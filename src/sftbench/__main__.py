@@ -1,11 +1,11 @@
-"""python -m sftbench models | baselines | report | run: the suite's data, for people and scripts."""
+"""python -m sftbench models | baselines | report | run | profile | projection: the suite's data and
+single-row runs, for people and scripts."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from collections import Counter
 from pathlib import Path
 
 from sftbench import catalog
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--out", type=Path, help="write here instead of standard output")
     report.add_argument("--plots", type=Path, help="write PNG plots to this folder (beside --out: links are relative)")
     report.add_argument("--diagnostics", type=Path,
-                        help="memory diagnostics (scripts/step_profile.py --memory) for the fidelity notes' causes")
+                        help="memory diagnostics (python -m sftbench profile --memory) for the fidelity notes' causes")
 
     run = commands.add_parser("run", help="run catalog rows' configurations, each in a fresh process")
     run.add_argument("rows", nargs="+", help="pytest ids such as 'test_lora_max_length[qwen-7b-chat-4096]'")
@@ -37,10 +37,37 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--samples", type=int, help="train on this many samples instead of the row's 1000")
     run.add_argument("--full-epoch", action="store_true")
     run.add_argument("--attn-fallback", choices=("sdpa", "eager"))
-    run.add_argument("--out", type=Path, help="a folder to write each result's JSON to")
+    run.add_argument("--out", type=Path, help="a folder to write each result's JSON to (<out>/<gpu>/<key>.json)")
+
+    profile = commands.add_parser("profile", help="where one row's micro-step time and peak memory go (a diagnostic)")
+    profile.add_argument("row", help="a pytest id such as 'test_lora_max_length[qwen-7b-chat-512]'")
+    profile.add_argument("--steps", type=int, default=20, help="micro-steps per timed block")
+    profile.add_argument("--blocks", type=int, default=3, help="timed blocks per NVML sampler setting")
+    profile.add_argument("--memory", action="store_true", help="group the live tensors at the peak")
+    profile.add_argument("--no-timing", action="store_true")
+    profile.add_argument("--out", type=Path, required=True)
+
+    projection = commands.add_parser("projection", help="the quick mode's projection against a full epoch")
+    projection.add_argument("rows", nargs="+", help="pytest ids such as 'test_lora_max_length[qwen-7b-chat-512]'")
+    projection.add_argument("--quick-runs", type=int, default=2, help="quick runs per setting (half before the full epoch)")
+    projection.add_argument("--settle", type=int, action="append", help="untimed settle steps (repeatable)")
+    projection.add_argument("--steps", type=int, action="append", help="representative steps (repeatable)")
+    projection.add_argument("--samples", type=int)
+    projection.add_argument("--out", type=Path, required=True)
 
     args = parser.parse_args(argv)
-    return {"models": _models, "baselines": _baselines, "report": _report, "run": _run}[args.command](args)
+    commands = {"models": _models, "baselines": _baselines, "report": _report, "run": _run, "profile": _profile,
+                "projection": _projection}
+    return commands[args.command](args)
+
+
+def _rows(ids: list[str]) -> list[catalog.Row] | None:
+    """The catalog rows of these pytest ids, or None after one line naming the unknown ones."""
+    try:
+        return catalog.rows_by_id(ids)
+    except catalog.UnknownRow as error:
+        print(f"sftbench: {error}", file=sys.stderr)
+        return None
 
 
 def _models(args) -> int:
@@ -77,14 +104,15 @@ def _baselines(args) -> int:
 
 
 def _report(args) -> int:
-    from sftbench.report import load_diagnostics, load_results, markdown
+    from sftbench.diagnostics import memory_at_peak
+    from sftbench.report import load_results, markdown
 
     if not args.folder.is_dir():
         print(f"sftbench: {args.folder} is not a folder of results (results/<gpu>/ or baselines/<gpu>/)",
               file=sys.stderr)
         return 2
     text = markdown(load_results(args.folder), args.plots,
-                    load_diagnostics(args.diagnostics) if args.diagnostics else None)
+                    memory_at_peak(args.diagnostics) if args.diagnostics else None)
     if args.out:
         args.out.write_text(text, encoding="utf-8")
     else:
@@ -94,13 +122,12 @@ def _report(args) -> int:
 
 def _run(args) -> int:
     from sftbench.launcher import Launcher
-    from sftbench.session import cannot_run, summary
+    from sftbench.result import describe
+    from sftbench.runner import ResultStore, cannot_run
     from sftbench.spec import InvalidSpec, RunOptions
 
-    try:
-        rows = catalog.rows_by_id(args.rows)
-    except catalog.UnknownRow as error:
-        print(f"sftbench: {error}", file=sys.stderr)
+    rows = _rows(args.rows)
+    if rows is None:
         return 2
     options = RunOptions(full_epoch=args.full_epoch, attn_fallback=args.attn_fallback)
     changes = {} if args.samples is None else {"samples": args.samples}
@@ -114,18 +141,39 @@ def _run(args) -> int:
     if reasons:
         print("sftbench: cannot run here:\n  " + "\n  ".join(sorted(reasons)), file=sys.stderr)
         return 2
-    launcher, failed, written = Launcher(), 0, Counter()
+    launcher, failed = Launcher(), 0
+    store = ResultStore(args.out) if args.out else None
     for name, spec in specs:
         result = launcher.run(spec, options)
-        print(f"{name} [{spec.key}]: {summary(result)}", flush=True)
+        print(f"{name} [{spec.key}]: {describe(result)}", flush=True)
         failed += result.outcome == "error"
-        if args.out:
-            args.out.mkdir(parents=True, exist_ok=True)
-            stem = f"{spec.key}.{result.mode}"
-            written[stem] += 1  # a row given twice is run twice: keep both results
-            suffix = "" if written[stem] == 1 else f".{written[stem]}"
-            (args.out / f"{stem}{suffix}.json").write_text(result.to_json() + "\n", encoding="utf-8")
+        if store is not None:
+            store.write(result)  # a row given twice is run twice: both results are kept
     return 1 if failed else 0
+
+
+def _profile(args) -> int:
+    rows = _rows([args.row])
+    if rows is None:
+        return 2
+    from sftbench.diagnostics.step_profile import profile_row
+
+    report = profile_row(rows[0], args.out, steps=args.steps, blocks=args.blocks, memory=args.memory,
+                         timing=not args.no_timing)
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+def _projection(args) -> int:
+    rows = _rows(args.rows)
+    if rows is None:
+        return 2
+    from sftbench.diagnostics.projection import check_projection, markdown_table
+
+    table = check_projection(rows, args.out, quick_runs=args.quick_runs, settle=args.settle, steps=args.steps,
+                             samples=args.samples, log=lambda line: print(line, flush=True))
+    print("\n" + markdown_table(table))
+    return 0
 
 
 if __name__ == "__main__":

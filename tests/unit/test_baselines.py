@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 
-from sftbench.__main__ import main
 from sftbench.baselines import SCHEMA, Baseline, BaselineError, BaselineStore, Tolerances, compare, listing
 from sftbench.catalog import rows_of
 from sftbench.spec import CaseSpec
@@ -256,31 +255,3 @@ def test_a_baseline_without_recorded_settings_claims_no_setting_changed(result_f
     now = result_factory()
     now.machine = {**old.machine, "settings": {"CUDA_LAUNCH_BLOCKING": "1"}}
     assert compare(now, baseline_of(old), TOLERANCES).setting_changes == {}
-
-
-# --- python -m sftbench baselines ------------------------------------------------------------------------------
-
-
-def test_cli_lists_baselines_as_json(store, written, capsys):
-    assert main(["baselines", "--json", "--dir", str(store.root)]) == 0
-    entries = json.loads(capsys.readouterr().out)
-    assert len(entries) == 1
-    assert {"case_id", "tables", "gpu", "outcome", "max_reserved_mib", "max_allocated_mib",
-            "minutes_per_1000_samples", "tokens_per_s", "attention", "quantization", "trainable_params",
-            "versions"} <= set(entries[0])
-    assert entries[0]["case_id"] == "qwen-7b-chat-4096"
-    assert entries[0]["commit"] == "abc1234"
-
-
-def test_cli_lists_baselines_for_people(store, written, capsys):
-    assert main(["baselines", "--dir", str(store.root)]) == 0
-    out = capsys.readouterr().out
-    assert "test_lora_max_length[qwen-7b-chat-4096]" in out and "10.00 min" in out and "1000 MiB" in out
-
-
-def test_cli_exits_2_on_a_corrupt_baseline(store, written, capsys):
-    written.write_text("not json", encoding="utf-8")
-    assert main(["baselines", "--json", "--dir", str(store.root)]) == 2
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    assert captured.err.startswith("sftbench: baseline ") and "is corrupt" in captured.err

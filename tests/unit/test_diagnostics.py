@@ -1,23 +1,14 @@
-"""scripts/step_profile.py (the allocator-trace replay behind the report's memory causes, a CPU run) and the
-scripts' handling of an unknown row."""
+"""sftbench.diagnostics: the allocator-trace replay behind the report's memory causes, a CPU profile run,
+the memory-diagnostic format the report reads, and the commands' handling of an unknown row."""
 
-import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
-
-import pytest
-
-SCRIPT = Path(__file__).parents[2] / "scripts" / "step_profile.py"
 
 
-@pytest.fixture(scope="module")
-def step_profile():
-    spec = importlib.util.spec_from_file_location("step_profile", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from sftbench.diagnostics import memory_at_peak
+
+from sftbench.diagnostics import step_profile
 
 
 def frame(line: int, filename: str = "/src/sftbench/models/qwen.py") -> list[dict]:
@@ -25,7 +16,7 @@ def frame(line: int, filename: str = "/src/sftbench/models/qwen.py") -> list[dic
             {"filename": filename, "line": line, "name": "forward"}]
 
 
-def test_peak_groups_are_the_blocks_alive_at_the_highest_point(step_profile):
+def test_peak_groups_are_the_blocks_alive_at_the_highest_point():
     events = [
         {"action": "alloc", "addr": 1, "size": 100, "frames": frame(10)},
         {"action": "alloc", "addr": 2, "size": 300, "frames": frame(20)},
@@ -40,27 +31,34 @@ def test_peak_groups_are_the_blocks_alive_at_the_highest_point(step_profile):
         ("qwen.py:20)", 300, 1), ("qwen.py:10)", 150, 2)]
 
 
-def test_allocations_are_placed_at_the_innermost_frame_outside_torch(step_profile):
-    assert step_profile._where(frame(7, str(SCRIPT))).endswith(f"({SCRIPT.name}:7)")
+def test_allocations_are_placed_at_the_innermost_frame_outside_torch():
+    here = step_profile.__file__
+    assert step_profile._where(frame(7, here)).endswith("(step_profile.py:7)")
     assert step_profile._where([]) == "in the backward pass"
 
 
-def test_a_cpu_run_writes_its_report_and_an_unknown_row_is_one_clear_error(tmp_path):
+def test_a_cpu_profile_writes_its_report_and_an_unknown_row_is_one_clear_error(tmp_path):
     row = "test_cpu_smoke[tiny-qwen-lora-sdpa]"
-    run = subprocess.run([sys.executable, str(SCRIPT), row, "--steps", "2", "--blocks", "1", "--out", str(tmp_path)],
-                         capture_output=True, text=True, check=True)
+    run = subprocess.run([sys.executable, "-m", "sftbench", "profile", row, "--steps", "2", "--blocks", "1",
+                          "--out", str(tmp_path)], capture_output=True, text=True, check=True)
     key = "tiny-qwen.lora.bf16.len512.bs1.gc.sdpa.r8-DEFAULT.cpu"
     report = json.loads((tmp_path / f"{key}.json").read_text())
     assert report["key"] == key and report["launch_floor_us"] > 0 and report["profile"]["cpu_ops"] > 0
     assert len(report["nvml_ab"]["off"]) == len(report["nvml_ab"]["on"]) == 1
     assert (tmp_path / f"{key}.profile.txt").stat().st_size > 0 and run.returncode == 0
-    bad = subprocess.run([sys.executable, str(SCRIPT), "test_x[nope]", "--out", str(tmp_path)],
+    bad = subprocess.run([sys.executable, "-m", "sftbench", "profile", "test_x[nope]", "--out", str(tmp_path)],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "no catalog row 'test_x[nope]'" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_projection_check_names_an_unknown_row(tmp_path):
-    script = SCRIPT.with_name("projection_check.py")
-    bad = subprocess.run([sys.executable, str(script), "test_x[nope]", "--out", str(tmp_path)],
+def test_projection_names_an_unknown_row(tmp_path):
+    bad = subprocess.run([sys.executable, "-m", "sftbench", "projection", "test_x[nope]", "--out", str(tmp_path)],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "no catalog row 'test_x[nope]'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_memory_at_peak_reads_the_profiles_that_have_one(tmp_path):
+    peak = {"batch_tokens": 8192, "allocated_before_mib": 100, "groups_mib": [["`x`", 5, 1]]}
+    (tmp_path / "a.json").write_text(json.dumps({"key": "a", "memory_at_peak": peak}))
+    (tmp_path / "b.json").write_text(json.dumps({"key": "b", "launch_floor_us": 7.0}))
+    assert memory_at_peak(tmp_path) == {"a": peak}

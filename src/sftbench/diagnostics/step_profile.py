@@ -7,22 +7,20 @@ Builds the row's case in this process as the worker does, runs the warm-up, then
 - torch.profiler over a few micro-steps: host time in torch ops against GPU kernel time, the
   synchronizing calls, the top ops; then cProfile over the same: the Python functions that cost;
 - the Python lines that synchronize with the GPU (torch.cuda.set_sync_debug_mode);
-- with --memory: the tensors alive at the peak of the epoch's longest micro-step, grouped by the
+- with memory=True: the tensors alive at the peak of the epoch's longest micro-step, grouped by the
   line of sftbench / transformers / peft code that allocated them.
 
-Usage: python scripts/step_profile.py 'test_lora_max_length[qwen-7b-chat-512]' [--memory] [--no-timing] --out DIR
+`python -m sftbench profile ROW [--memory] [--no-timing] --out DIR` runs it.
 """
 
 from __future__ import annotations
 
-import argparse
 import cProfile
 import gc
 import io
 import json
 import linecache
 import pstats
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -30,8 +28,7 @@ from statistics import median
 
 import torch
 
-from sftbench import catalog
-from sftbench.result import Result
+from sftbench.catalog import Row
 from sftbench.spec import RunOptions
 from sftbench.trackers import MemoryTracker, StepTimer, synchronize
 from sftbench.trainer import Trainer, representatives
@@ -41,26 +38,19 @@ MIB = 2**20
 SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpyAsync")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("row")
-    parser.add_argument("--steps", type=int, default=20, help="micro-steps per timed block")
-    parser.add_argument("--blocks", type=int, default=3, help="timed blocks per NVML sampler setting")
-    parser.add_argument("--memory", action="store_true", help="group the live tensors at the peak")
-    parser.add_argument("--no-timing", action="store_true")
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    try:
-        [row] = catalog.rows_by_id([args.row])
-    except catalog.UnknownRow as error:
-        parser.error(str(error))
+def profile_row(row: Row, out: Path, *, steps: int = 20, blocks: int = 3, memory: bool = False,
+                timing: bool = True) -> dict:
+    """Profile `row`'s case in this process; write <out>/<key>.json (and .profile.txt) and return the report.
+
+    steps: micro-steps per timed block; blocks: timed blocks per NVML sampler setting.
+    """
+    out.mkdir(parents=True, exist_ok=True)
     spec = row.spec
-    report: dict = {"row": args.row, "key": spec.key}
+    report: dict = {"row": row.node_id, "key": spec.key}
     device = torch.device(spec.device)
 
-    model = prepare_for_training(build_case_model(spec, spec.attention, device, Result(case={}, key=spec.key)), spec)
-    trainer = case_trainer(spec, model, device)
+    model, _ = build_case_model(spec, spec.attention, device)
+    trainer = case_trainer(spec, prepare_for_training(model, spec), device)
     ordered = sorted(trainer.batches, key=lambda b: -b.tokens)
     trainer.warm_up(ordered[-1], ordered[0])
     for batch in representatives(ordered, RunOptions().settle_steps):
@@ -70,17 +60,16 @@ def main() -> int:
     middle = ordered[len(ordered) // 2]
     report["middle_batch_tokens"] = middle.tokens
 
-    if not args.no_timing:
+    if timing:
         report["launch_floor_us"] = launch_floor_us(device)
-        report["nvml_ab"] = nvml_ab(trainer, middle, device, args.steps, args.blocks)
-        report["profile"] = profile(trainer, middle, args.out / f"{spec.key}.profile.txt")
+        report["nvml_ab"] = nvml_ab(trainer, middle, device, steps, blocks)
+        report["profile"] = profile(trainer, middle, out / f"{spec.key}.profile.txt")
         if device.type == "cuda":
             report["sync_lines"] = sync_lines(trainer, middle)
-    if args.memory and device.type == "cuda":
+    if memory and device.type == "cuda":
         report["memory_at_peak"] = memory_at_peak(trainer, ordered[0], device)
-    (args.out / f"{spec.key}.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-    print(json.dumps(report, indent=1))
-    return 0
+    (out / f"{spec.key}.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    return report
 
 
 def launch_floor_us(device: torch.device, launches: int = 20000) -> float:
@@ -218,7 +207,3 @@ def _where(frames: list[dict]) -> str:
             code = linecache.getline(name, frame.get("line", 0)).strip()
             return f"`{code}` ({Path(name).name}:{frame.get('line')})"
     return f"in {frames[0]['name']}" if frames else "in the backward pass"
-
-
-if __name__ == "__main__":
-    sys.exit(main())
