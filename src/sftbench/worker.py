@@ -69,6 +69,7 @@ def run_case(spec: CaseSpec, options: RunOptions, log=print) -> Result:
         result.attention = attention_to_use(spec.attention, options.attn_fallback)
         model = build_case_model(spec, result.attention, device, result)
         result.overhead["build_s"] = time.perf_counter() - started  # CUDA context, model (quantized: checkpoint)
+        result.model_shape = model_shape(model)  # before training: an OOM there still records it
         result.attention = model.config._attn_implementation  # what transformers actually set up
         model = prepare_for_training(model, spec)
         result.overhead["prepare_s"] = time.perf_counter() - started - result.overhead["build_s"]  # peft, LoRA
@@ -114,6 +115,12 @@ def build_case_model(spec: CaseSpec, attention: str, device: torch.device, resul
                                                cache_dir=quantization.default_cache_dir())
     result.quantization_backend = quantization.describe_quantized(model).get("backend")
     return model
+
+
+def model_shape(model) -> dict[str, int]:
+    """Result.model_shape: the vocabulary is the input embedding's rows (ChatGLM's padded vocabulary)."""
+    return {"vocab_size": model.get_input_embeddings().num_embeddings, "hidden_size": model.config.hidden_size,
+            "num_layers": model.config.num_hidden_layers}
 
 
 def case_trainer(spec: CaseSpec, model, device: torch.device) -> Trainer:

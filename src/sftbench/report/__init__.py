@@ -9,6 +9,9 @@ minutes per 1000 samples and max reserved GPU memory of LoRA and full fine-tunin
     causes   fidelity notes: memory beyond 10%, outcomes and reversed trends, with their causes
     plots    PNG plots of the sweeps (written when a folder is given)
     values   a row's seed and run values and a table's sweeps, shared by the three above
+
+Reading results needs neither torch nor transformers, except for MFU of results written before
+Result.model_shape existed (see mfu.py).
 """
 
 from __future__ import annotations

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from functools import cache
 
-from sftbench.models import get_model
 from sftbench.result import Result
 
 # Peak dense (no sparsity) bf16 tensor-core FLOP/s by GPU name; a GPU that matches none gets no MFU.
@@ -41,7 +40,8 @@ def model_flops_per_token(result: Result) -> float | None:
     """k·N + 6·L·h·s (see MFU_FORMULA); None where the checkpoint's parameter count is unknown (tiny types)."""
     if result.total_params is None or not result.epoch_tokens:
         return None
-    vocab, hidden, layers = _shape(result.case["model_type"])
+    shape = result.model_shape or _zoo_shape(result.case["model_type"])
+    vocab, hidden, layers = shape["vocab_size"], shape["hidden_size"], shape["num_layers"]
     matmul_params = result.total_params - vocab * hidden
     mean_length = result.epoch_tokens / result.case["samples"]
     return MATMUL_FLOPS_PER_PARAM[result.case["sft_type"]] * matmul_params + 6 * layers * hidden * mean_length
@@ -56,8 +56,11 @@ def mfu(result: Result) -> float | None:
 
 
 @cache
-def _shape(model_type: str) -> tuple[int, int, int]:
-    """(vocabulary, hidden size, layers) of the zoo's config; ChatGLM's embedding is its padded vocabulary."""
+def _zoo_shape(model_type: str) -> dict[str, int]:
+    """Result.model_shape from the zoo's config, for results written before that field existed (the
+    committed H200 baselines); imports torch and transformers. ChatGLM's embedding is its padded vocabulary."""
+    from sftbench.models import get_model
+
     config = get_model(model_type).make_config()
     vocab = getattr(config, "padded_vocab_size", None) or config.vocab_size
-    return vocab, config.hidden_size, config.num_hidden_layers
+    return {"vocab_size": vocab, "hidden_size": config.hidden_size, "num_layers": config.num_hidden_layers}

@@ -2,7 +2,9 @@
 
 import pytest
 
+from sftbench.models import SEED_MODEL_TYPES, build_model, get_model
 from sftbench.report import load_results, markdown, mfu, model_flops_per_token, peak_bf16_flops
+from sftbench.worker import model_shape
 
 
 def test_mfu_follows_the_stated_formula(result_factory, lora, full, results_of, sections):
@@ -34,3 +36,13 @@ def test_peak_flops_by_gpu_name(gpu, peak):
 def test_the_committed_h200_baselines_give_plausible_mfu(h200_baselines):
     results = load_results(h200_baselines)
     assert results and all(0.01 < mfu(r) < 0.6 for r in results.values() if r.outcome == "ok")
+
+
+@pytest.mark.parametrize("model_type", SEED_MODEL_TYPES)
+def test_the_shape_a_run_records_counts_as_the_zoos(result_factory, lora, model_type):
+    """A result carrying Result.model_shape (as worker.run_case records it) gets the FLOPs per token that an
+    older result without it gets from the zoo's config."""
+    made = dict(total_params=get_model(model_type).total_params, epoch_tokens=2_048_000)
+    shape = model_shape(build_model(model_type, device="meta"))
+    recorded = result_factory(lora(model_type), model_shape=shape, **made)
+    assert model_flops_per_token(recorded) == model_flops_per_token(result_factory(lora(model_type), **made))
