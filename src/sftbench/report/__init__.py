@@ -8,7 +8,7 @@ minutes per 1000 samples and max reserved GPU memory of LoRA and full fine-tunin
     mfu      model FLOPs utilization per case
     causes   fidelity notes: memory beyond 10%, outcomes and reversed trends, with their causes
     plots    PNG plots of the sweeps (written when a folder is given)
-    values   a row's seed and run values and a table's sweeps, shared by the three above
+    values   a row's seed and run values and a table's sweeps, shared by tables, causes and plots
 
 Reading results needs neither torch nor transformers, except for MFU of results written before
 Result.model_shape existed (see mfu.py).

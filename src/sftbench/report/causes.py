@@ -1,5 +1,8 @@
 """Fidelity notes: where this run differs from the seed (memory beyond 10%, outcomes, within-table trends
-that go the other way), each with a cause where this run's own numbers or a memory diagnostic show one."""
+that go the other way), each with a cause where this run's own numbers or a memory diagnostic show one.
+
+The seed is ms-swift's training benchmark (Dec 2023), whose tables sftbench reproduces.
+"""
 
 from __future__ import annotations
 

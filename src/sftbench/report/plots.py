@@ -1,4 +1,7 @@
-"""PNG plots of the seed's sweeps: memory and minutes per row, the seed's beside this run's."""
+"""PNG plots of the seed's sweeps: memory and minutes per row, the seed's beside this run's.
+
+The seed is ms-swift's training benchmark (Dec 2023), whose tables sftbench reproduces.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """A seed row's numbers beside this run's, as the tables, fidelity notes and plots all read them.
 
+The seed is ms-swift's training benchmark (Dec 2023), whose tables sftbench reproduces.
 A metric is "min" (minutes per 1000 samples) or "MiB" (max reserved GPU memory). A sweep is a table's
 rows that differ only in its numeric column (max_length, batch_size or lora_rank), in that column's order.
 """

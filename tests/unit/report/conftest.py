@@ -1,4 +1,4 @@
-"""Fixtures of the report's tests: specs of the seed's first row, results by key, and the Markdown's tables."""
+"""Fixtures of the report's tests: LoRA and full specs of qwen-7b-chat, results by key, the Markdown's tables."""
 
 from pathlib import Path
 
