@@ -45,6 +45,8 @@ class Result:
     samples_per_s: float | None = None
     trainable_params: int | None = None
     total_params: int | None = None
+    # The built model's vocab_size (rows of its input embedding), hidden_size and num_layers, for MFU.
+    model_shape: dict[str, int] = field(default_factory=dict)
     memory: MemoryPeaks = field(default_factory=MemoryPeaks)
     # Where a case's wall time goes, in seconds: spawn_s (process start), build_s (CUDA context and model),
     # prepare_s (peft, LoRA, checkpointing), setup_s (those and the data), warmup_s, case_s, wall_s.

@@ -61,6 +61,7 @@ def run_case(spec: CaseSpec, options: RunOptions, log=print) -> Result:
         result.attention = environment.attention_kernel(spec.attention, options.attn_fallback)
         model, result.quantization_backend = build_case_model(spec, result.attention, device)
         result.overhead["build_s"] = time.perf_counter() - started  # CUDA context, model (quantized: checkpoint)
+        result.model_shape = model_shape(model)  # before training: an OOM there still records it
         result.attention = model.config._attn_implementation  # what transformers actually set up
         model = prepare_for_training(model, spec)
         result.overhead["prepare_s"] = time.perf_counter() - started - result.overhead["build_s"]  # peft, LoRA
@@ -105,6 +106,12 @@ def build_case_model(spec: CaseSpec, attention: str, device: torch.device):
                                                attn_implementation=attention, device=device,
                                                cache_dir=quantization.default_cache_dir())
     return model, quantization.describe_quantized(model).get("backend")
+
+
+def model_shape(model) -> dict[str, int]:
+    """Result.model_shape: the vocabulary is the input embedding's rows (ChatGLM's padded vocabulary)."""
+    return {"vocab_size": model.get_input_embeddings().num_embeddings, "hidden_size": model.config.hidden_size,
+            "num_layers": model.config.num_hidden_layers}
 
 
 def case_trainer(spec: CaseSpec, model, device: torch.device) -> Trainer:

@@ -33,7 +33,9 @@ def test_cli_run_trains_rows_in_fresh_processes_and_keeps_every_result(tmp_path,
     key = "tiny-qwen.lora.bf16.len512.bs1.gc.sdpa.r8-DEFAULT.n6.cpu"
     assert written == [f"cpu/{key}.2.json", f"cpu/{key}.json"]  # the same row twice: two results
     assert capsys.readouterr().out.count(f"{row} [{key}]: ") == 2
-    overhead = json.loads((tmp_path / "cpu" / f"{key}.json").read_text())["overhead"]
+    result = json.loads((tmp_path / "cpu" / f"{key}.json").read_text())
+    assert result["model_shape"] == {"vocab_size": 1000, "hidden_size": 64, "num_layers": 2}  # tiny-qwen, for MFU
+    overhead = result["overhead"]
     assert 0 < overhead["build_s"] + overhead["prepare_s"] <= overhead["setup_s"] <= overhead["case_s"] <= overhead["wall_s"]
 
 

@@ -1,0 +1,117 @@
+"""PNG plots of the seed's sweeps: memory and minutes per row, the seed's beside this run's.
+
+The seed is ms-swift's training benchmark (Dec 2023), whose tables sftbench reproduces.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from sftbench.catalog import Row, Table
+from sftbench.report.values import SEED_GPU_MIB, column_text, numeric_column, run_value, seed_value, sweeps
+from sftbench.result import Result
+
+# Tables that get a plot, and how: "lines" along the table's numeric column, per model; "bars" per row.
+PLOTS = {"lora_max_length": "lines", "full_max_length": "lines", "batch_size": "lines",
+         "lora_rank_targets": "bars"}
+# Each plot's two panels: (metric, divisor to the plotted unit, decimals of a bar's label); memory in GiB.
+PANELS = (("MiB", 1024, 1), ("min", 1, 2))
+
+
+def plot(t: Table, results: dict[str, Result], plots_dir: Path) -> list[str]:
+    """Write the table's plot and return the Markdown that links it; nothing for a table that gets no plot
+    or has no results."""
+    if t.name not in PLOTS or not any(row.spec.key in results for row in t.rows):
+        return []
+    # A bare Figure renders with the Agg canvas: no pyplot, no global backend state.
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(11, 4.4), layout="constrained")
+    memory, minutes = figure.subplots(1, 2)
+    if PLOTS[t.name] == "lines":
+        _lines(t, results, memory, minutes)
+    else:
+        _bars(t, results, memory, minutes)
+    gpu = next(iter(results.values())).machine.get("gpu")
+    figure.suptitle(f"{t.title}: seed (A100 80GB) vs this run ({gpu})")
+    memory.set_title("GPU memory: max reserved (GiB)")
+    minutes.set_title("minutes per 1000 samples\n(seed: whole run, ours: training)")
+    for axes in (memory, minutes):
+        axes.set_ylim(bottom=0)
+        axes.grid(alpha=0.3)
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    figure.savefig(plots_dir / f"{t.name}.png", dpi=100)
+    return [f"![{t.title}: memory and time, seed vs this run]({plots_dir.name}/{t.name}.png)", ""]
+
+
+def _plotted(values: list[float | None], divisor: int) -> list[float]:
+    return [math.nan if v is None else v / divisor for v in values]
+
+
+def _lines(t: Table, results: dict[str, Result], memory, minutes) -> None:
+    """One colour per model along the table's numeric column: the seed dashed, this run solid."""
+    axis = numeric_column(t)
+    ticks = sorted({getattr(row.spec, axis) for row in t.rows})
+    shown = [sweep for sweep in sweeps(t, axis) if any(row.spec.key in results for row in sweep)]
+    for i, sweep in enumerate(shown):
+        color = f"C{i % 10}"
+        xs = [getattr(row.spec, axis) for row in sweep]
+        runs = [results.get(row.spec.key) for row in sweep]
+        name = " ".join(column_text(sweep[0], c) for c in t.columns if c != axis)
+        for axes, (metric, divisor, _) in zip((memory, minutes), PANELS):
+            for values, style, face, source in (([seed_value(row, metric) for row in sweep], "--o", "white", "seed"),
+                                                ([run_value(r, metric) for r in runs], "-o", color, "this run")):
+                known = [(x, v / divisor) for x, v in zip(xs, values) if v is not None]  # a line over the gaps
+                axes.plot([x for x, _ in known], [v for _, v in known], style, color=color, mfc=face,
+                          label=f"{name}, {source}")
+        _mark_ooms(memory, xs, sweep, runs, color, first=ticks[0])
+    for axes in (memory, minutes):
+        axes.set_xscale("log", base=2)
+        axes.set_xticks(ticks, minor=False)
+        axes.xaxis.set_major_formatter("{x:.0f}")
+        axes.set_xlabel(axis)
+    memory.legend(fontsize="small")
+
+
+def _mark_ooms(memory, xs: list[int], sweep: list[Row], runs: list[Result | None], color: str, first: int) -> None:
+    """An OOM stands at its card's memory, marked ×; the seed's 80 GB is drawn where the seed ran out.
+    Labels sit left of the mark, except at the axis's first x, where they would leave the plot."""
+    for x, row, result in zip(xs, sweep, runs):
+        side = "left" if x == first else "right"
+        if row.seed_outcome == "oom":
+            memory.axhline(SEED_GPU_MIB / 1024, color="grey", linestyle=":", linewidth=1)
+            _oom(memory, x, SEED_GPU_MIB, "seed OOM (A100 80GB)", color, side)
+        if result is not None and result.outcome == "oom" and result.machine.get("gpu_memory_mib"):
+            _oom(memory, x, result.machine["gpu_memory_mib"], "OOM", color, side)
+
+
+def _oom(memory, x: int, capacity_mib: float, text: str, color: str, side: str) -> None:
+    memory.plot([x], [capacity_mib / 1024], "x", color=color, markersize=10, markeredgewidth=2)
+    memory.annotate(text, (x, capacity_mib / 1024), textcoords="offset points", ha=side,
+                    xytext=(10 if side == "left" else -10, -18), fontsize="small", color=color,
+                    bbox={"facecolor": "white", "edgecolor": "none", "pad": 1})
+
+
+def _bars(t: Table, results: dict[str, Result], memory, minutes) -> None:
+    """A pair of bars per row, the seed's and this run's, labelled with their values."""
+    varying = [c for c in t.columns if len({column_text(row, c) for row in t.rows}) > 1]
+    labels = ["\n".join(column_text(row, c) for c in varying) for row in t.rows]
+    xs = range(len(t.rows))
+    runs = [results.get(row.spec.key) for row in t.rows]
+    for axes, (metric, divisor, digits) in zip((memory, minutes), PANELS):
+        seed = _plotted([seed_value(row, metric) for row in t.rows], divisor)
+        now = _plotted([run_value(r, metric) for r in runs], divisor)
+        for offset, values, color, label in ((-0.2, seed, "#bbbbbb", "seed"), (0.2, now, "C0", "this run")):
+            bars = axes.bar([x + offset for x in xs], values, width=0.4, color=color, label=label)
+            axes.bar_label(bars, ["" if math.isnan(v) else f"{v:.{digits}f}" for v in values], fontsize="small")
+        for x, result in zip(xs, runs):
+            if result is None or result.outcome != "ok":
+                axes.annotate("not run" if result is None else result.outcome.upper(), (x + 0.2, 0),
+                              textcoords="offset points", xytext=(0, 4), ha="center", rotation=90,
+                              fontsize="small")
+        axes.set_xticks(list(xs), labels)
+        axes.set_xlim(-0.6, len(t.rows) - 0.4)  # bars without a value do not widen the limits themselves
+        axes.set_xlabel(" / ".join(varying))
+        axes.margins(y=0.2)  # room for the bar labels and the legend
+    memory.legend(fontsize="small", loc="upper left", ncols=2)

@@ -1,0 +1,43 @@
+"""sftbench.report.tables: every seed table row for row, with the seed's numbers, ratios and outcomes."""
+
+from sftbench.catalog import seed_tables
+from sftbench.report import load_results, markdown
+
+
+def test_every_seed_table_is_mirrored_row_for_row_with_the_seeds_numbers(sections):
+    text = markdown({})
+    tables = sections(text)
+    assert sum(len(tables[t.title][1]) for t in seed_tables()) == 59
+    for t in seed_tables():
+        head, rows = tables[t.title]
+        trainable = ["seed trainable", "trainable"] if t.name == "lora_rank_targets" else []
+        assert head == [*t.columns, "seed min", "min", "ratio", "seed MiB", "MiB", "ratio", "tokens/s", "MFU",
+                        "attention", "mode", *trainable]
+        assert len(rows) == len(t.rows)
+        for cells, row in zip(rows, t.rows):
+            assert cells[0] == row.spec.model_type
+            seed_min = cells[len(t.columns)]
+            assert seed_min == ("OOM" if row.seed_outcome == "oom" else f"{row.seed_minutes:.2f}")
+            assert cells[len(t.columns) + 1] == "not run"
+    assert "This run: 0 configurations, 0 of the 59 seed rows" in text
+    assert text.count("None.") == 3  # no fidelity notes without results
+
+
+def test_ratios_oom_and_not_run_cells(result_factory, lora, full, results_of, sections):
+    results = results_of(
+        result_factory(lora(max_length=4096), minutes=5.56, reserved=29264 * 1.5),
+        result_factory(full(max_length=4096), outcome="oom", minutes=None, reserved=80000.0),
+    )
+    rows = {tuple(cells[:2]): cells for cells in sections(markdown(results))["Max Length (LoRA)"][1]}
+    assert rows["qwen-7b-chat", "4096"][2:8] == ["11.12", "5.56", "0.50", "29264", "43896", "1.50"]
+    assert rows["qwen-7b-chat", "8192"][3] == "not run"
+    full_rows = {tuple(cells[:2]): cells for cells in sections(markdown(results))["Max Length (full fine-tuning)"][1]}
+    assert full_rows["qwen-7b-chat", "4096"][2:8] == ["13.94", "OOM", "", "78986", "OOM", ""]
+    assert full_rows["qwen-7b-chat", "8192"][2:8] == ["OOM", "not run", "", "OOM", "not run", ""]
+
+
+def test_the_rank_table_shows_trainable_parameters_beside_the_seeds(h200_baselines):
+    text = markdown(load_results(h200_baselines))
+    rank_table = text.split("## LoRA Rank & LoRA Target Modules")[1].split("##")[0]
+    assert "| seed trainable | trainable |" in rank_table
+    assert "| 4.19M | 4.19M |" in rank_table  # r8 DEFAULT: the seed's 4.19M, measured 4,194,304
