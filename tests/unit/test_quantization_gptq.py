@@ -6,7 +6,7 @@ of test_quantization_bnb.py, here:
     scripts/gpu/prepare-wheels.sh
     scripts/gpu/install-wheels.sh --target /tmp/cpu-site --python .venv/bin/python
     .venv/bin/pip install --target /tmp/cpu-site threadpoolctl requests   # the GPU image has these
-    PYTHONPATH=/tmp/cpu-site .venv/bin/python -m pytest tests/unit/test_quantization_gptq.py tests/unit/test_quantization_bnb.py
+    PYTHONPATH=/tmp/cpu-site .venv/bin/python -m pytest tests/unit/test_quantization_{gptq,bnb}.py
 """
 
 import json
