@@ -29,3 +29,45 @@ def make_result(spec: CaseSpec = QWEN_7B_4096, *, gpu: str = "NVIDIA H200", minu
 @pytest.fixture
 def result_factory():
     return make_result
+
+
+@pytest.fixture
+def block_linears():
+    """model_type -> (its meta model, {name: Linear} of the decoder layers: the layers a quantization replaces)."""
+    from torch import nn
+
+    from sftbench.models import get_model
+    from sftbench.models.registry import meta_model
+
+    def linears(model_type):
+        model = meta_model(model_type)
+        blocks = {"qwen": "transformer.h.", "chatglm": "transformer.encoder.layers."}[get_model(model_type).family]
+        return model, {name: m for name, m in model.named_modules() if type(m) is nn.Linear and name.startswith(blocks)}
+
+    return linears
+
+
+@pytest.fixture
+def lora_step():
+    """(quantized model, entry) -> the peft model after one LoRA forward and backward on the CPU, checked finite."""
+    import torch
+
+    def step(model, entry):
+        import peft
+
+        model.config.use_cache = False
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+        model = peft.get_peft_model(model, peft.LoraConfig(r=8, lora_alpha=32, lora_dropout=0.05,
+                                                           task_type="CAUSAL_LM", target_modules=list(entry.lora_all)))
+        model.train()
+        ids = torch.randint(0, 1000, (2, 48), generator=torch.Generator().manual_seed(0))
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        assert torch.isfinite(loss)
+        assert trainable and all(p.grad is not None and torch.isfinite(p.grad).all() for p in trainable)
+        assert {p.dtype for p in trainable} == {torch.float32}  # peft's LoRA on quantized layers, as swift's cast
+        return model
+
+    return step

@@ -306,9 +306,28 @@ def lora_target_modules(model_type: str, targets: str) -> list[str]:
 
 
 def check_attn_implementation(attn_implementation: str) -> None:
-    # transformers would otherwise try to fetch a flash kernel from the hub, which is unreachable here.
+    # Without flash-attn installed, transformers would try to download a flash kernel from the hub.
     if attn_implementation == "flash_attention_2" and not environment.flash_attn_installed():
         raise ImportError(f"attn_implementation='flash_attention_2': {environment.FLASH_EXTRA}")
+
+
+def empty_model(
+    entry: ModelEntry,
+    device: str | torch.device,
+    *,
+    dtype: torch.dtype | None = None,
+    attn_implementation: str | None = None,
+) -> PreTrainedModel:
+    """`entry`'s model built from its config directly on `device`, its weights uninitialized.
+
+    torch's and transformers' initializers are skipped: the caller fills the tensors (or, on
+    "meta", only counts them). `dtype` and `attn_implementation` left at None are transformers' defaults.
+    """
+    options = {"dtype": dtype, "attn_implementation": attn_implementation}
+    with torch.device(device), no_init_weights():
+        return entry.model_class._from_config(
+            entry.make_config(), **{name: value for name, value in options.items() if value is not None}
+        )
 
 
 def build_model(
@@ -328,11 +347,8 @@ def build_model(
     """
     entry = get_model(model_type)
     check_attn_implementation(attn_implementation)
+    model = empty_model(entry, device, dtype=dtype, attn_implementation=attn_implementation)
     with torch.device(device):
-        with no_init_weights():
-            model = entry.model_class._from_config(
-                entry.make_config(), dtype=dtype, attn_implementation=attn_implementation
-            )
         if weights_path is None:
             model.init_weights()
         else:
@@ -399,9 +415,7 @@ def load_checkpoint(model: PreTrainedModel, folder: Path) -> None:
 
 def meta_model(model_type: str) -> PreTrainedModel:
     """The model with shapes only, no memory: for counting."""
-    entry = get_model(model_type)
-    with torch.device("meta"):
-        return entry.model_class._from_config(entry.make_config())
+    return empty_model(get_model(model_type), "meta")
 
 
 @cache
