@@ -1,4 +1,4 @@
-"""Check the quick mode's projection against a full epoch, on the GPU (issue 2: within 3%).
+"""Check the quick mode's projection against a full epoch, on the GPU (the aim: within 3%).
 
 For each row: quick runs before and after one full epoch (so drift over the run shows), each in a
 fresh process like a pytest case, every result's JSON written to --out, then a table of quick vs full.
