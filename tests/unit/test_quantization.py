@@ -2,10 +2,8 @@
 
 The end-to-end tests (a tiny GPTQ or bnb model with LoRA, forward and backward on the CPU) need
 gptqmodel + optimum (+ pypcre) or bitsandbytes, and skip with the reason where those do not import.
-To run them here:
-    scripts/gpu/prepare-wheels.sh
-    scripts/gpu/install-wheels.sh --target /tmp/cpu-site --python .venv/bin/python
-    .venv/bin/pip install --target /tmp/cpu-site threadpoolctl requests   # the GPU image has these
+To run them on a CPU machine, install those packages into /tmp/cpu-site as docs/offline-gpu-host.md
+describes (`--target /tmp/cpu-site`, with threadpoolctl and requests), then
     PYTHONPATH=/tmp/cpu-site .venv/bin/python -m pytest tests/unit/test_quantization.py
 """
 
