@@ -4,7 +4,7 @@
 # selection (--sftbench-shard i/N, balanced by the seed's minutes). Each case still has its GPU to
 # itself. The CPU pinning matters: a 7B LoRA step is mostly Python and kernel launches, and unpinned
 # on a 4-GPU H200 host the same 512-token step took 0.16-0.27 s depending on what the other parts
-# did (synthesizing a GPTQ checkpoint uses every core; docs/gpu-log.md). The parts' results land in the same
+# did (synthesizing a GPTQ checkpoint uses every core; docs/measurements.md). The parts' results land in the same
 # results/<gpu>/ folder (and baselines/<gpu>/ with --sftbench-update-baselines), one file per
 # configuration, so `python -m sftbench report results/<gpu>` reads them as one run.
 # Output lines are prefixed with the GPU; each part's log and pytest-benchmark JSON go to $LOGS.

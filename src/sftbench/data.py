@@ -2,7 +2,7 @@
 
 Speed and memory depend on how many tokens each batch holds, not on which tokens, so the default
 corpus only has to reproduce the dataset's length distribution under the chatml template
-(facts.md §2: 4959 samples, mean 3234.4, sd 2547.5, min 91, max 19548). The lengths are quantiles of a
+(the Qwen tokenizer over all 4959 samples: mean 3234.4, sd 2547.5, min 91, max 19548). The lengths are quantiles of a
 gamma distribution with that mean and sd (median ~2580), matched to the exact moments and range, so the
 corpus is the same on every machine and needs no random number stream. The loss covers only the short
 response (the category label and <|im_end|>), as in the real data.

@@ -239,7 +239,7 @@ def test_explain_names_the_case_metric_values_delta_tolerance_and_versions(resul
 
 
 def test_explain_names_the_driver_and_settings_that_differ(result_factory):
-    # The regression demo of docs/gpu-log.md: CUDA_LAUNCH_BLOCKING=1 set, no package changed.
+    # The regression demo of docs/measurements.md: CUDA_LAUNCH_BLOCKING=1 set, no package changed.
     old = result_factory()
     old.machine = {**old.machine, "driver": "580.159.04", "settings": {"PYTORCH_ALLOC_CONF": "expandable_segments:True"}}
     now = result_factory(minutes=16.0)

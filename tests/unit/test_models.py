@@ -26,7 +26,7 @@ from sftbench.models.qwen import apply_rotary
 TINY_TYPES = ["tiny-qwen", "tiny-chatglm", "tiny-llama", "tiny-mistral"]
 CUSTOM_TINY_TYPES = ["tiny-qwen", "tiny-chatglm"]  # our own code, not transformers'
 
-# Parameter counts of the original checkpoints (reference/facts.md §3; Yi-34B and the OpenBuddy
+# Parameter counts of the original checkpoints (from their config.json shapes; Yi-34B and the OpenBuddy
 # Mistral models counted from their config.json shapes: vocab 64000 / 36608).
 ORIGINAL_TOTAL_PARAMS = {
     "qwen-1_8b-chat": 1_836_828_672,

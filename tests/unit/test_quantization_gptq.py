@@ -2,11 +2,9 @@
 
 The end-to-end tests (a tiny GPTQ model with LoRA, forward and backward on the CPU) need gptqmodel +
 optimum (+ pypcre), and skip with the reason where those do not import. To run them, and the bnb one
-of test_quantization_bnb.py, here:
-    scripts/gpu/prepare-wheels.sh
-    scripts/gpu/install-wheels.sh --target /tmp/cpu-site --python .venv/bin/python
-    .venv/bin/pip install --target /tmp/cpu-site threadpoolctl requests   # the GPU image has these
-    PYTHONPATH=/tmp/cpu-site .venv/bin/python -m pytest tests/unit/test_quantization_{gptq,bnb}.py
+of test_quantization_bnb.py, install those packages into a folder as docs/offline-gpu-host.md
+describes (with threadpoolctl and requests), then
+    PYTHONPATH=FOLDER .venv/bin/python -m pytest tests/unit/test_quantization_{gptq,bnb}.py
 """
 
 import json
