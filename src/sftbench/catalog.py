@@ -11,7 +11,7 @@ from sftbench.spec import CaseSpec
 
 # Row keys that describe the seed's measurement rather than the configuration.
 _SEED_KEYS = ("seed_minutes", "seed_memory_mib", "seed_trainable", "seed_outcome")
-_TOLERANCE_KEYS = ("time_tolerance_pct", "memory_tolerance_pct")
+_TOLERANCE_KEYS = ("gpu_time_tolerance_pct", "time_tolerance_pct", "memory_tolerance_pct")
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,8 @@ class Row:
     seed_memory_mib: int | None = None
     seed_trainable: int | None = None
     seed_outcome: str = "ok"  # "ok" or "oom"
-    time_tolerance_pct: float | None = None  # per-case override of the run's tolerance
+    gpu_time_tolerance_pct: float | None = None  # per-case overrides of the run's tolerances
+    time_tolerance_pct: float | None = None
     memory_tolerance_pct: float | None = None
 
     @property

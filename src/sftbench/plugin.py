@@ -7,7 +7,12 @@ from pathlib import Path
 import pytest
 
 from sftbench import environment
-from sftbench.baselines import DEFAULT_MEMORY_TOLERANCE_PCT, DEFAULT_TIME_TOLERANCE_PCT, Tolerances
+from sftbench.baselines import (
+    DEFAULT_GPU_TIME_TOLERANCE_PCT,
+    DEFAULT_MEMORY_TOLERANCE_PCT,
+    DEFAULT_TIME_TOLERANCE_PCT,
+    Tolerances,
+)
 from sftbench.catalog import Row, all_rows
 from sftbench.launcher import DEFAULT_TIMEOUT_S
 from sftbench.runner import RunConfig
@@ -27,8 +32,12 @@ def pytest_addoption(parser):
     group.addoption("--sftbench-attn-fallback", choices=("sdpa", "eager"), default=None,
                     help="attention kernel for use_flash_attn rows where flash-attn is not installed "
                          "(default: skip those rows)")
+    group.addoption("--sftbench-gpu-time-tolerance", type=float, default=DEFAULT_GPU_TIME_TOLERANCE_PCT,
+                    metavar="PCT", help="allowed growth of GPU kernel time in %% before a case fails "
+                                        "(default %(default)s)")
     group.addoption("--sftbench-time-tolerance", type=float, default=DEFAULT_TIME_TOLERANCE_PCT, metavar="PCT",
-                    help="allowed slow-down in %% before a case fails (default %(default)s)")
+                    help="wall time: the least noise band in %%; a slow-down beyond it (or the baseline's own "
+                         "spread, if larger) that the step samples also show fails (default %(default)s)")
     group.addoption("--sftbench-memory-tolerance", type=float, default=DEFAULT_MEMORY_TOLERANCE_PCT, metavar="PCT",
                     help="allowed memory growth in %% before a case fails (default %(default)s)")
     group.addoption("--sftbench-baselines", default=None, metavar="DIR",
@@ -55,8 +64,9 @@ def pytest_configure(config):
         strict=config.getoption("sftbench_strict"),
         run=RunOptions(full_epoch=config.getoption("sftbench_full_epoch"),
                        attn_fallback=config.getoption("sftbench_attn_fallback")),
-        tolerances=Tolerances(config.getoption("sftbench_time_tolerance"),
-                              config.getoption("sftbench_memory_tolerance")),
+        tolerances=Tolerances(gpu_time_pct=config.getoption("sftbench_gpu_time_tolerance"),
+                              time_pct=config.getoption("sftbench_time_tolerance"),
+                              memory_pct=config.getoption("sftbench_memory_tolerance")),
         weights=weights, timeout_s=config.getoption("sftbench_timeout"))
     config._sftbench = BenchSession(options, write_line=lambda line: _write_line(config, line))
 

@@ -43,6 +43,19 @@ class Result:
     minutes_per_1000_samples: float | None = None
     tokens_per_s: float | None = None
     samples_per_s: float | None = None
+    # GPU kernel time (CUPTI): the clock ("cupti-python 13.0.1", or "unavailable: why"), the traced micro-steps'
+    # summed kernel seconds, kernel counts and tokens, the optimizer step's kernel seconds, and the epoch's.
+    kernel_clock: str | None = None
+    kernel_step_s: list[float] = field(default_factory=list)
+    kernel_step_counts: list[int] = field(default_factory=list)
+    kernel_step_tokens: list[int] = field(default_factory=list)
+    optimizer_kernel_s: float | None = None
+    gpu_epoch_seconds: float | None = None
+    gpu_minutes_per_1000_samples: float | None = None
+    gpu_busy_pct: float | None = None  # GPU-minutes / wall minutes
+    # How far the projections from the two interleaved halves of the timed steps differ, in % of the whole's:
+    # the run's own wall-time spread, stored with a baseline as its noise band (with a floor).
+    wall_noise_pct: float | None = None
     trainable_params: int | None = None
     total_params: int | None = None
     # The built model's vocab_size (rows of its input embedding), hidden_size and num_layers, for MFU.
@@ -87,5 +100,7 @@ def describe(result: Result) -> str:
     mem = result.memory
     reserved = f"{mem.max_reserved_mib:.0f} MiB reserved" if mem.max_reserved_mib is not None else \
         f"{mem.max_rss_mib:.0f} MiB host RSS"
-    return (f"{result.minutes_per_1000_samples:.2f} min/1000 samples ({result.mode}), {result.tokens_per_s:.0f} tok/s, "
-            f"{reserved}, {result.attention}, wall {result.overhead.get('wall_s', 0):.1f} s")
+    gpu = "" if result.gpu_minutes_per_1000_samples is None else \
+        f" ({result.gpu_minutes_per_1000_samples:.2f} GPU, {result.gpu_busy_pct:.0f}% busy)"
+    return (f"{result.minutes_per_1000_samples:.2f} min/1000 samples{gpu} ({result.mode}), "
+            f"{result.tokens_per_s:.0f} tok/s, {reserved}, {result.attention}, wall {result.overhead.get('wall_s', 0):.1f} s")

@@ -16,6 +16,7 @@ from sftbench import environment
 from sftbench.baselines import BaselineError, BaselineStore, Comparison, Tolerances, compare
 from sftbench.catalog import Row, rows_of
 from sftbench.environment import gpu_slug
+from sftbench.injection import injected
 from sftbench.launcher import DEFAULT_TIMEOUT_S, Launcher
 from sftbench.result import Result, describe
 from sftbench.spec import CaseSpec, RunOptions
@@ -139,6 +140,11 @@ class Runner:
             return RowOutcome(row, "fail", "refused", (
                 f"{row.node_id} ran {result.attention} (--sftbench-attn-fallback) for a row measured with "
                 f"{spec.attention}: its baseline is not rewritten with another kernel's numbers"), result)
+        knobs = injected(result.machine.get("settings", {}))
+        if knobs:
+            return RowOutcome(row, "fail", "refused", (
+                f"{row.node_id} ran with the self-test knob(s) {', '.join(knobs)}: a baseline is never "
+                "written from a run with injected work"), result)
         path = self.baselines.path(self.gpu, result.key)
         if spec not in self._written:  # once per configuration, for all the rows that show it
             path = self.baselines.write(result, rows_of(row.spec) or [row], self._metadata())
@@ -150,11 +156,15 @@ class Runner:
             baseline = self.baselines.load(self.gpu, result.key)
         except BaselineError as error:
             return RowOutcome(row, "fail", "baseline error", str(error), result)
+        run = self.config.tolerances
         tolerances = Tolerances(
-            self.config.tolerances.time_pct if row.time_tolerance_pct is None else row.time_tolerance_pct,
-            self.config.tolerances.memory_pct if row.memory_tolerance_pct is None else row.memory_tolerance_pct)
+            run.gpu_time_pct if row.gpu_time_tolerance_pct is None else row.gpu_time_tolerance_pct,
+            run.time_pct if row.time_tolerance_pct is None else row.time_tolerance_pct,
+            run.memory_pct if row.memory_tolerance_pct is None else row.memory_tolerance_pct)
         comparison = compare(result, baseline, tolerances)
-        message = comparison.explain(row.node_id)
+        first = next((o.row for o in self.outcomes if o.result is result), None)
+        message = comparison.explain(row.node_id) if first is None else \
+            f"{row.node_id}: {comparison.label}, the verdict of its configuration, explained under {first.node_id}"
         action = "pass"
         if comparison.verdict == "regression":
             action = "fail"
@@ -170,14 +180,21 @@ class Runner:
                 "command": " ".join(sys.argv), "mode": self.config.run.mode}
 
     def summary_lines(self, skipped: int = 0) -> list[str]:
-        """A line per row; regressions, improvements and mismatches also say what changed; then the counts."""
-        lines = []
+        """One verdict per configuration, naming every row it stands for; regressions, improvements and
+        mismatches also say what changed; then the counts of configurations."""
+        lines, verdicts = [], []
+        by_result: dict[int, list[RowOutcome]] = {}
         for outcome in self.outcomes:
-            verdict = outcome.message if outcome.comparison is None else outcome.verdict
-            lines.append(f"{outcome.row.node_id}: {describe(outcome.result)} -> {verdict}")
-            if outcome.verdict in ("regression", "improvement", "not-comparable"):
-                lines += outcome.comparison.explain(outcome.row.node_id).splitlines()[1:]
-        verdicts = [outcome.verdict for outcome in self.outcomes]
+            by_result.setdefault(id(outcome.result), []).append(outcome)
+        for outcomes in by_result.values():
+            first = outcomes[0]
+            verdict = first.message if first.comparison is None else first.comparison.label
+            lines.append(f"{first.row.node_id}: {describe(first.result)} -> {verdict}")
+            if len(outcomes) > 1:
+                lines.append("  the same configuration: " + ", ".join(o.row.node_id for o in outcomes[1:]))
+            if first.verdict in ("regression", "improvement", "not-comparable"):
+                lines += first.comparison.explain(first.row.node_id).splitlines()[1:]
+            verdicts.append(first.verdict)
         counts = {verdict: verdicts.count(verdict) for verdict in dict.fromkeys(verdicts)}
         lines.append(", ".join([f"{n} {verdict}" for verdict, n in counts.items()] + [f"{skipped} skipped"]))
         return lines

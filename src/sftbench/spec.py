@@ -94,6 +94,7 @@ class RunOptions:
     full_epoch: bool = False
     representative_steps: int = 32
     settle_steps: int = 4
+    kernel_steps: int = 8  # untimed micro-steps whose GPU kernel time is traced (quick mode)
     attn_fallback: str | None = None  # kernel to use where flash-attn is missing, e.g. "sdpa"
 
     @property

@@ -1,8 +1,12 @@
-"""Measuring: a step timer and a memory tracker, each a start/stop object with a plain result.
+"""Measuring: a step timer (wall time), a kernel timer (GPU kernel time) and a memory tracker.
 
-Memory follows the seed: its "GPU Memory" is torch.cuda.max_memory_reserved(). We also keep the
-allocator's allocated and active peaks, and the device-wide peak that NVML reports (sampled every
-10 ms in a thread; it includes the CUDA context and anything else on the GPU).
+Memory follows the seed (ms-swift's benchmark): its "GPU Memory" is torch.cuda.max_memory_reserved().
+We also keep the allocator's allocated and active peaks, and the device-wide peak that NVML reports
+(sampled every 10 ms in a thread; it includes the CUDA context and anything else on the GPU).
+
+Wall time of a host-bound step is mostly Python and kernel launches and moves with the host; the
+summed duration of the step's GPU kernels does not. KernelTimer reads it from CUPTI's kernel activity
+records (NVIDIA's cupti-python bindings, the `gpu` extra).
 """
 
 from __future__ import annotations
@@ -11,7 +15,10 @@ import resource
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import metadata
 
+import numpy as np
 import torch
 
 from sftbench.result import MemoryPeaks
@@ -40,6 +47,86 @@ class StepTimer:
         synchronize(self.device)
         self.durations.append(time.perf_counter() - start)
         self.tokens.append(tokens)
+
+
+@dataclass
+class KernelSteps:
+    """GPU kernel time of each traced step: seconds summed over its kernels, their count, its tokens."""
+
+    seconds: list[float] = field(default_factory=list)
+    kernels: list[int] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+
+
+def kernel_clock_unavailable(device: torch.device) -> str | None:
+    """Why GPU kernel time cannot be measured on `device` (one line), or None."""
+    if device.type != "cuda":
+        return "no GPU kernel clock on the CPU"
+    try:
+        from cupti import cupti  # noqa: F401
+    except Exception as error:  # noqa: BLE001 - missing or broken bindings: say which
+        return f"cupti-python does not import ({type(error).__name__}: {error}): pip install 'sftbench[gpu]'"
+    return None
+
+
+class KernelTimer:
+    """GPU kernel time of each step, from CUPTI's kernel activity records.
+
+    A step's kernels are those that start between its synchronized start and end. Records wait in
+    CUPTI's buffers while steps run; `collect()` flushes and sums them (about a second per few steps
+    of a 7B model, in Python), so call it between steps, never inside a timed one.
+    """
+
+    BUFFER_BYTES = 32 * 2**20
+
+    def __init__(self, device: torch.device):
+        from cupti import cupti
+
+        self.device = device
+        self._cupti = cupti
+        self._kernel_kind = int(cupti.ActivityKind.CONCURRENT_KERNEL)
+        self._windows: list[tuple[int, int, int]] = []  # (start, end, tokens) of steps not yet collected
+        self._records: list[tuple[int, int]] = []  # (start, end) of kernels not yet collected
+        self.steps = KernelSteps()
+        self.version = f"cupti-python {metadata.version('cupti-python')}"
+
+    def start(self) -> None:
+        self._cupti.activity_register_callbacks(lambda: (self.BUFFER_BYTES, 0), self._completed)
+        self._cupti.activity_enable(self._kernel_kind)
+
+    def _completed(self, activities) -> None:
+        self._records += [(a.start, a.end) for a in activities if a.kind == self._kernel_kind]
+
+    @contextmanager
+    def step(self, tokens: int):
+        synchronize(self.device)
+        start = self._cupti.get_timestamp()
+        yield
+        synchronize(self.device)
+        self._windows.append((start, self._cupti.get_timestamp(), tokens))
+
+    def collect(self) -> None:
+        """Flush CUPTI's buffers and add the finished steps to `steps`."""
+        self._cupti.activity_flush_all(1)
+        add_kernel_steps(self.steps, self._windows, self._records)
+        self._windows.clear()
+        self._records.clear()
+
+    def stop(self) -> KernelSteps:
+        self.collect()
+        self._cupti.activity_disable(self._kernel_kind)
+        return self.steps
+
+
+def add_kernel_steps(steps: KernelSteps, windows: list[tuple[int, int, int]], records: list[tuple[int, int]]) -> None:
+    """Sum the kernels (start, end in ns) that start inside each step's window (start, end, tokens)."""
+    kernels = np.array(sorted(records), dtype=np.int64).reshape(-1, 2)
+    durations = np.concatenate([[0], np.cumsum(kernels[:, 1] - kernels[:, 0])])
+    for start, end, tokens in windows:
+        first, last = np.searchsorted(kernels[:, 0], [start, end])
+        steps.seconds.append(float(durations[last] - durations[first]) / 1e9)
+        steps.kernels.append(int(last - first))
+        steps.tokens.append(tokens)
 
 
 class MemoryTracker:

@@ -15,14 +15,21 @@ untimed micro-steps at representative sizes; their times size the quick mode: mi
 second or more (72B, batch size 8) are GPU-bound and steady (residual jitter 2-4% against 12-20% for
 the host-bound 0.2-s steps of 7B models on the H200), so half as many are timed.
 
-On the projection's error, measured against full epochs (docs/gpu-log.md): the mean of repeated
-token counts, not their median, because an epoch's time is a sum and the occasional slow step is
-part of it (replayed on seven full epochs: -0.7% mean error against -1.6% with the median).
+The projection takes the mean of repeated token counts, not their median: an epoch's time is a
+sum, and the occasional slow step is part of it.
+
+GPU kernel time (a KernelTimer, where CUPTI is available) is traced on separate micro-steps after
+the timed ones, so the wall-timed steps never pay for tracing: `kernel_steps` representative
+micro-steps and one optimizer step, projected over the epoch like the wall time. A full epoch
+traces every step (its wall time then includes CUPTI's tracing) and reads the records every
+FLUSH_EVERY micro-steps, outside the timed steps.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import time
 from dataclasses import dataclass, field
 from statistics import mean, median
 
@@ -30,14 +37,17 @@ import numpy as np
 import torch
 
 from sftbench.data import Batch, collate
+from sftbench.injection import Injection
 from sftbench.spec import RunOptions
-from sftbench.trackers import StepTimer
+from sftbench.trackers import KernelSteps, KernelTimer, StepTimer
 
 MAX_GRAD_NORM = 0.5
 WARMUP_RATIO = 0.05
 LEARNING_RATE = {"lora": 1e-4, "full": 2e-5}
 OPTIMIZER_TIMINGS = 3
 LONG_STEP_S = 1.0  # micro-steps this long time half of RunOptions.representative_steps
+FLUSH_EVERY = 50  # micro-steps of a traced full epoch between reads of CUPTI's records
+CALIBRATION_CYCLES = 20_000_000  # GPU clock cycles of the spin that sizes SFTBENCH_INJECT_GPU_PCT
 
 
 @dataclass
@@ -48,12 +58,23 @@ class EpochTiming:
     epoch_seconds: float = 0.0
     optimizer_steps: int = 0
     warmup_s: float = 0.0
+    kernels: KernelSteps | None = None  # traced micro-steps; None without a kernel clock
+    optimizer_kernel_s: float | None = None
+    gpu_epoch_seconds: float | None = None  # kernel time of the epoch, projected (quick) or summed (full)
+    kernel_trace_s: float = 0.0  # reading CUPTI's records, outside every timed step
+    full_epoch: bool = False
 
 
 class Trainer:
     def __init__(self, model, corpus, batches: list[Batch], *, sft_type: str, max_length: int,
-                 accumulation: int, device: torch.device, amp_dtype: torch.dtype = torch.bfloat16):
+                 accumulation: int, device: torch.device, amp_dtype: torch.dtype = torch.bfloat16,
+                 kernel_timer: KernelTimer | None = None, injection: Injection = Injection()):
         self.model, self.corpus, self.batches = model, corpus, batches
+        self.kernel_timer, self.injection = kernel_timer, injection
+        self._spin_cycles = None  # tokens -> GPU cycles of the injected spin (SFTBENCH_INJECT_GPU_PCT)
+        self._ballast = None  # the injected allocation (SFTBENCH_INJECT_MEMORY_PCT)
+        if injection.gpu_pct and kernel_timer is None:
+            raise RuntimeError("SFTBENCH_INJECT_GPU_PCT needs the GPU kernel clock (CUDA and cupti-python)")
         self.max_length, self.accumulation, self.device = max_length, accumulation, device
         self.amp_dtype = amp_dtype
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -67,10 +88,14 @@ class Trainer:
             self.optimizer, math.ceil(WARMUP_RATIO * self.optimizer_steps), self.optimizer_steps)
 
     def micro_step(self, batch: Batch) -> None:
+        if self.injection.host_ms:
+            time.sleep(self.injection.host_ms / 1000)
         inputs = collate(self.corpus, batch, self.max_length, self.device)
         with torch.autocast(self.device.type, dtype=self.amp_dtype):
             loss = self.model(**inputs).loss
         self.scaler.scale(loss / self.accumulation).backward()
+        if self._spin_cycles is not None:
+            torch.cuda._sleep(self._spin_cycles(batch.tokens))
 
     def optimizer_step(self) -> None:
         self.scaler.unscale_(self.optimizer)
@@ -90,10 +115,14 @@ class Trainer:
         warmup = StepTimer(self.device)
         with warmup.step(0):
             self.warm_up(ordered[-1], ordered[0])
+        if self.kernel_timer is not None:
+            self.kernel_timer.start()
+        self._inject(ordered)
         for batch in representatives(ordered, options.settle_steps):
             with warmup.step(batch.tokens):
                 self.micro_step(batch)
-        timing = EpochTiming(warmup_s=sum(warmup.durations), optimizer_steps=self.optimizer_steps)
+        timing = EpochTiming(warmup_s=sum(warmup.durations), optimizer_steps=self.optimizer_steps,
+                             full_epoch=options.full_epoch)
         timer = StepTimer(self.device)
         if options.full_epoch:
             self._full_epoch(timer, timing, progress)
@@ -103,18 +132,68 @@ class Trainer:
             if settle and mean(settle) >= LONG_STEP_S:
                 count //= 2
             self._representative_steps(ordered, count, timer, timing, progress)
+            if self.kernel_timer is not None:
+                self._kernel_steps(ordered, options.kernel_steps, timing)
+        if self.kernel_timer is not None:
+            started = time.perf_counter()
+            timing.kernels = self.kernel_timer.stop()
+            timing.kernel_trace_s += time.perf_counter() - started
+            timing.gpu_epoch_seconds = self._gpu_epoch_seconds(timing, options.full_epoch)
         return timing
+
+    def _inject(self, ordered: list[Batch]) -> None:
+        """Apply the self-test knobs that need the warmed-up case: the memory ballast and the GPU spin's size."""
+        if self.injection.memory_pct and self.device.type == "cuda":
+            size = int(self.injection.memory_pct / 100 * torch.cuda.max_memory_reserved(self.device))
+            self._ballast = torch.empty(size, dtype=torch.uint8, device=self.device)
+        if self.injection.gpu_pct:
+            timer = self.kernel_timer
+            for batch in (ordered[-1], ordered[0]):
+                with timer.step(batch.tokens):
+                    self.micro_step(batch)
+            with timer.step(0):
+                torch.cuda._sleep(CALIBRATION_CYCLES)
+            timer.collect()
+            (short, long, spin), tokens = timer.steps.seconds, timer.steps.tokens
+            timer.steps = KernelSteps()
+            per_token = (long - short) / max(tokens[1] - tokens[0], 1)
+            share = self.injection.gpu_pct / 100 * CALIBRATION_CYCLES / spin
+            self._spin_cycles = lambda n: int(share * (short + per_token * (n - tokens[0])))
+
+    def _kernel_steps(self, ordered: list[Batch], count: int, timing: EpochTiming) -> None:
+        """Kernel time of `count` representative micro-steps and of one optimizer step, untimed."""
+        for batch in representatives(ordered, count):
+            with self.kernel_timer.step(batch.tokens):
+                self.micro_step(batch)
+        with self.kernel_timer.step(0):
+            self.optimizer_step()
+
+    def _gpu_epoch_seconds(self, timing: EpochTiming, full_epoch: bool) -> float:
+        """The epoch's kernel time: summed over a traced full epoch, else projected like the wall time."""
+        steps = timing.kernels
+        micro = [(t, s) for t, s in zip(steps.tokens, steps.seconds) if t > 0]
+        optimizer = [s for t, s in zip(steps.tokens, steps.seconds) if t == 0]
+        timing.optimizer_kernel_s = median(optimizer) if optimizer else 0.0
+        if full_epoch:
+            return sum(s for _, s in micro) + len(optimizer) * timing.optimizer_kernel_s
+        return project_epoch([t for t, _ in micro], [s for _, s in micro], [b.tokens for b in self.batches],
+                             self.optimizer_steps, timing.optimizer_kernel_s)
 
     def _full_epoch(self, timer: StepTimer, timing: EpochTiming, progress) -> None:
         optimizer_timer = StepTimer(self.device)
+        kernels = self.kernel_timer
         # The warm-up left gradients behind: the epoch starts from a clean accumulation.
         self.optimizer.zero_grad(set_to_none=True)
         for i, batch in enumerate(self.batches, 1):
-            with timer.step(batch.tokens):
+            with timer.step(batch.tokens), _traced(kernels, batch.tokens):
                 self.micro_step(batch)
             if i % self.accumulation == 0 or i == len(self.batches):
-                with optimizer_timer.step(0):
+                with optimizer_timer.step(0), _traced(kernels, 0):
                     self.optimizer_step()
+            if kernels is not None and i % FLUSH_EVERY == 0:
+                started = time.perf_counter()
+                kernels.collect()
+                timing.kernel_trace_s += time.perf_counter() - started
             if i % 100 == 0:
                 progress(f"micro-step {i}/{len(self.batches)}, {sum(timer.durations):.1f} s")
         timing.step_durations_s, timing.step_tokens = timer.durations, timer.tokens
@@ -138,6 +217,10 @@ class Trainer:
                                              self.optimizer_steps, timing.optimizer_step_s)
 
 
+def _traced(kernels: KernelTimer | None, tokens: int):
+    return contextlib.nullcontext() if kernels is None else kernels.step(tokens)
+
+
 def representatives(ordered: list[Batch], count: int) -> list[Batch]:
     """The longest batch and batches at evenly spaced quantiles of size, longest first."""
     return [ordered[p] for p in representative_positions(len(ordered), count)]
@@ -156,6 +239,17 @@ def project_epoch(step_tokens: list[int], step_durations: list[float], epoch_tok
     xs = sorted(by_tokens)
     ys = [mean(by_tokens[x]) for x in xs]
     return float(np.interp(epoch_tokens, xs, ys).sum()) + optimizer_steps * optimizer_step_s
+
+
+def half_split_spread_pct(step_tokens: list[int], step_durations: list[float], epoch_tokens: list[int],
+                          optimizer_steps: int, optimizer_step_s: float) -> float | None:
+    """|projection from the even-numbered timed steps - from the odd-numbered| in % of the projection from all:
+    the drift and jitter of the run itself (each half spans the batch sizes). None under four steps."""
+    if len(step_tokens) < 4:
+        return None
+    whole, even, odd = (project_epoch(step_tokens[part], step_durations[part], epoch_tokens, optimizer_steps,
+                                      optimizer_step_s) for part in (slice(None), slice(0, None, 2), slice(1, None, 2)))
+    return 100 * abs(even - odd) / whole
 
 
 def replay_quick(step_tokens: list[int], step_durations: list[float], optimizer_steps: int, optimizer_step_s: float,

@@ -22,11 +22,12 @@ import transformers  # noqa: F401 - imported here so the forkserver preloads it
 
 from sftbench import environment
 from sftbench.data import SyntheticCorpus, epoch_batches
+from sftbench.injection import Injection
 from sftbench.models import build_model, get_model, lora_target_modules
 from sftbench.result import Result, minutes_per_1000_samples
 from sftbench.spec import CaseSpec, RunOptions
-from sftbench.trackers import MemoryTracker
-from sftbench.trainer import Trainer
+from sftbench.trackers import KernelTimer, MemoryTracker, kernel_clock_unavailable
+from sftbench.trainer import Trainer, half_split_spread_pct
 
 PR_SET_PDEATHSIG = 1
 
@@ -67,7 +68,10 @@ def run_case(spec: CaseSpec, options: RunOptions, log=print) -> Result:
         result.overhead["prepare_s"] = time.perf_counter() - started - result.overhead["build_s"]  # peft, LoRA
         result.trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         result.total_params = get_model(spec.model_type).total_params
-        trainer = case_trainer(spec, model, device)
+        unavailable = kernel_clock_unavailable(device)
+        kernel_timer = None if unavailable else KernelTimer(device)
+        result.kernel_clock = f"unavailable: {unavailable}" if unavailable else kernel_timer.version
+        trainer = case_trainer(spec, model, device, kernel_timer, Injection.from_environ())
         result.overhead["setup_s"] = time.perf_counter() - started
         log(f"built in {result.overhead['setup_s']:.1f} s ({result.attention}); training")
         # Millions of long-lived objects (torch, transformers, the model) make every full GC pass
@@ -76,7 +80,7 @@ def run_case(spec: CaseSpec, options: RunOptions, log=print) -> Result:
         gc.collect()
         gc.freeze()
         timing = trainer.run(options, progress=log)
-        _record_timing(result, timing, trainer.corpus, spec, len(trainer.batches))
+        _record_timing(result, timing, trainer.corpus, spec, trainer.batches)
     except Exception as error:  # noqa: BLE001 - any failure is this case's outcome, not the session's
         if _is_oom(error):
             result.outcome, result.message = "oom", str(error).split("\n")[0]
@@ -114,13 +118,15 @@ def model_shape(model) -> dict[str, int]:
             "num_layers": model.config.num_hidden_layers}
 
 
-def case_trainer(spec: CaseSpec, model, device: torch.device) -> Trainer:
+def case_trainer(spec: CaseSpec, model, device: torch.device, kernel_timer: KernelTimer | None = None,
+                 injection: Injection = Injection()) -> Trainer:
     """The trainer of the case's epoch: the synthetic corpus in the model's vocabulary, batched as swift did."""
     corpus = SyntheticCorpus(model.get_input_embeddings().num_embeddings, spec.samples)
     batches = epoch_batches(corpus.lengths, spec.batch_size, spec.max_length)
     return Trainer(model, corpus, batches, sft_type=spec.sft_type, max_length=spec.max_length,
                    accumulation=spec.gradient_accumulation_steps, device=device,
-                   amp_dtype=torch.float16 if spec.quantization.endswith("gptq") else torch.bfloat16)
+                   amp_dtype=torch.float16 if spec.quantization.endswith("gptq") else torch.bfloat16,
+                   kernel_timer=kernel_timer, injection=injection)
 
 
 def prepare_for_training(model, spec: CaseSpec):
@@ -139,13 +145,25 @@ def prepare_for_training(model, spec: CaseSpec):
     return model
 
 
-def _record_timing(result: Result, timing, corpus, spec: CaseSpec, micro_batches: int) -> None:
+def _record_timing(result: Result, timing, corpus, spec: CaseSpec, batches) -> None:
     result.step_durations_s, result.step_tokens = timing.step_durations_s, timing.step_tokens
     result.optimizer_step_s = timing.optimizer_step_s
     result.overhead["warmup_s"] = timing.warmup_s
-    result.epoch_micro_batches, result.epoch_optimizer_steps = micro_batches, timing.optimizer_steps
+    result.epoch_micro_batches, result.epoch_optimizer_steps = len(batches), timing.optimizer_steps
     result.epoch_tokens = int(corpus.lengths.clip(max=spec.max_length).sum())
     result.epoch_seconds = timing.epoch_seconds
     result.minutes_per_1000_samples = minutes_per_1000_samples(timing.epoch_seconds, spec.samples)
     result.tokens_per_s = result.epoch_tokens / timing.epoch_seconds
     result.samples_per_s = spec.samples / timing.epoch_seconds
+    if not timing.full_epoch:
+        result.wall_noise_pct = half_split_spread_pct(timing.step_tokens, timing.step_durations_s,
+                                                      [b.tokens for b in batches], timing.optimizer_steps,
+                                                      timing.optimizer_step_s)
+    result.overhead["kernel_trace_s"] = timing.kernel_trace_s
+    if timing.kernels is not None:
+        steps = timing.kernels
+        result.kernel_step_s, result.kernel_step_counts, result.kernel_step_tokens = \
+            steps.seconds, steps.kernels, steps.tokens
+        result.optimizer_kernel_s, result.gpu_epoch_seconds = timing.optimizer_kernel_s, timing.gpu_epoch_seconds
+        result.gpu_minutes_per_1000_samples = minutes_per_1000_samples(timing.gpu_epoch_seconds, spec.samples)
+        result.gpu_busy_pct = 100 * timing.gpu_epoch_seconds / timing.epoch_seconds

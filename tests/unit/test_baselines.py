@@ -231,10 +231,10 @@ def test_explain_names_the_case_metric_values_delta_tolerance_and_versions(resul
     now = result_factory(minutes=12.0, versions=versions)
     text = compare(now, baseline_of(result_factory()), TOLERANCES).explain("test_lora_max_length[qwen-7b-chat-4096]")
     lines = text.splitlines()
-    assert lines[0] == "test_lora_max_length[qwen-7b-chat-4096]: regression"
-    assert "  minutes_per_1000_samples: 10 -> 12 (+20.0%, tolerance 5%)" in lines
+    assert lines[0] == "test_lora_max_length[qwen-7b-chat-4096]: wall-time regression"  # no GPU time to tell
+    assert "  minutes_per_1000_samples: 10 -> 12 (+20.0%, noise band 5%)" in lines
     assert "  versions that differ from the baseline's: torch 2.11.0 -> 2.13.0" in lines
-    assert "sftbench" not in text.split(": regression", 1)[1]  # its own version is not news
+    assert "sftbench" not in text.split(" regression", 1)[1]  # its own version is not news
     assert "max_reserved_mib" not in text  # unchanged metrics stay out
 
 
@@ -255,3 +255,50 @@ def test_a_baseline_without_recorded_settings_claims_no_setting_changed(result_f
     now = result_factory()
     now.machine = {**old.machine, "settings": {"CUDA_LAUNCH_BLOCKING": "1"}}
     assert compare(now, baseline_of(old), TOLERANCES).setting_changes == {}
+
+
+# --- speed: GPU kernel time first, wall time against its noise -------------------------------------------------
+
+STEPS = [0.30 + 0.01 * i for i in range(16)]  # the quick mode's timed steps, one batch each
+TOKENS = [2048 - 64 * i for i in range(16)]
+
+
+def timed(result_factory, wall: float = 10.0, gpu: float | None = 8.0, step_factor: float = 1.0, noise=None, **fields):
+    """A result with GPU-minutes and 16 timed steps; `step_factor` scales the steps as a slower host would."""
+    return result_factory(minutes=wall, gpu_minutes_per_1000_samples=gpu, kernel_clock="cupti-python 13.0.1",
+                          step_durations_s=[s * step_factor for s in STEPS], step_tokens=list(TOKENS),
+                          wall_noise_pct=noise, **fields)
+
+
+@pytest.mark.parametrize("gpu, wall, factor, label", [
+    (8.4, 10.0, 1.0, "kernel regression"),  # GPU time +5%, wall unchanged: the GPU waited anyway
+    (8.0, 13.0, 1.3, "host-side regression"),  # wall +30% in every step, GPU time flat
+    (8.4, 13.0, 1.3, "kernel and host-side regression"),
+    (8.1, 11.0, 1.1, "pass"),  # GPU +1.25% within 2%, wall +10% within the 20% band
+])
+def test_a_regression_says_its_kind(result_factory, gpu, wall, factor, label):
+    comparison = compare(timed(result_factory, wall, gpu, factor), baseline_of(timed(result_factory)), Tolerances())
+    assert comparison.label == label
+    assert comparison.explain("case").splitlines()[0] == f"case: {label}"
+
+
+def test_wall_time_beyond_its_band_is_no_regression_when_the_steps_do_not_differ(result_factory):
+    # The projection moved +30% (a drifting host between the timed steps and the rest), the steps did not.
+    comparison = compare(timed(result_factory, 13.0), baseline_of(timed(result_factory)), Tolerances())
+    [wall] = [c for c in comparison.changes if c.kind == "wall"]
+    assert wall.p_value == 1.0 and wall.verdict == "same" and comparison.verdict == "pass"
+
+
+def test_the_baselines_own_spread_widens_the_wall_band(result_factory):
+    old = baseline_of(timed(result_factory, noise=35.0))
+    comparison = compare(timed(result_factory, 13.0, step_factor=1.3), old, Tolerances())
+    [wall] = [c for c in comparison.changes if c.kind == "wall"]
+    assert wall.tolerance_pct == 35.0 and comparison.verdict == "pass"
+    assert "noise band 35%, step samples p=" in wall.describe()
+
+
+def test_gpu_time_is_compared_only_where_both_runs_have_it(result_factory):
+    comparison = compare(timed(result_factory, gpu=9.0), baseline_of(timed(result_factory, gpu=None)), Tolerances())
+    assert [c.metric for c in comparison.changes][0] == "minutes_per_1000_samples"
+    assert comparison.reasons == [
+        "the baseline has no GPU kernel time (it predates that metric): speed is judged on wall time alone"]

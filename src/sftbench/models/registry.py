@@ -306,9 +306,8 @@ def lora_target_modules(model_type: str, targets: str) -> list[str]:
 
 
 def check_attn_implementation(attn_implementation: str) -> None:
-    # Without flash-attn installed, transformers would try to download a flash kernel from the hub.
-    if attn_implementation == "flash_attention_2" and not environment.flash_attn_installed():
-        raise ImportError(f"attn_implementation='flash_attention_2': {environment.FLASH_EXTRA}")
+    """Raise environment.MissingFlashAttn (an ImportError) for flash_attention_2 without flash-attn."""
+    environment.attention_kernel(attn_implementation)
 
 
 def empty_model(
