@@ -155,6 +155,13 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["sftbench"] = {**environment.machine(), "versions": environment.package_versions()}
 
 
+def pytest_sessionfinish(session):
+    bench: BenchSession = session.config._sftbench
+    path = bench.runner.write_record()
+    if path is not None:
+        _write_line(session.config, f"sftbench: run record {path}")
+
+
 def pytest_terminal_summary(terminalreporter, config):
     session: BenchSession = config._sftbench
     skipped = [r for r in terminalreporter.stats.get("skipped", []) if "sftbench" in getattr(r, "keywords", {})]

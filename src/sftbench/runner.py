@@ -7,9 +7,11 @@ a RowOutcome into pass, fail or skip, or into an exit code.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from sftbench import environment
@@ -83,9 +85,25 @@ class RowOutcome:
     comparison: Comparison | None = None
 
 
+# What a run record keeps of each result and baseline: enough to draw a configuration's history.
+RECORDED_METRICS = {
+    "gpu_minutes_per_1000_samples": lambda r: r.gpu_minutes_per_1000_samples,
+    "minutes_per_1000_samples": lambda r: r.minutes_per_1000_samples,
+    "gpu_busy_pct": lambda r: r.gpu_busy_pct,
+    "wall_noise_pct": lambda r: r.wall_noise_pct,
+    "max_reserved_mib": lambda r: r.memory.max_reserved_mib,
+    "max_allocated_mib": lambda r: r.memory.max_allocated_mib,
+}
+
+
+def metrics_of(result: Result) -> dict:
+    return {"outcome": result.outcome, **{name: read(result) for name, read in RECORDED_METRICS.items()}}
+
+
 class Runner:
     def __init__(self, config: RunConfig, log=print):
         self.config = config
+        self.started = datetime.now(timezone.utc)
         self.log = log
         self.baselines = BaselineStore(config.baselines_dir)
         self.results_store = None if config.results_dir is None else ResultStore(config.results_dir)
@@ -174,6 +192,42 @@ class Runner:
             action = "skip"
         return RowOutcome(row, action, comparison.verdict, message, result, comparison)
 
+    def record(self) -> dict:
+        """The run record: when, which commit, stack and GPU, and each configuration's verdict and metrics
+        beside its baseline's; one JSON per run keeps the history (`python -m sftbench history`)."""
+        configurations = []
+        for outcomes in self._by_configuration():
+            first = outcomes[0]
+            baseline = self.baselines.load(self.gpu, first.result.key) if first.comparison else None
+            configurations.append({
+                "key": first.result.key, "rows": [o.row.node_id for o in outcomes], "verdict": first.verdict,
+                "label": first.comparison.label if first.comparison else first.verdict,
+                "now": metrics_of(first.result), "baseline": metrics_of(baseline.result) if baseline else None,
+                "explanation": first.comparison.explain(first.row.node_id).splitlines()[1:] if first.comparison else [],
+            })
+        return {"schema": 1, "started": self.started.isoformat(timespec="seconds"),
+                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                **self._metadata(), "update_baselines": self.config.update_baselines,
+                "configurations": configurations}
+
+    def write_record(self) -> Path | None:
+        """Write the run record to <results>/history/<started>-<commit>.json (nothing without a results folder
+        or outcomes)."""
+        if self.results_store is None or not self.outcomes:
+            return None
+        record = self.record()
+        folder = self.config.results_dir / "history"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{self.started.strftime('%Y%m%dT%H%M%SZ')}-{record['commit'] or 'unknown'}.json"
+        path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        return path
+
+    def _by_configuration(self) -> list[list[RowOutcome]]:
+        by_result: dict[int, list[RowOutcome]] = {}
+        for outcome in self.outcomes:
+            by_result.setdefault(id(outcome.result), []).append(outcome)
+        return list(by_result.values())
+
     def _metadata(self) -> dict:
         return {**environment.machine(), "versions": environment.package_versions(),
                 "commit": environment.git_commit(self.config.baselines_dir.parent),
@@ -183,10 +237,7 @@ class Runner:
         """One verdict per configuration, naming every row it stands for; regressions, improvements and
         mismatches also say what changed; then the counts of configurations."""
         lines, verdicts = [], []
-        by_result: dict[int, list[RowOutcome]] = {}
-        for outcome in self.outcomes:
-            by_result.setdefault(id(outcome.result), []).append(outcome)
-        for outcomes in by_result.values():
+        for outcomes in self._by_configuration():
             first = outcomes[0]
             verdict = first.message if first.comparison is None else first.comparison.label
             lines.append(f"{first.row.node_id}: {describe(first.result)} -> {verdict}")

@@ -84,3 +84,22 @@ def test_the_result_store_keeps_every_result_of_a_configuration(tmp_path, result
     assert [p.relative_to(tmp_path).as_posix() for p in paths] == [
         f"nvidia-h200/{ROW.spec.key}.json", f"nvidia-h200/{ROW.spec.key}.2.json", f"nvidia-h200/{ROW.spec.key}.3.json"]
     assert [json.loads(p.read_text())["minutes_per_1000_samples"] for p in paths] == [10.0, 11.0, 12.0]
+
+
+def test_the_run_record_keeps_each_configurations_verdict_beside_its_baseline(tmp_path, monkeypatch, result_factory):
+    writer = make_runner(tmp_path / "baselines", monkeypatch, update_baselines=True)
+    writer.results[ROW.spec] = result_factory(minutes=10.0)
+    writer.check(ROW)
+    runner = Runner(RunConfig(baselines_dir=tmp_path / "baselines", results_dir=tmp_path / "results"),
+                    log=lambda line: None)
+    monkeypatch.setattr(runner, "skip_reason", lambda spec: None)
+    runner.results[ROW.spec] = result_factory(minutes=13.0)
+    runner.check(ROW)
+    path = runner.write_record()
+    record = json.loads(path.read_text())
+    assert path.parent == tmp_path / "results" / "history" and record["update_baselines"] is False
+    [configuration] = record["configurations"]
+    assert configuration["rows"] == [ROW.node_id] and configuration["label"] == "wall-time regression"
+    assert (configuration["baseline"]["minutes_per_1000_samples"], configuration["now"]["minutes_per_1000_samples"]) \
+        == (10.0, 13.0)
+    assert {"gpu", "driver", "versions", "commit", "settings"} <= set(record) and record["started"] <= record["finished"]
