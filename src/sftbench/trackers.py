@@ -72,9 +72,9 @@ def kernel_clock_unavailable(device: torch.device) -> str | None:
 class KernelTimer:
     """GPU kernel time of each step, from CUPTI's kernel activity records.
 
-    A step's kernels are those that start between its synchronized start and end. Records wait in
-    CUPTI's buffers while steps run; `collect()` flushes and sums them (about a second per few steps
-    of a 7B model, in Python), so call it between steps, never inside a timed one.
+    Kernel activity is recorded only inside `step()`, and a step's kernels are those that start between
+    its synchronized start and end. Records wait in CUPTI's buffers; `collect()` flushes and sums them
+    (about 30 us a kernel, a 7B step launching ~6000), so call it between steps, never inside a timed one.
     """
 
     BUFFER_BYTES = 32 * 2**20
@@ -92,18 +92,23 @@ class KernelTimer:
 
     def start(self) -> None:
         self._cupti.activity_register_callbacks(lambda: (self.BUFFER_BYTES, 0), self._completed)
-        self._cupti.activity_enable(self._kernel_kind)
 
     def _completed(self, activities) -> None:
         self._records += [(a.start, a.end) for a in activities if a.kind == self._kernel_kind]
 
     @contextmanager
     def step(self, tokens: int):
+        """Trace the kernels of this step only: CUPTI records nothing outside the timer's steps."""
         synchronize(self.device)
+        self._cupti.activity_enable(self._kernel_kind)
         start = self._cupti.get_timestamp()
-        yield
-        synchronize(self.device)
-        self._windows.append((start, self._cupti.get_timestamp(), tokens))
+        try:
+            yield
+            synchronize(self.device)
+        finally:
+            end = self._cupti.get_timestamp()
+            self._cupti.activity_disable(self._kernel_kind)
+        self._windows.append((start, end, tokens))
 
     def collect(self) -> None:
         """Flush CUPTI's buffers and add the finished steps to `steps`."""
@@ -114,7 +119,6 @@ class KernelTimer:
 
     def stop(self) -> KernelSteps:
         self.collect()
-        self._cupti.activity_disable(self._kernel_kind)
         return self.steps
 
 

@@ -62,6 +62,7 @@ class EpochTiming:
     optimizer_kernel_s: float | None = None
     gpu_epoch_seconds: float | None = None  # kernel time of the epoch, projected (quick) or summed (full)
     kernel_trace_s: float = 0.0  # reading CUPTI's records, outside every timed step
+    kernel_steps_s: float = 0.0  # the traced micro-steps of the quick mode, outside every timed step
     full_epoch: bool = False
 
 
@@ -162,11 +163,13 @@ class Trainer:
 
     def _kernel_steps(self, ordered: list[Batch], count: int, timing: EpochTiming) -> None:
         """Kernel time of `count` representative micro-steps and of one optimizer step, untimed."""
+        started = time.perf_counter()
         for batch in representatives(ordered, count):
             with self.kernel_timer.step(batch.tokens):
                 self.micro_step(batch)
         with self.kernel_timer.step(0):
             self.optimizer_step()
+        timing.kernel_steps_s = time.perf_counter() - started
 
     def _gpu_epoch_seconds(self, timing: EpochTiming, full_epoch: bool) -> float:
         """The epoch's kernel time: summed over a traced full epoch, else projected like the wall time."""

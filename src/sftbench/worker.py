@@ -159,7 +159,7 @@ def _record_timing(result: Result, timing, corpus, spec: CaseSpec, batches) -> N
         result.wall_noise_pct = half_split_spread_pct(timing.step_tokens, timing.step_durations_s,
                                                       [b.tokens for b in batches], timing.optimizer_steps,
                                                       timing.optimizer_step_s)
-    result.overhead["kernel_trace_s"] = timing.kernel_trace_s
+    result.overhead["kernel_trace_s"], result.overhead["kernel_steps_s"] = timing.kernel_trace_s, timing.kernel_steps_s
     if timing.kernels is not None:
         steps = timing.kernels
         result.kernel_step_s, result.kernel_step_counts, result.kernel_step_tokens = \
