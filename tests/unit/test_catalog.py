@@ -2,7 +2,7 @@ import pytest
 
 from sftbench import catalog
 from sftbench.models import MODELS
-from sftbench.spec import CaseSpec, InvalidSpec
+from sftbench.spec import CaseSpec
 
 DEFAULT_7B = CaseSpec("qwen-7b-chat")
 
@@ -48,30 +48,6 @@ def test_use_flash_attn_maps_to_the_kernel_the_seed_ran():
     assert rows["qwen-7b-chat-flash-nogc"].attention == "flash_attention_2"
     assert not rows["qwen-7b-chat-flash-nogc"].gradient_checkpointing
     assert rows["qwen-7b-chat-noflash-gc"].attention == "eager"
-
-
-def test_the_spec_key_names_every_setting_that_differs():
-    assert DEFAULT_7B.key == "qwen-7b-chat.lora.bf16.len2048.bs1.gc.flash_attention_2.r8-DEFAULT"
-    assert CaseSpec("qwen-7b-chat", sft_type="full", max_length=512).key == \
-        "qwen-7b-chat.full.bf16.len512.bs1.gc.flash_attention_2"
-    assert CaseSpec("tiny-qwen", device="cpu", attention="sdpa", samples=10).key.endswith(".n10.cpu")
-
-
-@pytest.mark.parametrize("changes, message", [
-    ({"sft_type": "full", "quantization": "int4-bnb"}, "full fine-tuning of a int4-bnb model is impossible"),
-    ({"quantization": "int3"}, "unknown quantization 'int3'"),
-    ({"attention": "xformers"}, "unknown attention"),
-    ({"batch_size": 0}, "batch_size must be >= 1"),
-    ({"lora_rank": 0}, "LoRA needs lora_rank >= 1"),
-    ({"device": "cpu"}, "need a CUDA GPU"),
-])
-def test_impossible_combinations_are_one_clear_error(changes, message):
-    with pytest.raises(InvalidSpec, match=message):
-        DEFAULT_7B.replace(**changes)
-
-
-def test_gradient_accumulation_as_swift():
-    assert [DEFAULT_7B.replace(batch_size=b).gradient_accumulation_steps for b in (1, 2, 4, 8, 3)] == [16, 8, 4, 2, 6]
 
 
 def test_rows_by_id_keeps_the_order_and_names_every_unknown_id():

@@ -51,14 +51,17 @@ def run_layers(
     position_ids: torch.Tensor | None = None,
     past_key_values: Cache | None = None,
     use_cache: bool | None = None,
+    cache: Cache | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, Cache | None]:
     """The layer stack with what it needs computed once: KV cache, positions, causal mask, rotary table.
 
     `rotary` maps position ids to the (cos, sin) pair the layers expect; `attention_mask` is the
-    usual (batch, seq) padding mask (1 = token, 0 = padding) or None. Other keyword arguments go
-    to the attention function.
+    usual (batch, seq) padding mask (1 = token, 0 = padding) or None. The KV cache comes as
+    `past_key_values` (transformers < 5.24) or `cache` (its name from 5.24, which `generate` uses).
+    Other keyword arguments go to the attention function.
     """
+    past_key_values = cache if past_key_values is None else past_key_values
     use_cache = model.config.use_cache if use_cache is None else use_cache
     if use_cache and past_key_values is None and not model.training:  # a training step never reuses keys
         past_key_values = DynamicCache(config=model.config)
