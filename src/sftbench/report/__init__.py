@@ -4,9 +4,9 @@ The seed is ms-swift's training benchmark (Benchmark.md, Dec 2023), whose tables
 minutes per 1000 samples and max reserved GPU memory of LoRA and full fine-tuning on an A100 80GB.
 
     load     reading results/baselines folders
-    tables   the Markdown of each seed table, seed | this run | ratio
+    tables   the Markdown of each seed table, seed | this run | ratio, with this run's GPU minutes
     mfu      model FLOPs utilization per case
-    causes   fidelity notes: memory beyond 10%, outcomes and reversed trends, with their causes
+    causes   fidelity notes: memory beyond 10%, outcomes, reversed trends and wall/GPU time disagreements
     plots    PNG plots of the sweeps (written when a folder is given)
     values   a row's seed and run values and a table's sweeps, shared by tables, causes and plots
 

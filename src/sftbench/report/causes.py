@@ -1,5 +1,6 @@
 """Fidelity notes: where this run differs from the seed (memory beyond 10%, outcomes, within-table trends
-that go the other way), each with a cause where this run's own numbers or a memory diagnostic show one.
+that go the other way) and where its wall time and GPU kernel time disagree on a trend, each with a cause
+where this run's own numbers or a memory diagnostic show one.
 
 The seed is ms-swift's training benchmark (Dec 2023), whose tables sftbench reproduces.
 """
@@ -10,29 +11,33 @@ from statistics import median
 
 from sftbench.catalog import Row, seed_tables
 from sftbench.report.tables import number, ratio
-from sftbench.report.values import SEED_GPU_MIB, numeric_column, run_value, seed_value, sweeps
+from sftbench.report.values import SEED_GPU_MIB, neighbours, run_value, seed_value
 from sftbench.result import Result
 
 MEMORY_NOTE_RATIO = 0.10  # a bf16 row whose reserved memory is off the seed's by more than this gets a note
-TREND_MIN_CHANGE = 0.01  # neighbouring rows that change less than this in both runs show no trend to reverse
+TREND_MIN_CHANGE = 0.01  # a change between neighbouring rows smaller than this is no trend
 NOT_MEASURED = "not yet measured"
 # A step with more tokens whose time grows by less than this fraction of the token growth is host-bound.
 HOST_BOUND_GROWTH = 0.8
 # A step of a quarter of the tokens or fewer that still takes this share of the longest step's time is host-bound.
 HOST_FLOOR_SHARE = 0.6
+# A row whose GPU runs kernels for less than this share of its wall time spends most of it on the host.
+HOST_BOUND_BUSY_PCT = 50
 
 
 def fidelity_notes(results: dict[str, Result], diagnostics: dict[str, dict]) -> list[str]:
     """The Markdown lines of the notes: one table per kind of difference, or "None."."""
     lines = ["## Fidelity notes", "",
-             "What differs from the seed. A cause is given where this run's own numbers or a memory diagnostic "
-             f"of its configuration show it; otherwise it is {NOT_MEASURED}.", ""]
+             "What differs from the seed, and where this run's wall time and GPU kernel time disagree. A cause "
+             "is given where this run's own numbers or a memory diagnostic of its configuration show it; "
+             f"otherwise it is {NOT_MEASURED}.", ""]
     for title, head, rows in (
         (f"Memory more than {MEMORY_NOTE_RATIO:.0%} off the seed (bf16 rows)",
          ["rows", "seed MiB", "MiB", "ratio"], _memory_notes(results, diagnostics)),
         ("Outcome differs from the seed", ["rows", "seed", "this run"], _outcome_notes(results)),
         ("Within-table trend goes the other way", ["table", "rows", "metric", "seed", "this run"],
          _trend_notes(results)),
+        ("Wall time and GPU time disagree", ["table", "rows", "wall change", "GPU change"], _clock_notes(results)),
     ):
         lines += [f"### {title}", ""]
         if rows:
@@ -71,7 +76,7 @@ def _peak_composition(peak: dict, groups: int = 3) -> str:
     """What this run holds at its peak, from a memory diagnostic: the largest groups of live tensors."""
     largest = ", ".join(f"{mib} MiB {where}" for where, mib, _ in peak["groups_mib"][:groups])
     return (f"at the peak of its longest micro-step ({peak['batch_tokens']} tokens), above the "
-            f"{peak['allocated_before_mib']} MiB held before it: {largest} (scripts/step_profile.py --memory)")
+            f"{peak['allocated_before_mib']} MiB held before it: {largest} (python -m sftbench profile ROW --memory)")
 
 
 def _outcome_notes(results: dict[str, Result]) -> list[list[str]]:
@@ -95,13 +100,36 @@ def _outcome_cause(result: Result) -> str:
 def _trend_notes(results: dict[str, Result]) -> list[list[str]]:
     """Neighbouring rows along a table's numeric column where the seed's order and this run's disagree."""
     notes = []
-    for t in seed_tables():
-        axis = numeric_column(t)
-        for sweep in sweeps(t, axis) if axis else []:
-            for a, b in zip(sweep, sweep[1:]):
-                notes += [[t.title, f"{a.id} → {b.id}", metric, *changes, _trend_cause(a, b, metric, results)]
-                          for metric in ("min", "MiB") if (changes := _reversal(a, b, metric, results))]
+    for t, a, b in neighbours():
+        for metric in ("min", "MiB"):
+            seed, now = (seed_value(a, metric), seed_value(b, metric)), _run_values(a, b, metric, results)
+            if None not in seed + now and _opposite(seed, now):
+                notes.append([t.title, f"{a.id} → {b.id}", metric, _change(*seed, metric), _change(*now, metric),
+                              _trend_cause(a, b, metric, results)])
     return notes
+
+
+def _clock_notes(results: dict[str, Result]) -> list[list[str]]:
+    """Neighbouring rows along a table's numeric column where this run's wall minutes and GPU minutes go
+    opposite ways, or one changes by TREND_MIN_CHANGE or more while the other stays within it."""
+    notes = []
+    for t, a, b in neighbours():
+        wall, gpu = _run_values(a, b, "min", results), _run_values(a, b, "GPU min", results)
+        if None not in wall + gpu and (_opposite(wall, gpu) or _moves(wall) != _moves(gpu)):
+            notes.append([t.title, f"{a.id} → {b.id}", _change(*wall, "min"), _change(*gpu, "GPU min"),
+                          _clock_cause(a, b, results)])
+    return notes
+
+
+def _clock_cause(a: Row, b: Row, results: dict[str, Result]) -> str:
+    """The row whose GPU is busy for the smaller share of its wall time: below HOST_BOUND_BUSY_PCT, its wall
+    time measures the host's work per step more than the GPU's."""
+    busy = [(results[row.spec.key].gpu_busy_pct, row.id) for row in (a, b)
+            if results[row.spec.key].gpu_busy_pct is not None]
+    if busy and (least := min(busy))[0] < HOST_BOUND_BUSY_PCT:
+        return (f"host-bound: the step's wall time is mostly Python and kernel launches "
+                f"(GPU busy {least[0]:.0f}% in {least[1]})")
+    return NOT_MEASURED
 
 
 def _trend_cause(a: Row, b: Row, metric: str, results: dict[str, Result]) -> str:
@@ -125,17 +153,20 @@ def _trend_cause(a: Row, b: Row, metric: str, results: dict[str, Result]) -> str
     return NOT_MEASURED
 
 
-def _reversal(a: Row, b: Row, metric: str, results: dict[str, Result]) -> list[str] | None:
-    """The seed's change from row a to row b and this run's, where they go opposite ways."""
-    seed = (seed_value(a, metric), seed_value(b, metric))
-    now = (run_value(results.get(a.spec.key), metric), run_value(results.get(b.spec.key), metric))
-    if None in seed + now or (seed[1] - seed[0]) * (now[1] - now[0]) >= 0:
-        return None
-    if max(abs(seed[1] / seed[0] - 1), abs(now[1] / now[0] - 1)) < TREND_MIN_CHANGE:
-        return None
-    return [_change(*seed, metric), _change(*now, metric)]
+def _run_values(a: Row, b: Row, metric: str, results: dict[str, Result]) -> tuple[float | None, float | None]:
+    return run_value(results.get(a.spec.key), metric), run_value(results.get(b.spec.key), metric)
+
+
+def _moves(values: tuple[float, float]) -> bool:
+    """Whether a value changes by TREND_MIN_CHANGE or more from row a to row b."""
+    return abs(values[1] / values[0] - 1) >= TREND_MIN_CHANGE
+
+
+def _opposite(first: tuple[float, float], second: tuple[float, float]) -> bool:
+    """Whether two values go opposite ways from row a to row b, one of them by TREND_MIN_CHANGE or more."""
+    return (first[1] - first[0]) * (second[1] - second[0]) < 0 and (_moves(first) or _moves(second))
 
 
 def _change(before: float, after: float, metric: str) -> str:
-    digits = 2 if metric == "min" else 0
+    digits = 0 if metric == "MiB" else 2
     return f"{number(before, digits)} → {number(after, digits)} ({(after / before - 1) * 100:+.2g}%)"

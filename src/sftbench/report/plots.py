@@ -1,4 +1,5 @@
-"""PNG plots of the seed's sweeps: memory and minutes per row, the seed's beside this run's.
+"""PNG plots of the seed's sweeps: memory and minutes per row, the seed's beside this run's, and this run's
+GPU kernel minutes where its results have them.
 
 The seed is ms-swift's training benchmark (Dec 2023), whose tables sftbench reproduces.
 """
@@ -17,6 +18,7 @@ PLOTS = {"lora_max_length": "lines", "full_max_length": "lines", "batch_size": "
          "lora_rank_targets": "bars"}
 # Each plot's two panels: (metric, divisor to the plotted unit, decimals of a bar's label); memory in GiB.
 PANELS = (("MiB", 1024, 1), ("min", 1, 2))
+GPU_KERNELS = "this run, GPU kernels"  # the label of this run's GPU-minutes, the minutes panel's own legend
 
 
 def plot(t: Table, results: dict[str, Result], plots_dir: Path) -> list[str]:
@@ -50,7 +52,8 @@ def _plotted(values: list[float | None], divisor: int) -> list[float]:
 
 
 def _lines(t: Table, results: dict[str, Result], memory, minutes) -> None:
-    """One colour per model along the table's numeric column: the seed dashed, this run solid."""
+    """One colour per model along the table's numeric column: the seed dashed, this run solid, this run's
+    GPU-minutes dotted (where it has them)."""
     axis = numeric_column(t)
     ticks = sorted({getattr(row.spec, axis) for row in t.rows})
     shown = [sweep for sweep in sweeps(t, axis) if any(row.spec.key in results for row in sweep)]
@@ -59,9 +62,13 @@ def _lines(t: Table, results: dict[str, Result], memory, minutes) -> None:
         xs = [getattr(row.spec, axis) for row in sweep]
         runs = [results.get(row.spec.key) for row in sweep]
         name = " ".join(column_text(sweep[0], c) for c in t.columns if c != axis)
+        gpu_minutes = _gpu_minutes(runs)
         for axes, (metric, divisor, _) in zip((memory, minutes), PANELS):
-            for values, style, face, source in (([seed_value(row, metric) for row in sweep], "--o", "white", "seed"),
-                                                ([run_value(r, metric) for r in runs], "-o", color, "this run")):
+            lines = [([seed_value(row, metric) for row in sweep], "--o", "white", "seed"),
+                     ([run_value(r, metric) for r in runs], "-o", color, "this run")]
+            if metric == "min" and gpu_minutes:
+                lines.append((gpu_minutes, ":^", color, GPU_KERNELS))
+            for values, style, face, source in lines:
                 known = [(x, v / divisor) for x, v in zip(xs, values) if v is not None]  # a line over the gaps
                 axes.plot([x for x, _ in known], [v for _, v in known], style, color=color, mfc=face,
                           label=f"{name}, {source}")
@@ -72,6 +79,14 @@ def _lines(t: Table, results: dict[str, Result], memory, minutes) -> None:
         axes.xaxis.set_major_formatter("{x:.0f}")
         axes.set_xlabel(axis)
     memory.legend(fontsize="small")
+    if gpu_lines := [line for line in minutes.get_lines() if line.get_label().endswith(GPU_KERNELS)]:
+        minutes.legend(handles=gpu_lines, fontsize="small")
+
+
+def _gpu_minutes(runs: list[Result | None]) -> list[float | None]:
+    """This run's GPU-minutes per row; empty where no row has them (results without the GPU clock)."""
+    values = [run_value(r, "GPU min") for r in runs]
+    return values if any(v is not None for v in values) else []
 
 
 def _mark_ooms(memory, xs: list[int], sweep: list[Row], runs: list[Result | None], color: str, first: int) -> None:
@@ -94,7 +109,8 @@ def _oom(memory, x: int, capacity_mib: float, text: str, color: str, side: str) 
 
 
 def _bars(t: Table, results: dict[str, Result], memory, minutes) -> None:
-    """A pair of bars per row, the seed's and this run's, labelled with their values."""
+    """A pair of bars per row, the seed's and this run's, labelled with their values; this run's GPU-minutes
+    marked on its minutes bar (where it has them)."""
     varying = [c for c in t.columns if len({column_text(row, c) for row in t.rows}) > 1]
     labels = ["\n".join(column_text(row, c) for c in varying) for row in t.rows]
     xs = range(len(t.rows))
@@ -115,3 +131,7 @@ def _bars(t: Table, results: dict[str, Result], memory, minutes) -> None:
         axes.set_xlabel(" / ".join(varying))
         axes.margins(y=0.2)  # room for the bar labels and the legend
     memory.legend(fontsize="small", loc="upper left", ncols=2)
+    if gpu_minutes := _gpu_minutes(runs):
+        marks = minutes.plot([x + 0.2 for x in xs], _plotted(gpu_minutes, 1), "_", color="black", markersize=16,
+                             markeredgewidth=2, label=GPU_KERNELS)
+        minutes.legend(handles=marks, fontsize="small", loc="upper left")

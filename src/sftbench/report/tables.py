@@ -1,4 +1,5 @@
-"""The seed's tables in Markdown, row for row: the seed's minutes and MiB beside this run's, with ratios.
+"""The seed's tables in Markdown, row for row: the seed's minutes and MiB beside this run's, with ratios,
+and this run's GPU kernel minutes and GPU busy share beside its wall minutes (empty where it has none).
 
 The seed is ms-swift's training benchmark (Dec 2023), whose tables sftbench reproduces.
 """
@@ -33,9 +34,10 @@ def coverage(results: dict[str, Result]) -> str:
 
 
 def table(t: Table, results: dict[str, Result]) -> list[str]:
-    """The Markdown lines of one seed table: its columns, then seed | this run | ratio for minutes and MiB."""
-    head = [*t.columns, "seed min", "min", "ratio", "seed MiB", "MiB", "ratio", "tokens/s", "MFU", "attention",
-            "mode"]
+    """The Markdown lines of one seed table: its columns, then seed | this run | ratio for minutes (with this
+    run's GPU minutes and GPU busy) and for MiB."""
+    head = [*t.columns, "seed min", "min", "ratio", "GPU min", "GPU busy", "seed MiB", "MiB", "ratio", "tokens/s",
+            "MFU", "attention", "mode"]
     trainable = any(row.seed_trainable for row in t.rows)  # the seed printed it for the LoRA rank table
     if trainable:
         head += ["seed trainable", "trainable"]
@@ -66,11 +68,14 @@ def _cells(row: Row, t: Table, result: Result | None) -> list[str]:
     seed_min = "OOM" if row.seed_outcome == "oom" else number(row.seed_minutes)
     seed_mib = "OOM" if row.seed_outcome == "oom" else number(row.seed_memory_mib, 0)
     if result is None:
-        return [*config, seed_min, "not run", "", seed_mib, "not run", "", "", "", "", ""]
+        return [*config, seed_min, "not run", "", "", "", seed_mib, "not run", "", "", "", "", ""]
     if result.outcome != "ok":
         outcome = result.outcome.upper()
-        return [*config, seed_min, outcome, "", seed_mib, outcome, "", "", "", result.attention or "", result.mode]
+        return [*config, seed_min, outcome, "", "", "", seed_mib, outcome, "", "", "", result.attention or "",
+                result.mode]
     minutes, mib, utilization = result.minutes_per_1000_samples, result.memory.max_reserved_mib, mfu(result)
-    return [*config, seed_min, number(minutes), ratio(minutes, row.seed_minutes), seed_mib, number(mib, 0),
+    busy = "" if result.gpu_busy_pct is None else f"{result.gpu_busy_pct:.0f}%"
+    return [*config, seed_min, number(minutes), ratio(minutes, row.seed_minutes),
+            number(result.gpu_minutes_per_1000_samples), busy, seed_mib, number(mib, 0),
             ratio(mib, row.seed_memory_mib), number(result.tokens_per_s, 0),
             "" if utilization is None else f"{utilization:.1%}", result.attention or "", result.mode]

@@ -1,10 +1,11 @@
-"""sftbench.report.causes: fidelity notes (memory, outcomes, reversed trends) and their causes."""
+"""sftbench.report.causes: fidelity notes (memory, outcomes, reversed trends, wall/GPU time disagreements) and
+their causes."""
 
 import pytest
 
 from sftbench.report import markdown
 
-# A memory diagnostic's peak, as scripts/step_profile.py --memory writes it.
+# A memory diagnostic's peak, as `python -m sftbench profile ROW --memory` writes it.
 MEMORY_AT_PEAK = {"batch_tokens": 8192, "allocated_before_mib": 14859, "groups_mib": [
     ["`shift_logits = logits[..., :-1, :].contiguous()` (qwen.py:182)", 7121, 4], ["in the backward pass", 4747, 2],
     ["`return hidden_states` (qwen.py:140)", 1984, 31], ["`x` (qwen.py:59)", 128, 1]]}
@@ -76,4 +77,46 @@ def test_memory_diagnostics_give_the_memory_notes_their_cause(result_factory, lo
     [[_, _, _, _, cause]] = memory["Memory more than 10% off the seed (bf16 rows)"][1]
     assert cause == ("at the peak of its longest micro-step (8192 tokens), above the 14859 MiB held before it: "
                      "7121 MiB `shift_logits = logits[..., :-1, :].contiguous()` (qwen.py:182), 4747 MiB in the "
-                     "backward pass, 1984 MiB `return hidden_states` (qwen.py:140) (scripts/step_profile.py --memory)")
+                     "backward pass, 1984 MiB `return hidden_states` (qwen.py:140) (python -m sftbench profile ROW --memory)")
+
+
+def clocked(result_factory, spec, wall: float, gpu: float | None):
+    """A result with both clocks: `wall` minutes and `gpu` GPU-minutes per 1000 samples (None: no GPU clock)."""
+    if gpu is None:
+        return result_factory(spec, minutes=wall, kernel_clock="unavailable: cupti-python is not installed")
+    return result_factory(spec, minutes=wall, gpu_minutes_per_1000_samples=gpu, gpu_busy_pct=gpu / wall * 100,
+                          kernel_clock="cupti-python 13.0.1")
+
+
+def test_a_host_bound_batch_size_looks_faster_in_wall_time_only(result_factory, lora, results_of, sections):
+    # bs1 keeps its GPU busy 38% of the wall time: bs2 saves host time per sample, not GPU time.
+    results = results_of(clocked(result_factory, lora(), 4.49, 1.70),
+                         clocked(result_factory, lora(batch_size=2), 3.45, 1.85))
+    notes = sections(markdown(results))
+    assert notes["Wall time and GPU time disagree"] == (
+        ["table", "rows", "wall change", "GPU change", "cause"],
+        [["Batch Size", "qwen-7b-chat-bs1 → qwen-7b-chat-bs2", "4.49 → 3.45 (-23%)", "1.70 → 1.85 (+8.8%)",
+          "host-bound: the step's wall time is mostly Python and kernel launches (GPU busy 38% in qwen-7b-chat-bs1)"]])
+    assert [cells[1:3] for cells in notes["Within-table trend goes the other way"][1]] == [
+        ["qwen-7b-chat-bs1 → qwen-7b-chat-bs2", "min"]]
+
+
+def test_gpu_time_that_changes_while_wall_time_stays_within_1_percent_is_noted(
+        result_factory, lora, results_of, sections):
+    results = results_of(clocked(result_factory, lora(max_length=512), 4.03, 3.00),
+                         clocked(result_factory, lora(max_length=1024), 4.01, 3.60))
+    assert sections(markdown(results))["Wall time and GPU time disagree"][1] == [
+        ["Max Length (LoRA)", "qwen-7b-chat-512 → qwen-7b-chat-1024", "4.03 → 4.01 (-0.5%)", "3.00 → 3.60 (+20%)",
+         "not yet measured"]]  # both GPUs busy over half the time: no host-bound cause
+
+
+@pytest.mark.parametrize("minutes_512, minutes_1024", [
+    ((4.0, 3.0), (5.0, 3.9)),  # both clocks slower
+    ((4.0, 3.0), (4.02, 2.99)),  # both within 1%, if opposite ways
+    ((4.0, 3.0), (3.0, None)),  # no GPU clock for one row: nothing to compare
+    ((4.0, None), (3.0, None)),  # results written before the GPU clock existed
+])
+def test_clocks_that_agree_or_are_missing_give_no_note(result_factory, lora, results_of, minutes_512, minutes_1024):
+    results = results_of(clocked(result_factory, lora(max_length=512), *minutes_512),
+                         clocked(result_factory, lora(max_length=1024), *minutes_1024))
+    assert "### Wall time and GPU time disagree\n\nNone.\n" in markdown(results)

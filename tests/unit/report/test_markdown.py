@@ -20,7 +20,7 @@ def test_the_committed_h200_report_is_what_the_report_command_writes(tmp_path, s
 
     assert text(docs / "results-h200.md") == text(out)
     memory = sections(out.read_text())["Memory more than 10% off the seed (bf16 rows)"][1]
-    assert memory and all("(scripts/step_profile.py --memory)" in cells[-1] for cells in memory)
+    assert memory and all("(python -m sftbench profile ROW --memory)" in cells[-1] for cells in memory)
 
 
 def test_the_report_of_results_that_carry_their_shape_imports_no_torch(result_factory, lora, sections, tmp_path):
@@ -34,4 +34,4 @@ def test_the_report_of_results_that_carry_their_shape_imports_no_torch(result_fa
                          capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
     cells = sections((tmp_path / "report.md").read_text())["Model Type"][1][1]
-    assert cells[0] == "qwen-7b-chat" and cells[8] == f"{mfu(result):.1%}" != ""
+    assert cells[0] == "qwen-7b-chat" and cells[10] == f"{mfu(result):.1%}" != ""

@@ -26,3 +26,27 @@ def test_a_table_without_results_gets_no_plot(result_factory, tmp_path, lora, re
     text = markdown(results_of(result_factory(lora(max_length=512))), tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["lora_max_length.png"]
     assert text.count("![") == 1
+
+
+def test_gpu_minutes_get_their_own_line_only_where_results_have_them(result_factory, lora, results_of):
+    from matplotlib.figure import Figure
+
+    from sftbench.catalog import seed_tables
+    from sftbench.report import plots
+
+    lengths = [result_factory(lora(max_length=n), minutes=n / 500) for n in (512, 2048)]
+    traced = [result_factory(lora("qwen-1_8b-chat", max_length=n), minutes=n / 500,
+                             gpu_minutes_per_1000_samples=n / 1000, gpu_busy_pct=50.0) for n in (512, 2048)]
+    [t] = [t for t in seed_tables() if t.name == "lora_max_length"]
+    for results, gpu_lines in ((results_of(*lengths), []), (results_of(*lengths, *traced), [[0.512, 2.048]])):
+        memory, minutes = Figure().subplots(1, 2)
+        plots._lines(t, results, memory, minutes)
+        drawn = [list(line.get_ydata()) for line in minutes.get_lines() if line.get_linestyle() == ":"]
+        assert drawn == gpu_lines
+        assert (minutes.get_legend() is not None) == bool(gpu_lines)
+
+
+def test_gpu_minutes_are_marked_on_the_bars_of_this_run(result_factory, tmp_path, lora, results_of):
+    traced = result_factory(lora(lora_rank=2), minutes=4.0, gpu_minutes_per_1000_samples=2.5, gpu_busy_pct=62.5)
+    markdown(results_of(traced), tmp_path)
+    assert (tmp_path / "lora_rank_targets.png").read_bytes().startswith(PNG_SIGNATURE)
