@@ -74,7 +74,7 @@ def runs(records: list[dict]) -> list[dict]:
         last = merged[-1] if merged else None
         if last and (last["commit"], last["gpu"], last.get("update_baselines")) == \
                 (record["commit"], record["gpu"], record.get("update_baselines")) \
-                and record["started"] <= last["finished"]:
+                and record["started"] < last["finished"]:
             last["finished"] = max(last["finished"], record["finished"])
             last["configurations"] = last["configurations"] + record["configurations"]
         else:
