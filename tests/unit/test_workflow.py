@@ -133,7 +133,8 @@ def test_the_publishing_steps_on_a_run_with_a_regression(pytester, monkeypatch):
     data = json.loads(baseline.read_text())
     data["result"]["minutes_per_1000_samples"] *= 0.01
     baseline.write_text(json.dumps(data))
-    assert pytester.runpytest_subprocess(*options, timeout=600).ret == 1
+    # A wide time tolerance: CPU step times on a busy machine vary several-fold, a 100x change does not.
+    assert pytester.runpytest_subprocess(*options, "--sftbench-time-tolerance", "1000", timeout=600).ret == 1
 
     out = pytester.path / "published"
     published = subprocess.run([str(ROOT / "scripts" / "nightly-report.sh"), str(pytester.path / "results"),
