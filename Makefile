@@ -1,5 +1,5 @@
 # Set-up and the two jobs. `make bench` runs the benchmarks, `make test` the tests; each creates
-# the virtual environment first if it is missing. On a GPU machine, point TORCH at your CUDA build
+# the virtual environment first if it is missing (`make install` only that). On a GPU machine, point TORCH at your CUDA build
 # (or an existing install: TORCH=torch) and add the extras you need: EXTRAS=test,gpu,gptq,flash.
 # constraints.txt pins the stack the committed baselines were measured with.
 VENV ?= .venv
@@ -16,7 +16,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt "$(TORCH)" -e ".[$(EXTRAS)]"
 	touch $@
 
-.PHONY: bench test
+.PHONY: install bench test
+install: $(STAMP)
+
 bench: $(STAMP)
 	$(PY) -m pytest tests/benchmarks $(ARGS)
 

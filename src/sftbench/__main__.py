@@ -1,5 +1,5 @@
-"""python -m sftbench models | baselines | report | run | profile | projection: the suite's data and
-single-row runs, for people and scripts."""
+"""python -m sftbench models | baselines | report | history | run | profile | projection: the suite's data,
+its run history and single-row runs, for people and scripts."""
 
 from __future__ import annotations
 
@@ -30,6 +30,15 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--diagnostics", type=Path,
                         help="memory diagnostics (python -m sftbench profile --memory) for the fidelity notes' causes")
 
+    history = commands.add_parser("history", help="GPU-minutes, wall minutes and memory per configuration over "
+                                                  "the run records of a results/history folder")
+    history.add_argument("folder", type=Path, help="a results/history folder (one run record per pytest run)")
+    history.add_argument("--out", type=Path, help="write here instead of standard output")
+    history.add_argument("--plots", type=Path, help="write a PNG per configuration to this folder "
+                                                    "(beside --out: links are relative)")
+    history.add_argument("--summary", action="store_true",
+                         help="only the newest run, regressions first, then improvements (a CI job summary)")
+
     run = commands.add_parser("run", help="run catalog rows' configurations, each in a fresh process")
     run.add_argument("rows", nargs="+", help="pytest ids such as 'test_lora_max_length[qwen-7b-chat-4096]'")
     run.add_argument("--attention", choices=ATTENTIONS, action="append",
@@ -56,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     projection.add_argument("--out", type=Path, required=True)
 
     args = parser.parse_args(argv)
-    commands = {"models": _models, "baselines": _baselines, "report": _report, "run": _run, "profile": _profile,
-                "projection": _projection}
+    commands = {"models": _models, "baselines": _baselines, "report": _report, "history": _history, "run": _run,
+                "profile": _profile, "projection": _projection}
     return commands[args.command](args)
 
 
@@ -118,6 +127,28 @@ def _report(args) -> int:
     else:
         print(text)
     return 0
+
+
+def _history(args) -> int:
+    from sftbench import history
+
+    if args.summary and args.plots:
+        print("sftbench: --plots draws the history page; the --summary has no plots", file=sys.stderr)
+        return 2
+    records, problems = history.read_records(args.folder) if args.folder.is_dir() else ([], [])
+    for problem in problems:
+        print(f"sftbench: {problem}", file=sys.stderr)
+    if not records:
+        print(f"sftbench: no run records in {args.folder} (each pytest run of the benchmarks writes one to "
+              "<results>/history/)", file=sys.stderr)
+        return 2
+    runs = history.runs(records)
+    text = history.summary(runs[-1]) if args.summary else history.page(runs, args.plots)
+    if args.out:
+        args.out.write_text(text, encoding="utf-8")
+    else:
+        print(text)
+    return 1 if problems else 0
 
 
 def _run(args) -> int:

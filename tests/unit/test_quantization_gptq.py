@@ -7,6 +7,7 @@ describes (with threadpoolctl and requests), then
     PYTHONPATH=FOLDER .venv/bin/python -m pytest tests/unit/test_quantization_{gptq,bnb}.py
 """
 
+import dataclasses
 import json
 import os
 
@@ -37,7 +38,8 @@ def read_checkpoint(path):
 ])
 def test_checkpoint_has_the_gptq_layout(tmp_path, block_linears, model_type, bits, head, block_name):
     path = gptq.synthesize_gptq_checkpoint(get_model(model_type), bits, tmp_path)
-    assert path == tmp_path / f"{model_type}-gptq-int{bits}"
+    assert path == tmp_path / gptq.checkpoint_name(get_model(model_type), bits)
+    assert path.name.startswith(f"{model_type}-gptq-int{bits}-")
 
     config = json.loads((path / "config.json").read_text())
     assert config["quantization_config"] == {
@@ -99,6 +101,49 @@ def test_an_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_cached_checkpoints_name_changes_with_what_its_bytes_depend_on(monkeypatch):
+    entry = get_model("tiny-qwen")
+    name = gptq.checkpoint_name(entry, 4)
+    assert name.startswith("tiny-qwen-gptq-int4-") and gptq.checkpoint_name(entry, 4) == name
+    wider = dataclasses.replace(entry, make_config=lambda: entry.make_config().__class__(
+        **{**entry.make_config().to_dict(), "intermediate_size": 2 * entry.make_config().intermediate_size}))
+    others = {gptq.checkpoint_name(entry, 8), gptq.checkpoint_name(wider, 4)}
+    with monkeypatch.context() as patch:
+        patch.setattr(gptq, "CHECKPOINT_FORMAT", gptq.CHECKPOINT_FORMAT + 1)
+        others.add(gptq.checkpoint_name(entry, 4))
+    for package in ("safetensors", "transformers"):
+        with monkeypatch.context() as patch:
+            patch.setattr(gptq, "installed_version", lambda name: "0.0.1" if name == package else "1.0")
+            others.add(gptq.checkpoint_name(entry, 4))
+    assert name not in others and len(others) == 5
+
+
+def test_a_checkpoint_of_another_stack_is_not_reused(tmp_path, monkeypatch):
+    entry = get_model("tiny-qwen")
+    with monkeypatch.context() as patch:
+        patch.setattr(gptq, "installed_version", lambda name: "0.0.1")
+        stale = gptq.synthesize_gptq_checkpoint(entry, 4, tmp_path)
+    fresh = gptq.synthesize_gptq_checkpoint(entry, 4, tmp_path)
+    assert fresh != stale and sorted(tmp_path.iterdir()) == sorted([stale, fresh])
+    key = json.loads((fresh / "sftbench-checkpoint-key.json").read_text())
+    assert key == gptq.checkpoint_key(entry, 4) and key["group_size"] == 64 and key["bits"] == 4
+    assert json.loads((stale / "sftbench-checkpoint-key.json").read_text())["transformers"] == "0.0.1"
+
+
+def test_the_built_model_says_whether_the_cache_was_hit(tmp_path, monkeypatch):
+    """build_gptq's cache decisions, with stand-ins for loading (which needs gptqmodel) and building in place."""
+    monkeypatch.setattr(gptq, "load_gptq_checkpoint", lambda entry, path, bits, **kwargs: torch.nn.Linear(2, 2))
+    monkeypatch.setattr(gptq, "_build_gptq_in_place", lambda *args: torch.nn.Linear(2, 2))
+    entry, cpu = get_model("tiny-qwen"), torch.device("cpu")
+    written = gptq.checkpoint_overhead(gptq.build_gptq(entry, 4, "sdpa", cpu, tmp_path))
+    assert written["gptq_cache_hit"] == 0.0 and written["gptq_checkpoint_write_s"] > 0
+    assert gptq.checkpoint_overhead(gptq.build_gptq(entry, 4, "sdpa", cpu, tmp_path)) == {
+        "gptq_cache_hit": 1.0, "gptq_checkpoint_write_s": 0.0}
+    monkeypatch.setattr(gptq.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 0}))
+    assert gptq.checkpoint_overhead(gptq.build_gptq(entry, 8, "sdpa", cpu, tmp_path)) == {"gptq_cache_hit": 0.0}
+    assert quantization.checkpoint_overhead(torch.nn.Linear(2, 2)) == {}
+
+
 def test_large_checkpoints_are_written_in_shards(tmp_path, monkeypatch):
     monkeypatch.setattr(gptq, "SHARD_BYTES", 20_000)
     path = gptq.synthesize_gptq_checkpoint(get_model("tiny-chatglm"), 4, tmp_path)
@@ -145,7 +190,7 @@ def test_gptq_model_trains_with_lora_on_the_cpu(gptqmodel, lora_step, tmp_path, 
     monkeypatch.delenv("PYTORCH_ALLOC_CONF", raising=False)
     entry = get_model(model_type)
     model = quantization.build_quantized_model(entry, quant, device="cpu", cache_dir=tmp_path)
-    assert (tmp_path / f"{model_type}-gptq-{quant.split('-')[0]}").is_dir()
+    assert (tmp_path / gptq.checkpoint_name(entry, quantization.GPTQ_BITS[quant])).is_dir()
     description = quantization.describe_quantized(model)
     assert description["quantization"] == quant
     assert description["backend"].startswith("gptqmodel ") and description["backend"].endswith(" / TorchLinear")

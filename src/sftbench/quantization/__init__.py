@@ -14,6 +14,7 @@ from .bnb import bnb_config, build_bnb
 from .gptq import (
     GPTQ_BITS,
     build_gptq,
+    checkpoint_overhead,
     default_cache_dir,
     gptq_checkpoint_bytes,
     gptq_config,
@@ -33,6 +34,7 @@ __all__ = [
     "MissingExtra",
     "bnb_config",
     "build_quantized_model",
+    "checkpoint_overhead",
     "default_cache_dir",
     "describe_quantized",
     "gptq_backend",

