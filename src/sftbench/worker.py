@@ -62,6 +62,10 @@ def run_case(spec: CaseSpec, options: RunOptions, log=print) -> Result:
         result.attention = environment.attention_kernel(spec.attention, options.attn_fallback)
         model, result.quantization_backend = build_case_model(spec, result.attention, device)
         result.overhead["build_s"] = time.perf_counter() - started  # CUDA context, model (quantized: checkpoint)
+        if spec.quantization != "bf16":
+            from sftbench.quantization.gptq import checkpoint_overhead
+
+            result.overhead.update(checkpoint_overhead(model))  # was the cached GPTQ checkpoint used?
         result.model_shape = model_shape(model)  # before training: an OOM there still records it
         result.attention = model.config._attn_implementation  # what transformers actually set up
         model = prepare_for_training(model, spec)

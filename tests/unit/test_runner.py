@@ -103,3 +103,13 @@ def test_the_run_record_keeps_each_configurations_verdict_beside_its_baseline(tm
     assert (configuration["baseline"]["minutes_per_1000_samples"], configuration["now"]["minutes_per_1000_samples"]) \
         == (10.0, 13.0)
     assert {"gpu", "driver", "versions", "commit", "settings"} <= set(record) and record["started"] <= record["finished"]
+
+
+def test_a_run_with_self_test_knobs_never_becomes_a_baseline(tmp_path, monkeypatch, result_factory):
+    runner = make_runner(tmp_path, monkeypatch, update_baselines=True)
+    result = result_factory()
+    result.machine["settings"] = {"SFTBENCH_INJECT_GPU_PCT": "5"}
+    runner.results[ROW.spec] = result
+    outcome = runner.check(ROW)
+    assert outcome.action == "fail" and "self-test knob(s) SFTBENCH_INJECT_GPU_PCT" in outcome.message
+    assert not list(tmp_path.rglob("*.json"))

@@ -137,3 +137,71 @@ def test_stop_reads_the_peaks_after_an_exception_in_the_tracked_block(monkeypatc
             peaks = tracker.stop()
     assert not tracker._thread.is_alive()  # the sampler stopped
     assert peaks.max_reserved_mib == 10.0 and peaks.nvml_peak_mib == 12.0
+
+
+# --- KernelTimer: CUPTI faked, kernels as (start, end) in ns ---------------------------------------------------
+
+
+class FakeCupti:
+    """cupti.cupti as KernelTimer uses it: a clock, enable/disable, and buffers handed over on flush."""
+
+    class ActivityKind:
+        CONCURRENT_KERNEL = 10
+
+    def __init__(self, kernels_per_step):
+        self.kernels_per_step, self.now, self.enabled, self.buffer, self.completed = kernels_per_step, 0, False, [], None
+
+    def activity_register_callbacks(self, requested, completed):
+        self.completed = completed
+
+    def activity_enable(self, kind):
+        self.enabled = True
+
+    def activity_disable(self, kind):
+        self.enabled = False
+
+    def get_timestamp(self):
+        return self.now
+
+    def launch(self):
+        """One step's kernels: each 1000 ns long, 500 ns apart; recorded only while enabled."""
+        for _ in range(self.kernels_per_step):
+            if self.enabled:
+                self.buffer.append(SimpleNamespace(kind=10, start=self.now, end=self.now + 1000))
+            self.now += 1500
+        self.buffer.append(SimpleNamespace(kind=99, start=self.now, end=self.now + 10**9))  # not a kernel
+        self.now += 10
+
+    def activity_flush_all(self, flag):
+        self.completed(self.buffer)
+        self.buffer = []
+
+
+def test_kernel_timer_sums_each_steps_kernels_and_records_nothing_between_steps(monkeypatch):
+    cupti = FakeCupti(kernels_per_step=3)
+    monkeypatch.setitem(sys.modules, "cupti", SimpleNamespace(cupti=cupti))
+    monkeypatch.setattr(trackers.metadata, "version", lambda name: "13.0.1")
+    timer = trackers.KernelTimer(CPU)
+    timer.start()
+    cupti.launch()  # an untraced step: a wall-timed one
+    for tokens in (2048, 512):
+        with timer.step(tokens):
+            cupti.launch()
+    timer.collect()
+    with timer.step(0):
+        cupti.launch()
+    steps = timer.stop()
+    assert steps.tokens == [2048, 512, 0] and steps.kernels == [3, 3, 3]
+    assert steps.seconds == pytest.approx([3e-6] * 3)
+    assert timer.version == "cupti-python 13.0.1" and not cupti.enabled
+
+
+def test_kernels_are_assigned_by_their_start_inside_a_window():
+    steps = trackers.KernelSteps()
+    trackers.add_kernel_steps(steps, [(100, 200, 7), (200, 300, 8)], [(250, 290), (100, 150), (199, 260), (300, 310)])
+    assert steps.kernels == [2, 1] and steps.tokens == [7, 8]
+    assert steps.seconds == pytest.approx([(50 + 61) / 1e9, 40 / 1e9])
+
+
+def test_the_cpu_has_no_kernel_clock():
+    assert trackers.kernel_clock_unavailable(CPU) == "no GPU kernel clock on the CPU"

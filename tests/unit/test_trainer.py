@@ -1,5 +1,6 @@
 """sftbench.trainer: choosing representative batches, projecting an epoch, and timing a tiny model on the CPU."""
 
+import contextlib
 import math
 
 import numpy as np
@@ -11,6 +12,8 @@ from sftbench.models import build_model
 from sftbench.spec import CaseSpec, RunOptions
 from sftbench import trainer as trainer_module
 from sftbench.trainer import OPTIMIZER_TIMINGS, Trainer, project_epoch, replay_quick, representatives
+from sftbench.injection import Injection
+from sftbench.trackers import KernelSteps, StepTimer
 from sftbench.worker import prepare_for_training
 
 
@@ -161,3 +164,42 @@ def test_replay_quick_projects_from_the_epochs_own_steps_at_the_representative_b
     assert replay_quick(tokens, durations, 1, 0.5, count=3) == pytest.approx(sum(durations) + 0.5)
     durations[1] = 9.0  # the longest batch is always one of the timed ones
     assert replay_quick(tokens, durations, 0, 0.0, count=2) > 9.0
+
+
+class FakeKernelTimer:
+    """A KernelTimer whose steps take 1e-4 s of kernels per token (an optimizer step 0.01 s)."""
+
+    def __init__(self):
+        self.started, self.steps = False, KernelSteps()
+
+    def start(self):
+        self.started = True
+
+    @contextlib.contextmanager
+    def step(self, tokens):
+        yield
+        self.steps.seconds.append(tokens * 1e-4 if tokens else 0.01)
+        self.steps.kernels.append(7)
+        self.steps.tokens.append(tokens)
+
+    def stop(self):
+        return self.steps
+
+
+def test_quick_mode_traces_kernel_steps_after_the_timed_ones_and_projects_gpu_time(trainer, monkeypatch):
+    monkeypatch.setattr(trainer_module, "LONG_STEP_S", math.inf)
+    trainer.kernel_timer = FakeKernelTimer()
+    timing = trainer.run(RunOptions(representative_steps=4, kernel_steps=3), progress=lambda line: None)
+    chosen = representatives(sorted(trainer.batches, key=lambda b: -b.tokens), 3)
+    assert timing.kernels.tokens == [b.tokens for b in chosen] + [0]  # then one optimizer step
+    assert timing.optimizer_kernel_s == 0.01 and len(timing.step_durations_s) == 4
+    assert timing.gpu_epoch_seconds == pytest.approx(
+        sum(b.tokens * 1e-4 for b in trainer.batches) + trainer.optimizer_steps * 0.01, rel=0.05)
+
+
+def test_injected_host_time_lengthens_every_micro_step(trainer):
+    trainer.injection = Injection(host_ms=30)
+    timer = StepTimer(torch.device("cpu"))
+    with timer.step(0):
+        trainer.micro_step(trainer.batches[-1])
+    assert timer.durations[0] >= 0.030
