@@ -19,7 +19,7 @@ from sftbench.baselines import BaselineError, BaselineStore, Comparison, Toleran
 from sftbench.catalog import Row, rows_of
 from sftbench.environment import gpu_slug
 from sftbench.injection import injected
-from sftbench.launcher import DEFAULT_TIMEOUT_S, Launcher
+from sftbench.launcher import DEFAULT_TIMEOUT_S, Launcher, LauncherDidNotStart
 from sftbench.result import Result, describe
 from sftbench.spec import CaseSpec, RunOptions
 
@@ -130,7 +130,10 @@ class Runner:
             if self._launcher is None:
                 self._launcher = Launcher(self.config.timeout_s, log=self.log)
                 self.log("sftbench: starting the case launcher (imports torch, transformers, peft once)")
-                self.log(f"sftbench: launcher ready in {self._launcher.start():.1f} s")
+                try:
+                    self.log(f"sftbench: launcher ready in {self._launcher.start():.1f} s")
+                except LauncherDidNotStart as error:  # each case then fails with this line
+                    self.log(f"sftbench: {error}")
             self.log(f"sftbench: running {label} ({spec.key}) ...")
             result = self._launcher.run(spec, self.config.run)
             self.log(f"sftbench: {label}: {describe(result)}")
