@@ -5,6 +5,7 @@ Each test runs pytest on a one-row module of a tiny CPU model in a subprocess (i
 torch and transformers: a few seconds each).
 """
 
+import errno
 import os
 import re
 import signal
@@ -17,6 +18,11 @@ import psutil
 import pytest
 
 import sftbench
+from sftbench import files, update_guard
+from sftbench.catalog import Row
+from sftbench.result import Result
+from sftbench.runner import RunConfig, Runner, RunRefused
+from sftbench.spec import CaseSpec
 
 SMOKE_MODULE = """
 import pytest
@@ -94,3 +100,116 @@ def test_a_failing_case_fails_its_row_with_one_line(tmp_path, fault, message):
     output = (tmp_path / "out.txt").read_text()
     assert re.search(rf"^test_cpu_smoke\[tiny\] {message}", output, re.M), output
     assert "INTERNALERROR" not in output
+
+
+# --- nothing lost: folders checked before training, atomic writes, a result that cannot be written is kept ------
+
+ROW = Row(table="lora_max_length", id="qwen-7b-chat-4096", spec=CaseSpec("qwen-7b-chat", max_length=4096))
+
+
+def runner_for(tmp_path, monkeypatch, **config) -> Runner:
+    config = {"baselines_dir": tmp_path / "baselines", "results_dir": tmp_path / "results", **config}
+    lines = []
+    monkeypatch.setattr(update_guard, "LOCKS", tmp_path)  # this test's locks only
+    runner = Runner(RunConfig(**config), log=lines.append)
+    runner.lines = lines
+    monkeypatch.setattr(Runner, "gpu", "NVIDIA H200")
+    return runner
+
+
+def test_comparing_needs_an_existing_baselines_folder_and_updating_creates_it(tmp_path, monkeypatch):
+    with pytest.raises(RunRefused, match=rf"^sftbench: no baselines folder {tmp_path / 'typo'}: give the right "
+                                         r"--sftbench-baselines \(it is created only by --sftbench-update-baselines\)$"):
+        runner_for(tmp_path, monkeypatch, baselines_dir=tmp_path / "typo").prepare()
+    updater = runner_for(tmp_path, monkeypatch, baselines_dir=tmp_path / "typo", update_baselines=True)
+    updater.prepare()
+    assert (tmp_path / "typo" / "nvidia-h200").is_dir()
+    updater.close()
+
+
+def test_a_folder_that_cannot_be_written_refuses_the_run_before_training(tmp_path, monkeypatch):
+    (tmp_path / "a-file").write_text("")
+    runner = runner_for(tmp_path, monkeypatch, results_dir=tmp_path / "a-file" / "results")
+    (tmp_path / "baselines").mkdir()
+    for _ in range(2):  # refused once, and from then on
+        with pytest.raises(RunRefused, match=r"a-file/results is not a writable folder \(Not a directory\): "
+                                             "nothing was trained$"):
+            runner.result_for(ROW.spec, ROW.node_id)
+    assert runner._launcher is None
+
+
+def test_a_second_update_run_of_the_same_folder_is_refused_while_shards_share_it(tmp_path, monkeypatch):
+    first = runner_for(tmp_path, monkeypatch, update_baselines=True)
+    first.prepare()
+    with pytest.raises(RunRefused, match="another --sftbench-update-baselines run is writing .*: wait for it"):
+        runner_for(tmp_path, monkeypatch, update_baselines=True).prepare()
+    shards = [runner_for(tmp_path, monkeypatch, update_baselines=True, shard=f"{i}/2") for i in (1, 2)]
+    for shard in shards:
+        shard.prepare()
+    for runner in (first, *shards):
+        runner.close()
+    runner_for(tmp_path, monkeypatch, update_baselines=True).prepare()  # released at the end of a run
+
+
+@pytest.mark.parametrize("visible, refusal", [
+    ("0,1", "worker gw0 sees CUDA_VISIBLE_DEVICES='0,1': baselines are measured with one GPU per worker"),
+    ("", "worker gw0 sees CUDA_VISIBLE_DEVICES='': baselines are measured with one GPU per worker"),
+    ("1", "worker gw0: GPU 1 is already measured on by another worker"),
+])
+def test_xdist_workers_update_baselines_only_each_on_a_gpu_of_its_own(tmp_path, monkeypatch, visible, refusal):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    other = runner_for(tmp_path, monkeypatch, update_baselines=True, worker="gw1")
+    other.prepare()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    with pytest.raises(RunRefused, match=re.escape(refusal)):
+        runner_for(tmp_path, monkeypatch, update_baselines=True, worker="gw0").prepare()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    runner_for(tmp_path, monkeypatch, update_baselines=True, worker="gw0").prepare()
+    other.close()
+    on_cpu = runner_for(tmp_path, monkeypatch, update_baselines=True, worker="gw2")
+    monkeypatch.setattr(Runner, "gpu", "cpu")  # on the CPU there is no GPU to share
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    on_cpu.prepare()
+
+
+def full_disk(monkeypatch, folder: Path) -> None:
+    """Writes into `folder` fail as on a full disk, after the temporary file was created."""
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if Path(os.readlink(f"/proc/self/fd/{fd}")).parent == folder:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+def test_a_full_disk_leaves_no_partial_file_and_the_result_is_kept_where_the_message_says(
+        tmp_path, monkeypatch, result_factory):
+    monkeypatch.setattr(files, "RESCUE_DIR", tmp_path / "rescued")
+    runner = runner_for(tmp_path, monkeypatch)
+    (tmp_path / "results" / "nvidia-h200").mkdir(parents=True)
+    full_disk(monkeypatch, tmp_path / "results" / "nvidia-h200")
+    result = result_factory()
+    monkeypatch.setattr(runner, "prepare", lambda: None)
+    monkeypatch.setattr(runner, "_launcher", type("Launcher", (), {"run": lambda self, spec, options: result})())
+    runner.result_for(ROW.spec, ROW.node_id)
+    rescued = tmp_path / "rescued" / "nvidia-h200" / f"{ROW.spec.key}.json"
+    assert runner.lines[-1] == (f"sftbench: {ROW.node_id}: could not write {tmp_path}/results/nvidia-h200/"
+                                f"{ROW.spec.key}.json (No space left on device); it is in {rescued} instead")
+    assert list((tmp_path / "results").rglob("*")) == [tmp_path / "results" / "nvidia-h200"]  # no tmp, no 0-byte JSON
+    assert Result.from_json(rescued.read_text()) == result
+
+
+def test_a_baseline_that_cannot_be_written_fails_its_row_and_is_kept(tmp_path, monkeypatch, result_factory):
+    monkeypatch.setattr(files, "RESCUE_DIR", tmp_path / "rescued")
+    runner = runner_for(tmp_path, monkeypatch, update_baselines=True, results_dir=None)
+    monkeypatch.setattr(runner, "skip_reason", lambda spec: None)
+    runner.results[ROW.spec] = result_factory()
+    (tmp_path / "baselines" / "nvidia-h200").mkdir(parents=True)
+    full_disk(monkeypatch, tmp_path / "baselines" / "nvidia-h200")
+    outcome = runner.check(ROW)
+    assert (outcome.action, outcome.verdict) == ("fail", "refused")
+    assert outcome.message.startswith(f"{ROW.node_id}: baseline not written: could not write ")
+    assert outcome.message.endswith(f"it is in {tmp_path}/rescued/nvidia-h200/{ROW.spec.key}.json instead")
+    assert not list((tmp_path / "baselines" / "nvidia-h200").iterdir())
