@@ -21,7 +21,8 @@ def main(argv: list[str] | None = None) -> int:
 
     baselines = commands.add_parser("baselines", help="the stored baselines, one entry per seed row")
     baselines.add_argument("--json", action="store_true")
-    baselines.add_argument("--dir", default="baselines", type=Path)
+    baselines.add_argument("--dir", type=Path, help="a baselines folder (default: baselines/ of the repository: the "
+                                                    "nearest folder up from here with pyproject.toml or conftest.py)")
 
     report = commands.add_parser("report", help="Markdown of every seed table: seed | this run | ratio")
     report.add_argument("folder", type=Path, help="a results/<gpu>/ or baselines/<gpu>/ folder")
@@ -95,38 +96,53 @@ def _models(args) -> int:
 
 
 def _baselines(args) -> int:
-    from sftbench.baselines import BaselineError, BaselineStore, listing
+    from sftbench.baselines import BaselineStore, listing
+    from sftbench.files import repository_root
 
-    try:
-        entries = listing(BaselineStore(args.dir))
-    except BaselineError as error:
-        print(f"sftbench: {error}", file=sys.stderr)
+    folder = args.dir or repository_root() / "baselines"
+    if not folder.is_dir():
+        print(f"sftbench: no baselines folder {folder} (give --dir, or run from the repository)", file=sys.stderr)
         return 2
-    if args.json:
+    baselines, errors = BaselineStore(folder).scan()
+    entries = listing(baselines)
+    if args.json and (entries or not errors):
         print(json.dumps(entries, indent=1))
-    else:
-        for e in entries:
-            minutes = "" if e["minutes_per_1000_samples"] is None else f"{e['minutes_per_1000_samples']:.2f} min"
-            reserved = "" if e["max_reserved_mib"] is None else f"{e['max_reserved_mib']:.0f} MiB"
-            print(f"{e['gpu']:24} {e['test']}[{e['case_id']}]  {e['outcome']:5} {minutes:>10} {reserved:>10}")
-    return 0
+    for e in [] if args.json else entries:
+        minutes = "" if e["minutes_per_1000_samples"] is None else f"{e['minutes_per_1000_samples']:.2f} min"
+        reserved = "" if e["max_reserved_mib"] is None else f"{e['max_reserved_mib']:.0f} MiB"
+        print(f"{e['gpu']:24} {e['test']}[{e['case_id']}]  {e['outcome']:5} {minutes:>10} {reserved:>10}")
+    for error in errors:
+        print(f"sftbench: {error}", file=sys.stderr)
+    return 2 if errors else 0
 
 
 def _report(args) -> int:
     from sftbench.diagnostics import memory_at_peak
-    from sftbench.report import load_results, markdown
+    from sftbench.files import NotWritten, write_atomically
+    from sftbench.report import markdown, scan_results
 
     if not args.folder.is_dir():
         print(f"sftbench: {args.folder} is not a folder of results (results/<gpu>/ or baselines/<gpu>/)",
               file=sys.stderr)
         return 2
-    text = markdown(load_results(args.folder), args.plots,
-                    memory_at_peak(args.diagnostics) if args.diagnostics else None)
+    results, problems = scan_results(args.folder)
+    for problem in problems:
+        print(f"sftbench: skipped {problem}", file=sys.stderr)
+    if not results:
+        inside = sorted(str(p.parent) for p in args.folder.glob("*/*.json") if p.parent.name != "history")
+        hint = f"; the folders below it that hold results: {', '.join(dict.fromkeys(inside))}" if inside else ""
+        print(f"sftbench: no results in {args.folder} (results/<gpu>/ or baselines/<gpu>/){hint}", file=sys.stderr)
+        return 2
+    text = markdown(results, args.plots, memory_at_peak(args.diagnostics) if args.diagnostics else None)
     if args.out:
-        args.out.write_text(text, encoding="utf-8")
+        try:
+            write_atomically(args.out, text)
+        except NotWritten as error:
+            print(f"sftbench: {error}", file=sys.stderr)
+            return 2
     else:
         print(text)
-    return 0
+    return 2 if problems else 0
 
 
 def _history(args) -> int:
@@ -152,6 +168,7 @@ def _history(args) -> int:
 
 
 def _run(args) -> int:
+    from sftbench.files import NotWritten, not_writable
     from sftbench.launcher import Launcher
     from sftbench.result import describe
     from sftbench.runner import ResultStore, cannot_run
@@ -172,6 +189,10 @@ def _run(args) -> int:
     if reasons:
         print("sftbench: cannot run here:\n  " + "\n  ".join(sorted(reasons)), file=sys.stderr)
         return 2
+    problem = args.out and not_writable(args.out)
+    if problem:
+        print(f"sftbench: --out {problem}: nothing was trained", file=sys.stderr)
+        return 2
     launcher, failed = Launcher(), 0
     store = ResultStore(args.out) if args.out else None
     for name, spec in specs:
@@ -179,7 +200,11 @@ def _run(args) -> int:
         print(f"{name} [{spec.key}]: {describe(result)}", flush=True)
         failed += result.outcome == "error"
         if store is not None:
-            store.write(result)  # a row given twice is run twice: both results are kept
+            try:
+                store.write(result)  # a row given twice is run twice: both results are kept
+            except NotWritten as error:
+                print(f"sftbench: {error}", file=sys.stderr)
+                failed += 1
     return 1 if failed else 0
 
 

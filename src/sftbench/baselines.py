@@ -12,9 +12,8 @@ A regression says its kind: kernel (GPU time up), host-side (wall up, GPU time f
 from __future__ import annotations
 
 import json
-import os
+import math
 import re
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 
 from sftbench.catalog import Row
 from sftbench.environment import gpu_slug
+from sftbench.files import write_atomically
 from sftbench.result import Result
 
 SCHEMA = 1
@@ -91,22 +91,62 @@ class BaselineStore:
             raise BaselineError(f"baseline {path} was measured on {result.machine.get('gpu')!r} for {key!r} "
                                 f"but is stored as {path.parent.name}/{path.stem}: a baseline counts only for "
                                 "the GPU model and configuration it was measured on")
+        problems = unusable_metrics(result)
+        if problems:
+            raise BaselineError(f"baseline {path} is unusable: {'; '.join(problems)}; rewrite it with "
+                                "--sftbench-update-baselines")
         return baseline
 
     def all(self) -> list[Baseline]:
-        return [self.read(path) for path in sorted(self.root.glob("*/*.json"))]
+        """Every baseline; BaselineError on the first unusable file."""
+        baselines, errors = self.scan()
+        if errors:
+            raise errors[0]
+        return baselines
+
+    def scan(self) -> tuple[list[Baseline], list[BaselineError]]:
+        """(the usable baselines, an error naming each unusable file): one bad file hides no good one."""
+        baselines, errors = [], []
+        for path in sorted(self.root.glob("*/*.json")):
+            try:
+                baselines.append(self.read(path))
+            except BaselineError as error:
+                errors.append(error)
+        return baselines, errors
 
     def write(self, result: Result, rows: list[Row], metadata: dict) -> Path:
-        """Write atomically: a crash mid-write leaves the previous baseline intact."""
+        """Write atomically: a crash mid-write leaves the previous baseline intact (NotWritten: sftbench.files)."""
         gpu = str(result.machine.get("gpu"))
         path = self.path(gpu, result.key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         baseline = Baseline(result, [r.node_id for r in rows], sorted({r.table for r in rows}),
                             {**metadata, "written": datetime.now(timezone.utc).isoformat(timespec="seconds")}, path)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False, encoding="utf-8") as f:
-            f.write(baseline.to_json() + "\n")
-        os.replace(f.name, path)
-        return path
+        return write_atomically(path, baseline.to_json() + "\n")
+
+
+def unusable_metrics(result: Result) -> list[str]:
+    """What makes an `ok` baseline's metrics unusable: nothing may pass against nothing.
+
+    Required: minutes per 1000 samples, and on a GPU max reserved and max allocated memory, each a finite
+    number > 0. Optional (None in baselines written before sftbench measured them): GPU-minutes and the
+    kernel step times (> 0), the wall-time noise band (>= 0), each finite where present."""
+    if result.outcome != "ok":
+        return []
+    on_gpu = gpu_slug(str(result.machine.get("gpu"))) != "cpu"
+    checks = [("minutes_per_1000_samples", result.minutes_per_1000_samples, True, 0.0)]
+    checks += [(name, getattr(result.memory, name), on_gpu, 0.0) for name in ("max_reserved_mib", "max_allocated_mib")]
+    checks += [("gpu_minutes_per_1000_samples", result.gpu_minutes_per_1000_samples, False, 0.0),
+               ("wall_noise_pct", result.wall_noise_pct, False, None)]
+    checks += [(f"kernel_step_s[{i}]", value, True, 0.0) for i, value in enumerate(result.kernel_step_s or [])]
+    problems = []
+    for name, value, required, above in checks:
+        if value is None:
+            if required:
+                problems.append(f"{name} is missing")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.append(f"{name} is {value!r}, not a number")
+        elif not math.isfinite(value) or (value <= above if above is not None else value < 0):
+            problems.append(f"{name} is {value!r}, not a finite number {'> 0' if above is not None else '>= 0'}")
+    return problems
 
 
 @dataclass(frozen=True)
@@ -265,10 +305,10 @@ def _without_versions(backend: str | None) -> str | None:
     return None if backend is None else re.sub(r" \d+(\.\w+)+", "", backend)
 
 
-def listing(store: BaselineStore) -> list[dict]:
+def listing(baselines: list[Baseline]) -> list[dict]:
     """One entry per seed row that has a baseline, for scripts (`python -m sftbench baselines --json`)."""
     entries = []
-    for baseline in store.all():
+    for baseline in baselines:
         r = baseline.result
         for node_id in baseline.rows:
             test, _, case_id = node_id.partition("[")

@@ -14,6 +14,7 @@ from functools import cache
 from importlib import metadata
 from pathlib import Path
 
+from sftbench.faults import FAULT
 from sftbench.injection import KNOBS
 
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "flash-attn", "bitsandbytes", "gptqmodel", "optimum",
@@ -119,10 +120,11 @@ def git_commit(root: Path | None = None) -> str | None:
 
 
 # Environment variables that change a case's speed or memory without any package changing (the self-test
-# knobs among them); a baseline records those that are set, and a comparison names those that differ.
+# knobs and the fault injection among them); a baseline records those that are set, and a comparison names
+# those that differ.
 SETTINGS = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF", "PYTORCH_NO_CUDA_MEMORY_CACHING", "CUDA_LAUNCH_BLOCKING",
             "NVIDIA_TF32_OVERRIDE", "CUBLAS_WORKSPACE_CONFIG", "CUDA_MODULE_LOADING", "OMP_NUM_THREADS",
-            "TORCH_NCCL_AVOID_RECORD_STREAMS", *KNOBS)
+            "TORCH_NCCL_AVOID_RECORD_STREAMS", *KNOBS, FAULT)
 
 
 def settings() -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from sftbench.baselines import (
 from sftbench.catalog import Row, all_rows
 from sftbench.launcher import DEFAULT_TIMEOUT_S
 from sftbench.runner import RunConfig
-from sftbench.session import BenchSession
+from sftbench.session import BenchmarkStandIn, BenchSession
 from sftbench.spec import RunOptions
 
 
@@ -32,13 +33,13 @@ def pytest_addoption(parser):
     group.addoption("--sftbench-attn-fallback", choices=("sdpa", "eager"), default=None,
                     help="attention kernel for use_flash_attn rows where flash-attn is not installed "
                          "(default: skip those rows)")
-    group.addoption("--sftbench-gpu-time-tolerance", type=float, default=DEFAULT_GPU_TIME_TOLERANCE_PCT,
+    group.addoption("--sftbench-gpu-time-tolerance", type=_percent, default=DEFAULT_GPU_TIME_TOLERANCE_PCT,
                     metavar="PCT", help="allowed growth of GPU kernel time in %% before a case fails "
                                         "(default %(default)s)")
-    group.addoption("--sftbench-time-tolerance", type=float, default=DEFAULT_TIME_TOLERANCE_PCT, metavar="PCT",
+    group.addoption("--sftbench-time-tolerance", type=_percent, default=DEFAULT_TIME_TOLERANCE_PCT, metavar="PCT",
                     help="wall time: the least noise band in %%; a slow-down beyond it (or the baseline's own "
                          "spread, if larger) that the step samples also show fails (default %(default)s)")
-    group.addoption("--sftbench-memory-tolerance", type=float, default=DEFAULT_MEMORY_TOLERANCE_PCT, metavar="PCT",
+    group.addoption("--sftbench-memory-tolerance", type=_percent, default=DEFAULT_MEMORY_TOLERANCE_PCT, metavar="PCT",
                     help="allowed memory growth in %% before a case fails (default %(default)s)")
     group.addoption("--sftbench-baselines", default=None, metavar="DIR",
                     help="baselines folder (default: <rootdir>/baselines)")
@@ -49,17 +50,44 @@ def pytest_addoption(parser):
                          "(repeatable)")
     group.addoption("--sftbench-shard", default=None, metavar="I/N",
                     help="run only the I-th of N parts of the selected configurations (1-based)")
-    group.addoption("--sftbench-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+    group.addoption("--sftbench-timeout", type=_seconds, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
                     help="per-case limit before its process is killed (default %(default)s)")
+
+
+def _percent(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(text)
+    return value
+
+
+_percent.__name__ = "finite percentage >= 0"  # how argparse names a value it refuses
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(text)
+    return value
+
+
+_seconds.__name__ = "number of seconds > 0"
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "sftbench: a seed row trained and compared with its baseline")
+    if not config.pluginmanager.has_plugin("benchmark"):  # -p no:benchmark
+        config.addinivalue_line("markers", "benchmark: pytest-benchmark's marker, unused while it is disabled")
+        config.pluginmanager.register(BenchmarkStandIn(), "sftbench-benchmark-stand-in")
     root = Path(config.rootpath)
     weights = tuple(_parse_weights(config.getoption("sftbench_weights")))
+    baselines = Path(config.getoption("sftbench_baselines") or root / "baselines")
+    results = Path(config.getoption("sftbench_results") or root / "results")
+    if _nested(baselines, results):
+        raise pytest.UsageError(f"--sftbench-results {results} and --sftbench-baselines {baselines} overlap: results "
+                                "would overwrite or mix with baselines; give them separate folders")
     options = RunConfig(
-        baselines_dir=Path(config.getoption("sftbench_baselines") or root / "baselines"),
-        results_dir=Path(config.getoption("sftbench_results") or root / "results"),
+        baselines_dir=baselines, results_dir=results,
         update_baselines=config.getoption("sftbench_update_baselines"),
         strict=config.getoption("sftbench_strict"),
         run=RunOptions(full_epoch=config.getoption("sftbench_full_epoch"),
@@ -67,8 +95,14 @@ def pytest_configure(config):
         tolerances=Tolerances(gpu_time_pct=config.getoption("sftbench_gpu_time_tolerance"),
                               time_pct=config.getoption("sftbench_time_tolerance"),
                               memory_pct=config.getoption("sftbench_memory_tolerance")),
-        weights=weights, timeout_s=config.getoption("sftbench_timeout"))
+        weights=weights, timeout_s=config.getoption("sftbench_timeout"), shard=config.getoption("sftbench_shard"),
+        worker=getattr(config, "workerinput", {}).get("workerid"))
     config._sftbench = BenchSession(options, write_line=lambda line: _write_line(config, line))
+
+
+def _nested(a: Path, b: Path) -> bool:
+    a, b = a.resolve(), b.resolve()
+    return a == b or a in b.parents or b in a.parents
 
 
 def _parse_weights(values: list[str]):
@@ -157,6 +191,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
 
 def pytest_sessionfinish(session):
     bench: BenchSession = session.config._sftbench
+    bench.runner.close()
     path = bench.runner.write_record()
     if path is not None:
         _write_line(session.config, f"sftbench: run record {path}")

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sftbench import environment
+from sftbench import environment, update_guard
 from sftbench.baselines import BaselineError, BaselineStore, Comparison, Tolerances, compare
 from sftbench.catalog import Row, rows_of
 from sftbench.environment import gpu_slug
+from sftbench.files import NotWritten, not_writable, write_atomically
 from sftbench.injection import injected
-from sftbench.launcher import DEFAULT_TIMEOUT_S, Launcher
+from sftbench.launcher import DEFAULT_TIMEOUT_S, Launcher, LauncherDidNotStart
 from sftbench.result import Result, describe
 from sftbench.spec import CaseSpec, RunOptions
 
@@ -34,11 +35,19 @@ class RunConfig:
     tolerances: Tolerances = Tolerances()
     weights: tuple[tuple[str, str], ...] = ()  # (model_type, local checkpoint folder)
     timeout_s: float = DEFAULT_TIMEOUT_S
+    shard: str | None = None  # --sftbench-shard I/N: the part of the selection this run covers
+    worker: str | None = None  # the pytest-xdist worker id, where this run is one worker of several
+
+
+class RunRefused(Exception):
+    """The run cannot start training: a folder it needs is missing or not writable, or another update
+    run holds the baselines. One line that says what to do."""
 
 
 class ResultStore:
     """Results as JSON files, one naming scheme for every writer: <root>/<gpu-slug>/<key>.json, and
-    <key>.2.json, <key>.3.json ... when the same store gets a configuration again (repeats, modes)."""
+    <key>.2.json, <key>.3.json ... when the same store gets a configuration again (repeats, modes).
+    Written atomically; NotWritten (sftbench.files) names where a result went when its folder failed."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -51,8 +60,7 @@ class ResultStore:
         self._written[first] += 1
         count = self._written[first]
         path = first if count == 1 else folder / f"{result.key}.{count}.json"
-        path.write_text(result.to_json() + "\n", encoding="utf-8")
-        return path
+        return write_atomically(path, result.to_json() + "\n")
 
 
 def cannot_run(spec: CaseSpec, attn_fallback: str | None) -> str | None:
@@ -111,6 +119,8 @@ class Runner:
         self.outcomes: list[RowOutcome] = []
         self._written: set[CaseSpec] = set()
         self._launcher: Launcher | None = None
+        self._ready: RunRefused | bool = False  # checked before the first case trains
+        self._locks: list = []
 
     @property
     def gpu(self) -> str:
@@ -124,19 +134,60 @@ class Runner:
     def skip_reason(self, spec: CaseSpec) -> str | None:
         return cannot_run(spec, self.config.run.attn_fallback)
 
+    def prepare(self) -> None:
+        """Before the first case trains: the folders this run reads and writes, and the right to write
+        baselines (sftbench.update_guard). RunRefused, from then on, where something is wrong."""
+        if self._ready is False:
+            self._ready = self._refusal() or True
+        if isinstance(self._ready, RunRefused):
+            raise self._ready
+
+    def _refusal(self) -> RunRefused | None:
+        config = self.config
+        if not config.update_baselines and not config.baselines_dir.is_dir():
+            return RunRefused(f"sftbench: no baselines folder {config.baselines_dir}: give the right "
+                              "--sftbench-baselines (it is created only by --sftbench-update-baselines)")
+        folders = [config.results_dir] if config.results_dir is not None else []
+        if config.update_baselines:
+            folders.append(config.baselines_dir / gpu_slug(self.gpu))
+        problems = [problem for folder in folders if (problem := not_writable(folder))]
+        if problems:
+            return RunRefused("sftbench: " + "; ".join(problems) + ": nothing was trained")
+        if config.update_baselines:
+            try:
+                self._locks = update_guard.lock_update(config.baselines_dir / gpu_slug(self.gpu),
+                                                       config.shard or "all", config.worker, self.gpu)
+            except update_guard.UpdateRefused as error:
+                return RunRefused(f"sftbench: {error}")
+        return None
+
+    def close(self) -> None:
+        """At the end of the run: end any case still running, let go of the baselines."""
+        if self._launcher is not None:
+            self._launcher.close()
+        update_guard.release(self._locks)
+        self._locks = []
+
     def result_for(self, spec: CaseSpec, label: str) -> Result:
         """The configuration's result, trained on first use (a configuration in several tables runs once)."""
         if spec not in self.results:
+            self.prepare()
             if self._launcher is None:
                 self._launcher = Launcher(self.config.timeout_s, log=self.log)
                 self.log("sftbench: starting the case launcher (imports torch, transformers, peft once)")
-                self.log(f"sftbench: launcher ready in {self._launcher.start():.1f} s")
+                try:
+                    self.log(f"sftbench: launcher ready in {self._launcher.start():.1f} s")
+                except LauncherDidNotStart as error:  # each case then fails with this line
+                    self.log(f"sftbench: {error}")
             self.log(f"sftbench: running {label} ({spec.key}) ...")
             result = self._launcher.run(spec, self.config.run)
             self.log(f"sftbench: {label}: {describe(result)}")
             self.results[spec] = result
             if self.results_store is not None:
-                self.results_store.write(result)
+                try:
+                    self.results_store.write(result)
+                except NotWritten as error:
+                    self.log(f"sftbench: {label}: {error}")
         return self.results[spec]
 
     def check(self, row: Row) -> RowOutcome:
@@ -165,7 +216,10 @@ class Runner:
                 "written from a run with injected work"), result)
         path = self.baselines.path(self.gpu, result.key)
         if spec not in self._written:  # once per configuration, for all the rows that show it
-            path = self.baselines.write(result, rows_of(row.spec) or [row], self._metadata())
+            try:
+                path = self.baselines.write(result, rows_of(row.spec) or [row], self._metadata())
+            except NotWritten as error:
+                return RowOutcome(row, "fail", "refused", f"{row.node_id}: baseline not written: {error}", result)
             self._written.add(spec)
         return RowOutcome(row, "pass", "baseline written", f"baseline written: {path}", result)
 
@@ -217,10 +271,12 @@ class Runner:
             return None
         record = self.record()
         folder = self.config.results_dir / "history"
-        folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{self.started.strftime('%Y%m%dT%H%M%SZ')}-{record['commit'] or 'unknown'}.json"
-        path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-        return path
+        try:
+            return write_atomically(path, json.dumps(record, indent=1) + "\n")
+        except NotWritten as error:
+            self.log(f"sftbench: run record: {error}")
+            return None
 
     def _by_configuration(self) -> list[list[RowOutcome]]:
         by_result: dict[int, list[RowOutcome]] = {}

@@ -11,7 +11,7 @@ import pytest
 
 from sftbench.catalog import Row
 from sftbench.result import Result
-from sftbench.runner import RunConfig, Runner
+from sftbench.runner import RunConfig, Runner, RunRefused
 
 
 class ReplayClock:
@@ -49,7 +49,10 @@ class BenchSession:
 
     def check(self, row: Row, benchmark) -> None:
         """The body of every benchmark test."""
-        outcome = self.runner.check(row)
+        try:
+            outcome = self.runner.check(row)
+        except RunRefused as error:  # nothing can be measured or kept: the run stops here
+            pytest.exit(str(error), returncode=pytest.ExitCode.USAGE_ERROR)
         if outcome.result is not None:
             self._feed_benchmark(benchmark, row, outcome.result)
         if outcome.action == "fail":
@@ -73,6 +76,22 @@ class BenchSession:
 
     def summary_lines(self, skipped: int = 0) -> list[str]:
         return self.runner.summary_lines(skipped)
+
+
+class BenchmarkStandIn:
+    """The `benchmark` fixture where pytest-benchmark is disabled (-p no:benchmark): the rows still run and
+    are compared with their baselines; their step times are just not handed to pytest-benchmark."""
+
+    class Benchmark:
+        def __init__(self):
+            self.extra_info: dict = {}
+
+        def pedantic(self, target, rounds: int, iterations: int) -> None:
+            """Nothing to replay the steps into."""
+
+    @pytest.fixture
+    def benchmark(self):
+        return self.Benchmark()
 
 
 def _step() -> None:

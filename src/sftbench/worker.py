@@ -10,9 +10,7 @@ An OOM is an outcome, recorded with the memory peaks at that moment; any other e
 
 from __future__ import annotations
 
-import ctypes
 import gc
-import signal
 import sys
 import time
 import traceback
@@ -20,7 +18,7 @@ import traceback
 import torch
 import transformers  # noqa: F401 - imported here so the forkserver preloads it
 
-from sftbench import environment
+from sftbench import environment, faults
 from sftbench.data import SyntheticCorpus, epoch_batches
 from sftbench.injection import Injection
 from sftbench.models import build_model, get_model, lora_target_modules
@@ -29,26 +27,15 @@ from sftbench.spec import CaseSpec, RunOptions
 from sftbench.trackers import KernelTimer, MemoryTracker, kernel_clock_unavailable
 from sftbench.trainer import Trainer, half_split_spread_pct
 
-PR_SET_PDEATHSIG = 1
 
 def main(spec: CaseSpec, options: RunOptions, sender, parent_started: float) -> None:
     """Process entry point: run the case and send its Result as a dict through the pipe."""
     entered = time.time()
-    _die_with_parent()
     result = run_case(spec, options, log=lambda msg: print(f"[sftbench {spec.key}] {msg}", file=sys.stderr,
                                                              flush=True))
     result.overhead["spawn_s"] = entered - parent_started
     sender.send(result.to_dict())
     sender.close()
-
-
-def _die_with_parent() -> None:
-    """Linux: if the process that started the case dies (pytest killed by CI), the case dies too
-    instead of training on, holding the GPU."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
 
 
 def run_case(spec: CaseSpec, options: RunOptions, log=print) -> Result:
@@ -59,6 +46,7 @@ def run_case(spec: CaseSpec, options: RunOptions, log=print) -> Result:
     started = time.perf_counter()
     try:
         memory.start()
+        faults.at("build")
         result.attention = environment.attention_kernel(spec.attention, options.attn_fallback)
         model, result.quantization_backend = build_case_model(spec, result.attention, device)
         result.overhead["build_s"] = time.perf_counter() - started  # CUDA context, model (quantized: checkpoint)
@@ -83,6 +71,7 @@ def run_case(spec: CaseSpec, options: RunOptions, log=print) -> Result:
         # the step times (they landed on one step in sixteen of the quick mode).
         gc.collect()
         gc.freeze()
+        faults.at("train")
         timing = trainer.run(options, progress=log)
         _record_timing(result, timing, trainer.corpus, spec, trainer.batches)
     except Exception as error:  # noqa: BLE001 - any failure is this case's outcome, not the session's

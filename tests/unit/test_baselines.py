@@ -65,7 +65,7 @@ def test_the_default_configuration_lists_one_entry_per_row(store, result_factory
     default = CaseSpec("qwen-7b-chat")
     store.write(result_factory(default), rows_of(default), {})
     store.write(result_factory(SPEC, minutes=11.0, reserved=29000.0), rows_of(SPEC), {})
-    entries = listing(store)
+    entries = listing(store.all())
     assert len(entries) == len(rows_of(default)) + 1
     assert {e["case_id"] for e in entries} >= {"qwen-7b-chat-4096", "qwen-7b-chat-bf16", "qwen-7b-chat-bs1"}
     entry = next(e for e in entries if e["case_id"] == "qwen-7b-chat-4096")
@@ -134,6 +134,48 @@ def test_valid_json_of_the_wrong_shape_is_a_baseline_error(store, written, text)
     written.write_text(text)
     with pytest.raises(BaselineError, match="corrupt"):
         store.load("NVIDIA H200", SPEC.key)
+
+
+@pytest.mark.parametrize("field, value, problem", [
+    ("minutes_per_1000_samples", None, "minutes_per_1000_samples is missing"),
+    ("minutes_per_1000_samples", 0, "minutes_per_1000_samples is 0, not a finite number > 0"),
+    ("minutes_per_1000_samples", -2.0, "minutes_per_1000_samples is -2.0, not a finite number > 0"),
+    ("minutes_per_1000_samples", "NaN", "minutes_per_1000_samples is nan, not a finite number > 0"),
+    ("minutes_per_1000_samples", "abc", "minutes_per_1000_samples is 'abc', not a number"),
+    ("minutes_per_1000_samples", True, "minutes_per_1000_samples is True, not a number"),
+    ("memory.max_reserved_mib", None, "max_reserved_mib is missing"),
+    ("gpu_minutes_per_1000_samples", 0.0, "gpu_minutes_per_1000_samples is 0.0, not a finite number > 0"),
+    ("wall_noise_pct", "Infinity", "wall_noise_pct is inf, not a finite number >= 0"),
+    ("kernel_step_s", [0.1, -1], "kernel_step_s[1] is -1, not a finite number > 0"),
+])
+def test_a_baseline_whose_metrics_are_missing_or_not_positive_numbers_is_unusable(store, written, field, value,
+                                                                                 problem):
+    data = json.loads(written.read_text())
+    holder, _, name = field.rpartition(".")
+    (data["result"][holder] if holder else data["result"])[name] = value
+    written.write_text(json.dumps(data).replace('"NaN"', "NaN").replace('"Infinity"', "Infinity"))
+    with pytest.raises(BaselineError) as error:
+        store.load("NVIDIA H200", SPEC.key)
+    assert str(error.value) == (f"baseline {written} is unusable: {problem}; rewrite it with "
+                                "--sftbench-update-baselines")
+
+
+def test_optional_metrics_of_older_baselines_may_be_absent_and_cpu_baselines_need_no_gpu_memory(store, result_factory):
+    older = result_factory(SPEC, gpu_minutes_per_1000_samples=None, wall_noise_pct=None, kernel_step_s=[])
+    cpu = result_factory(SPEC, gpu="cpu", reserved=None, allocated=None)
+    for result in (older, cpu):
+        path = store.write(result, rows_of(SPEC), {})
+        assert store.read(path).result == result
+    oom = result_factory(SPEC, outcome="oom", minutes=None)  # an OOM has no speed to compare
+    assert store.read(store.write(oom, rows_of(SPEC), {})).result.outcome == "oom"
+
+
+def test_a_scan_lists_the_good_baselines_and_names_each_bad_one(store, written, result_factory):
+    other = store.write(result_factory(CaseSpec("qwen-7b-chat", max_length=2048)), rows_of(SPEC), {})
+    written.write_text("{")
+    baselines, errors = store.scan()
+    assert [b.path for b in baselines] == [other]
+    assert [str(written) in str(e) and "is corrupt" in str(e) for e in errors] == [True]
 
 
 def test_the_committed_baselines_load():

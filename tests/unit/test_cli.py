@@ -73,3 +73,66 @@ def test_cli_exits_2_on_a_corrupt_baseline(store, written, capsys):
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.startswith("sftbench: baseline ") and "is corrupt" in captured.err
+
+
+def test_cli_lists_the_good_baselines_and_names_a_bad_one(store, written, result_factory, capsys):
+    bad = store.write(result_factory(CaseSpec("qwen-7b-chat", max_length=2048)), rows_of(SPEC), {})
+    bad.write_text('{"schema": 1')
+    assert main(["baselines", "--dir", str(store.root)]) == 2
+    captured = capsys.readouterr()
+    assert "test_lora_max_length[qwen-7b-chat-4096]" in captured.out
+    assert captured.err.startswith(f"sftbench: baseline {bad} is corrupt") and captured.err.count("\n") == 1
+
+
+def test_cli_baselines_resolve_against_the_repository_root(store, written, tmp_path, monkeypatch, capsys):
+    (tmp_path / "pyproject.toml").write_text("")
+    (tmp_path / "docs").mkdir()
+    monkeypatch.chdir(tmp_path / "docs")
+    assert main(["baselines"]) == 0
+    assert "test_lora_max_length[qwen-7b-chat-4096]" in capsys.readouterr().out
+    monkeypatch.chdir(tmp_path / "baselines" / "nvidia-h200")  # no pyproject.toml above it but tmp_path's
+    (tmp_path / "pyproject.toml").unlink()
+    assert main(["baselines"]) == 2
+    assert capsys.readouterr().err == (f"sftbench: no baselines folder {tmp_path}/baselines/nvidia-h200/baselines "
+                                       "(give --dir, or run from the repository)\n")
+
+
+# --- report -------------------------------------------------------------------------------------------------------
+
+
+def test_cli_report_skips_files_that_are_not_results_naming_each(store, written, capsys, tmp_path):
+    folder = written.parent
+    (folder / "notes.json").write_text('{"notes": "H200 run"}')
+    (folder / "truncated.json").write_text('{"case": {')
+    assert main(["report", str(folder), "--out", str(tmp_path / "new" / "report.md")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"sftbench: skipped {folder}/notes.json is not a result (ValueError: unknown result fields: notes)",
+                   f"sftbench: skipped {folder}/truncated.json is not a result (JSONDecodeError: Expecting "
+                   "property name enclosed in double quotes: line 1 column 11 (char 10))"]
+    assert "qwen-7b-chat" in (tmp_path / "new" / "report.md").read_text()  # the good result, in a created folder
+
+
+def test_cli_report_on_a_folder_without_results_is_an_error(store, written, tmp_path, capsys):
+    assert main(["report", str(store.root)]) == 2
+    assert capsys.readouterr().err == (f"sftbench: no results in {store.root} (results/<gpu>/ or baselines/<gpu>/); "
+                                       f"the folders below it that hold results: {written.parent}\n")
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    assert capsys.readouterr().err == f"sftbench: no results in {tmp_path / 'empty'} (results/<gpu>/ or baselines/<gpu>/)\n"
+
+
+def test_cli_report_out_that_cannot_be_written_is_one_line(store, written, tmp_path, capsys, monkeypatch):
+    from sftbench import files
+
+    monkeypatch.setattr(files, "RESCUE_DIR", tmp_path / "rescued")
+    (tmp_path / "a-file").write_text("")
+    assert main(["report", str(written.parent), "--out", str(tmp_path / "a-file" / "report.md")]) == 2
+    assert capsys.readouterr().err == (f"sftbench: could not write {tmp_path}/a-file/report.md (File exists); "
+                                       f"it is in {tmp_path}/rescued/a-file/report.md instead\n")
+
+
+def test_cli_run_checks_out_before_training(tmp_path, capsys):
+    (tmp_path / "a-file").write_text("")
+    assert main(["run", "test_cpu_smoke[tiny-qwen-lora-sdpa]", "--out", str(tmp_path / "a-file")]) == 2
+    assert capsys.readouterr().err == (f"sftbench: --out {tmp_path}/a-file is not a writable folder (File exists): "
+                                       "nothing was trained\n")

@@ -260,3 +260,43 @@ def test_bad_weights_are_a_usage_error(pytester, value, message):
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--collect-only", "--sftbench-weights", value)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert message in result.stderr.str() and value in result.stderr.str()
+
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("--sftbench-time-tolerance", "-5", "finite percentage >= 0"),
+    ("--sftbench-memory-tolerance", "nan", "finite percentage >= 0"),
+    ("--sftbench-gpu-time-tolerance", "inf", "finite percentage >= 0"),
+    ("--sftbench-timeout", "0", "number of seconds > 0"),
+    ("--sftbench-timeout", "-1", "number of seconds > 0"),
+])
+def test_bad_tolerances_and_timeouts_are_usage_errors(pytester, option, value, expected):
+    write_module(pytester)
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--collect-only", f"{option}={value}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert f"argument {option}: invalid {expected} value: '{value}'" in result.stderr.str()
+
+
+@pytest.mark.parametrize("results", ["baselines", "baselines/cpu", "."])
+def test_results_and_baselines_may_not_share_a_folder(pytester, results):
+    write_module(pytester)
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--collect-only", "--sftbench-baselines",
+                                          "baselines", "--sftbench-results", results)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "overlap: results would overwrite or mix with baselines; give them separate folders" in result.stderr.str()
+
+
+def test_a_missing_baselines_folder_stops_a_comparing_run_before_training(pytester):
+    write_module(pytester)
+    result = run(pytester, "-k", "fresh", baselines=pytester.path / "typo")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stdout.re_match_lines([rf".*sftbench: no baselines folder {re.escape(str(pytester.path / 'typo'))}: give "
+                                  r"the right --sftbench-baselines \(it is created only by --sftbench-update-baselines\)"])
+    assert "launcher" not in result.stdout.str() and not (pytester.path / "results").exists()
+
+
+def test_the_rows_run_with_pytest_benchmark_disabled(pytester):
+    write_module(pytester)
+    (pytester.path / "baselines").mkdir()
+    result = run(pytester, "-k", "fresh", "-p", "no:benchmark")
+    result.assert_outcomes(passed=1, deselected=4)
+    assert summary_line(result, "fresh").endswith(" -> no-baseline")

@@ -20,13 +20,13 @@ from pathlib import Path
 
 from sftbench.catalog import seed_tables
 from sftbench.report.causes import fidelity_notes
-from sftbench.report.load import load_results
+from sftbench.report.load import load_results, scan_results
 from sftbench.report.mfu import MFU_FORMULA, mfu, model_flops_per_token, peak_bf16_flops
 from sftbench.report.plots import plot
 from sftbench.report.tables import coverage, stack, table
 from sftbench.result import Result
 
-__all__ = ["load_results", "markdown", "mfu", "model_flops_per_token", "peak_bf16_flops"]
+__all__ = ["load_results", "scan_results", "markdown", "mfu", "model_flops_per_token", "peak_bf16_flops"]
 
 SEED_STACK = "A100 80GB, torch 2.1.1, flash_attn 2.3.4"
 
