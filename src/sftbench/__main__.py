@@ -65,9 +65,19 @@ def main(argv: list[str] | None = None) -> int:
     projection.add_argument("--samples", type=int)
     projection.add_argument("--out", type=Path, required=True)
 
+    selftest = commands.add_parser("selftest", help="does the suite flag injected slow-downs and memory growth, and "
+                                                    "nothing in clean reruns? (sftbench.selftest)")
+    selftest.add_argument("records", nargs="*", type=Path, help="run records (<results>/history/*.json) or folders")
+    selftest.add_argument("--run", metavar="PYTEST_ARGS",
+                          help="first make the runs: write baselines, two clean reruns, GPU+memory and host injection, "
+                               "each `pytest tests/benchmarks PYTEST_ARGS` (e.g. \"-k 'qwen-7b and not gptq'\")")
+    selftest.add_argument("--results", type=Path, default=Path("results/selftest"), help="where --run's runs write")
+    selftest.add_argument("--out", type=Path, required=True, help="the summary JSON")
+    selftest.add_argument("--markdown", type=Path, help="also a short Markdown page")
+
     args = parser.parse_args(argv)
     commands = {"models": _models, "baselines": _baselines, "report": _report, "history": _history, "run": _run,
-                "profile": _profile, "projection": _projection}
+                "profile": _profile, "projection": _projection, "selftest": _selftest}
     return commands[args.command](args)
 
 
@@ -229,6 +239,30 @@ def _projection(args) -> int:
     table = check_projection(rows, args.out, quick_runs=args.quick_runs, settle=args.settle, steps=args.steps,
                              samples=args.samples, log=lambda line: print(line, flush=True))
     print("\n" + markdown_table(table))
+    return 0
+
+
+def _selftest(args) -> int:
+    import shlex
+
+    from sftbench import selftest
+
+    records = list(args.records)
+    if args.run is not None:
+        records += selftest.run_stages(shlex.split(args.run), args.results)
+    try:
+        summary = selftest.summarize(selftest.read_records(records))
+    except (OSError, ValueError, KeyError) as error:
+        print(f"sftbench: selftest: {error}", file=sys.stderr)
+        return 2
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    if args.markdown:
+        args.markdown.write_text(selftest.markdown(summary), encoding="utf-8")
+    failures = sum(rerun["failures"] for rerun in summary["clean_reruns"])
+    print(f"sftbench: selftest: {summary['configurations']} configurations, {failures} failures in "
+          f"{len(summary['clean_reruns'])} clean reruns; " + ", ".join(
+              f"{name} flagged {stage['flagged']} of {stage['of']}" for name, stage in summary["injected"].items()))
     return 0
 
 

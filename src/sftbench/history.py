@@ -68,13 +68,15 @@ def read_record(path: Path) -> dict:
 
 def runs(records: list[dict]) -> list[dict]:
     """The records as runs, oldest first: the records of the shards of one run (one pytest process per GPU,
-    same commit and GPU model, overlapping in time) merged into one, their configurations together."""
+    same commit, GPU model and settings, overlapping in time, each with its own configurations) merged into
+    one, their configurations together. Runs made side by side with other settings stay apart."""
     merged: list[dict] = []
     for record in sorted(records, key=lambda r: r["started"]):
         last = merged[-1] if merged else None
-        if last and (last["commit"], last["gpu"], last.get("update_baselines")) == \
-                (record["commit"], record["gpu"], record.get("update_baselines")) \
-                and record["started"] < last["finished"]:
+        same = ("commit", "gpu", "update_baselines", "settings")
+        keys = {c["key"] for c in record["configurations"]}
+        if last and all(last.get(k) == record.get(k) for k in same) and record["started"] < last["finished"] \
+                and not keys & {c["key"] for c in last["configurations"]}:
             last["finished"] = max(last["finished"], record["finished"])
             last["configurations"] = last["configurations"] + record["configurations"]
         else:
@@ -96,12 +98,13 @@ def page(all_runs: list[dict], plots_dir: Path | None = None) -> str:
     lines = ["# sftbench run history", "",
              f"{len(all_runs)} runs, {when(all_runs[0])} to {when(all_runs[-1])} (UTC).", "",
              "## Runs", "",
-             "| run | started (UTC) | commit | GPU | stack | mode | verdicts |", "|---|---|---|---|---|---|---|"]
+             "| run | started (UTC) | commit | GPU | stack | mode, settings | verdicts |", "|---|---|---|---|---|---|---|"]
     for number, run in enumerate(all_runs, start=1):
         gpu = ", ".join(str(v) for v in (run["gpu"], run.get("driver") and f"driver {run['driver']}",
                                          run.get("cuda") and f"CUDA {run['cuda']}") if v)
         lines.append(f"| {number} | {when(run)} | {run['commit'] or '?'} | {gpu} | {stack(run)} | "
-                     f"{run.get('mode', '')}{' (baselines written)' if run.get('update_baselines') else ''} | "
+                     f"{run.get('mode', '')}{' (baselines written)' if run.get('update_baselines') else ''}"
+                     f"{''.join(f', {k}={v}' for k, v in sorted(run.get('settings', {}).items()))} | "
                      f"{verdict_counts(run['configurations'])} |")
     for (gpu, key), entries in sorted(trends(all_runs).items()):
         lines += ["", f"## {key}", "", f"{gpu}; rows: " + ", ".join(entries[-1][1]["rows"]), ""]

@@ -8,6 +8,7 @@ a RowOutcome into pass, fail or skip, or into an exit code.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -265,13 +266,14 @@ class Runner:
                 "configurations": configurations}
 
     def write_record(self) -> Path | None:
-        """Write the run record to <results>/history/<started>-<commit>.json (nothing without a results folder
-        or outcomes)."""
+        """Write the run record to <results>/history/<started>-<commit>-<pid>.json (the process id keeps apart
+        the records of runs started in the same second, as parallel parts of a run are); nothing without a
+        results folder or outcomes."""
         if self.results_store is None or not self.outcomes:
             return None
         record = self.record()
         folder = self.config.results_dir / "history"
-        path = folder / f"{self.started.strftime('%Y%m%dT%H%M%SZ')}-{record['commit'] or 'unknown'}.json"
+        path = folder / f"{self.started.strftime('%Y%m%dT%H%M%SZ')}-{record['commit'] or 'unknown'}-{os.getpid()}.json"
         try:
             return write_atomically(path, json.dumps(record, indent=1) + "\n")
         except NotWritten as error:

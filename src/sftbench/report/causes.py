@@ -117,18 +117,22 @@ def _clock_notes(results: dict[str, Result]) -> list[list[str]]:
         wall, gpu = _run_values(a, b, "min", results), _run_values(a, b, "GPU min", results)
         if None not in wall + gpu and (_opposite(wall, gpu) or _moves(wall) != _moves(gpu)):
             notes.append([t.title, f"{a.id} → {b.id}", _change(*wall, "min"), _change(*gpu, "GPU min"),
-                          _clock_cause(a, b, results)])
+                          _clock_cause(a, b, results, _moves(gpu))])
     return notes
 
 
-def _clock_cause(a: Row, b: Row, results: dict[str, Result]) -> str:
+def _clock_cause(a: Row, b: Row, results: dict[str, Result], gpu_moves: bool) -> str:
     """The row whose GPU is busy for the smaller share of its wall time: below HOST_BOUND_BUSY_PCT, its wall
-    time measures the host's work per step more than the GPU's."""
+    time measures the host's work per step more than the GPU's. Else, where the GPU work is the same, the
+    wall-time difference is the host's: its cost per step (a larger batch pays it for fewer steps) or drift."""
     busy = [(results[row.spec.key].gpu_busy_pct, row.id) for row in (a, b)
             if results[row.spec.key].gpu_busy_pct is not None]
     if busy and (least := min(busy))[0] < HOST_BOUND_BUSY_PCT:
         return (f"host-bound: the step's wall time is mostly Python and kernel launches "
                 f"(GPU busy {least[0]:.0f}% in {least[1]})")
+    if not gpu_moves:
+        return ("the same GPU work (GPU time within 1%): the wall-time difference is host time, per step "
+                "(fewer, larger steps pay it less often) or the host's drift between runs")
     return NOT_MEASURED
 
 

@@ -110,6 +110,13 @@ def test_gpu_time_that_changes_while_wall_time_stays_within_1_percent_is_noted(
          "not yet measured"]]  # both GPUs busy over half the time: no host-bound cause
 
 
+def test_wall_time_that_changes_over_the_same_gpu_work_is_the_hosts(result_factory, lora, results_of, sections):
+    # bs1 keeps its GPU busy 64% of the time, bs2 88%: neither host-bound, but the GPU work is the same.
+    results = results_of(clocked(result_factory, lora(), 4.75, 3.05), clocked(result_factory, lora(batch_size=2), 3.62, 3.06))
+    [[*_, cause]] = sections(markdown(results))["Wall time and GPU time disagree"][1]
+    assert cause.startswith("the same GPU work (GPU time within 1%): the wall-time difference is host time")
+
+
 @pytest.mark.parametrize("minutes_512, minutes_1024", [
     ((4.0, 3.0), (5.0, 3.9)),  # both clocks slower
     ((4.0, 3.0), (4.02, 2.99)),  # both within 1%, if opposite ways
