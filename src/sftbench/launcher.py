@@ -1,7 +1,7 @@
 """One fresh process per case.
 
 Cases start from a forkserver that has imported torch, transformers and sftbench once
-(~12 s on the GPU machine), so a case pays only for a fork and its own work.
+(~12 s on an H200 host), so a case pays only for a fork and its own work.
 The forkserver must not initialize CUDA, so that every case gets a fresh CUDA context and allocator:
 torch.cuda.is_available(), which libraries call at import, initializes it unless
 PYTORCH_NVML_BASED_CUDA_CHECK=1, so the launcher sets that; and a probe case checks that the fork
