@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 
 from sftbench.diagnostics import memory_at_peak
 
@@ -62,3 +63,16 @@ def test_memory_at_peak_reads_the_profiles_that_have_one(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps({"key": "a", "memory_at_peak": peak}))
     (tmp_path / "b.json").write_text(json.dumps({"key": "b", "launch_floor_us": 7.0}))
     assert memory_at_peak(tmp_path) == {"a": peak}
+
+
+def test_the_gpu_projection_is_replayed_on_a_traced_full_epochs_kernel_steps(result_factory):
+    from sftbench.diagnostics.projection import markdown_table, replay_quick_gpu
+
+    tokens = [2048, 1024, 0, 512, 2048, 0]  # micro-steps and optimizer steps (0 tokens) as a full epoch traces them
+    full = result_factory(kernel_step_tokens=tokens, kernel_step_s=[t * 1e-4 for t in tokens], optimizer_kernel_s=0.5,
+                          epoch_optimizer_steps=2)
+    # Every micro-step is replayed here (count 4 >= 4 micro-steps): the projection is the epoch's own kernel time.
+    assert replay_quick_gpu(full, 4) == pytest.approx((0.2048 * 2 + 0.1024 + 0.0512 + 2 * 0.5) / 60 * 1000 / 1000)
+    row = {"row": "r", "settle": 4, "steps": 32, "quick_min": 4.0, "full_min": 4.0, "delta_pct": 0.0,
+           "replayed_min": 4.0, "quick_gpu_min": 1.01, "full_gpu_min": 1.0, "gpu_delta_pct": 1.0, "replayed_gpu_min": 1.0}
+    assert markdown_table([row]).splitlines()[-1].endswith("| 1.010 | 1.000 | +1.0% | 1.000 (+0.0%) |")

@@ -10,6 +10,9 @@ minutes apart also differ by that drift. The "replayed" column separates the met
 drift: the quick mode's projection computed from the full epoch's own steps at the batches the
 quick mode would time (same moments, same host state).
 
+GPU-minutes are compared the same way: a full epoch traces every step's kernels (its wall time then
+includes CUPTI's tracing), and the quick runs project theirs from the traced representative steps.
+
 `python -m sftbench projection ROW... --out DIR` runs it.
 """
 
@@ -51,36 +54,61 @@ def check_projection(rows: list[Row], out: Path, *, quick_runs: int = 2, settle:
             if mode == "full":
                 full_result = result
             else:
-                quick.append((options.settle_steps, len(result.step_durations_s), result.minutes_per_1000_samples))
+                quick.append((options.settle_steps, len(result.step_durations_s), result.minutes_per_1000_samples,
+                              result.gpu_minutes_per_1000_samples))
         full = None if full_result is None else full_result.minutes_per_1000_samples
+        full_gpu = None if full_result is None else full_result.gpu_minutes_per_1000_samples
         # Replayed with as many steps as the quick runs timed.
         replayed = None if full_result is None else replay_quick(
             full_result, quick[0][1] if quick else defaults.representative_steps)
-        for settle_steps, timed, minutes in quick:
-            delta = None if full is None else 100 * (minutes / full - 1)
+        replayed_gpu = None if full_gpu is None else replay_quick_gpu(full_result, defaults.kernel_steps)
+        for settle_steps, timed, minutes, gpu in quick:
             table.append({"row": row.node_id, "settle": settle_steps, "steps": timed, "quick_min": minutes,
-                          "full_min": full, "delta_pct": delta, "replayed_min": replayed})
+                          "full_min": full, "delta_pct": _delta(minutes, full), "replayed_min": replayed,
+                          "quick_gpu_min": gpu, "full_gpu_min": full_gpu, "gpu_delta_pct": _delta(gpu, full_gpu),
+                          "replayed_gpu_min": replayed_gpu})
         if not quick and full is not None:
             table.append({"row": row.node_id, "settle": None, "steps": None, "quick_min": None, "full_min": full,
-                          "delta_pct": None, "replayed_min": replayed})
+                          "delta_pct": None, "replayed_min": replayed, "quick_gpu_min": None,
+                          "full_gpu_min": full_gpu, "gpu_delta_pct": None, "replayed_gpu_min": replayed_gpu})
     (out / "projection.json").write_text(json.dumps(table, indent=1) + "\n", encoding="utf-8")
     return table
 
 
 def markdown_table(table: list[dict]) -> str:
-    lines = ["| row | settle | steps | quick min/1000 | full min/1000 | quick vs full | replayed on the full epoch |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| row | settle | steps | quick min/1000 | full min/1000 | quick vs full | replayed on the full epoch "
+             "| quick GPU-min | full GPU-min | GPU quick vs full | GPU replayed |", "|---" * 11 + "|"]
     for t in table:
-        cells = [_num(t["quick_min"]), _num(t["full_min"]),
-                 "" if t["delta_pct"] is None else f"{t['delta_pct']:+.1f}%",
-                 "" if t["replayed_min"] is None else
-                 f"{t['replayed_min']:.3f} ({100 * (t['replayed_min'] / t['full_min'] - 1):+.1f}%)"]
+        cells = [_num(t["quick_min"]), _num(t["full_min"]), _pct(t["delta_pct"]), _replayed(t["replayed_min"], t["full_min"]),
+                 _num(t.get("quick_gpu_min")), _num(t.get("full_gpu_min")), _pct(t.get("gpu_delta_pct")),
+                 _replayed(t.get("replayed_gpu_min"), t.get("full_gpu_min"))]
         lines.append(f"| {t['row']} | {t['settle'] or ''} | {t['steps'] or ''} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def _pct(value: float | None) -> str:
+    return "" if value is None else f"{value:+.1f}%"
+
+
+def _replayed(replayed: float | None, full: float | None) -> str:
+    return "" if replayed is None or not full else f"{replayed:.3f} ({100 * (replayed / full - 1):+.1f}%)"
+
+
 def _num(value: float | None) -> str:
     return "" if value is None else f"{value:.3f}"
+
+
+def _delta(quick: float | None, full: float | None) -> float | None:
+    return None if quick is None or not full else 100 * (quick / full - 1)
+
+
+def replay_quick_gpu(full: Result, count: int) -> float:
+    """The quick mode's GPU-minute projection from a traced full epoch's own kernel steps: the kernel time of
+    the `count` batches it would trace, interpolated over the epoch (kernel time has no drift to separate)."""
+    micro = [(t, s) for t, s in zip(full.kernel_step_tokens, full.kernel_step_s) if t > 0]
+    seconds = trainer.replay_quick([t for t, _ in micro], [s for _, s in micro], full.epoch_optimizer_steps,
+                                   full.optimizer_kernel_s or 0.0, count)
+    return minutes_per_1000_samples(seconds, full.case["samples"])
 
 
 def replay_quick(full: Result, count: int) -> float:
