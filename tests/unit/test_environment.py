@@ -45,3 +45,15 @@ def test_machine_records_the_speed_and_memory_settings_that_are_set(monkeypatch)
     monkeypatch.setenv("CUDA_LAUNCH_BLOCKING", "1")
     monkeypatch.setenv("UNRELATED_VARIABLE", "x")
     assert environment.machine()["settings"] == {"CUDA_LAUNCH_BLOCKING": "1"}
+
+
+def test_attention_kernel_is_flash_attn_or_the_chosen_fallback(monkeypatch):
+    from sftbench import environment
+
+    monkeypatch.setattr(environment, "flash_attn_installed", lambda: False)
+    assert environment.attention_kernel("flash_attention_2", "sdpa") == "sdpa"
+    assert environment.attention_kernel("eager") == "eager"
+    with pytest.raises(environment.MissingFlashAttn, match=r"pip install 'sftbench\[flash\]', or run with --sftbench-attn-fallback sdpa"):
+        environment.attention_kernel("flash_attention_2")
+    monkeypatch.setattr(environment, "flash_attn_installed", lambda: True)
+    assert environment.attention_kernel("flash_attention_2", "sdpa") == "flash_attention_2"

@@ -1,0 +1,34 @@
+"""sftbench.worker: one case in this process on the CPU (build, prepare, train, measure), and its failures."""
+
+import torch
+
+from sftbench import worker
+from sftbench.spec import CaseSpec, RunOptions
+
+SPEC = CaseSpec("tiny-qwen", device="cpu", attention="sdpa", max_length=64, samples=6, gradient_checkpointing=False)
+
+
+def test_a_cpu_case_records_its_model_timing_and_that_it_has_no_gpu_clock():
+    result = worker.run_case(SPEC, RunOptions(representative_steps=4), log=lambda line: None)
+    assert result.outcome == "ok" and result.mode == "quick" and result.attention == "sdpa"
+    assert result.model_shape == {"vocab_size": 1000, "hidden_size": 64, "num_layers": 2}
+    assert result.kernel_clock == "unavailable: no GPU kernel clock on the CPU"
+    assert result.gpu_minutes_per_1000_samples is None and result.kernel_step_s == []
+    assert len(result.step_durations_s) == 4 and result.minutes_per_1000_samples > 0
+    assert result.trainable_params > 0 and result.quantization_backend is None
+    assert {"build_s", "prepare_s", "setup_s", "warmup_s", "case_s", "kernel_trace_s"} <= set(result.overhead)
+
+
+def test_a_bad_self_test_knob_is_the_cases_error_not_a_crash(monkeypatch):
+    monkeypatch.setenv("SFTBENCH_INJECT_HOST_MS", "soon")
+    result = worker.run_case(SPEC, RunOptions(representative_steps=4), log=lambda line: None)
+    assert result.outcome == "error" and "SFTBENCH_INJECT_HOST_MS='soon' is not a number" in result.message
+
+
+def test_an_out_of_memory_error_is_an_outcome_with_its_first_line(monkeypatch):
+    def build(*args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+
+    monkeypatch.setattr(worker, "build_case_model", build)
+    result = worker.run_case(SPEC, RunOptions(), log=lambda line: None)
+    assert (result.outcome, result.message) == ("oom", "CUDA out of memory. Tried to allocate 2.00 GiB")
