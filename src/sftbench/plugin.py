@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
+import warnings
 from pathlib import Path
 
 import pytest
+from pytest_benchmark.logger import PytestBenchmarkWarning
 
 from sftbench import environment, workers
 from sftbench.baselines import (
@@ -77,17 +80,20 @@ def _seconds(text: str) -> float:
 _seconds.__name__ = "number of seconds > 0"
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist turns an unset --dist into "load"
+@pytest.hookimpl(wrapper=True)  # around pytest-xdist's own, which turns an unset --dist into "load"
 def pytest_cmdline_main(config):
     workers.default_to_loadgroup(config.option)
+    return (yield)
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "sftbench: a seed row trained and compared with its baseline")
     if not config.pluginmanager.has_plugin("xdist"):
         config.addinivalue_line("markers", "xdist_group: pytest-xdist's marker, unused without it")
+    # pytest-benchmark turns itself off under pytest-xdist and says so; sftbench's rows still reach it (session.py).
+    warnings.filterwarnings("ignore", "Benchmarks are automatically disabled because xdist", PytestBenchmarkWarning)
     if hasattr(config, "workerinput"):
-        workers.pin_worker_gpu()
+        workers.pin_worker()
     elif getattr(config.option, "dist", "no") != "no":
         workers.check_worker_count(len(config.option.tx))
     if not config.pluginmanager.has_plugin("benchmark"):  # -p no:benchmark
@@ -135,14 +141,17 @@ def _parse_weights(values: list[str]):
 
 
 def _write_line(config, line: str) -> None:
-    """A progress line on the terminal at once, also while a test's output is captured (without -s)."""
+    """A progress line on the terminal at once, also while a test's output is captured (without -s). A
+    pytest-xdist worker's terminal is not shown; its stderr is, so its lines go there, named by the worker."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     capture = config.pluginmanager.get_plugin("capturemanager")
-    if reporter is None:
-        return
+    worker = getattr(config, "workerinput", {}).get("workerid")
     with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
-        reporter.write_line(line)
-        reporter.flush()
+        if worker is not None:
+            print(f"[{worker}] {line}", file=sys.stderr, flush=True)
+        elif reporter is not None:
+            reporter.write_line(line)
+            reporter.flush()
 
 
 @pytest.hookimpl(trylast=True)  # after -k / -m deselection: shards split what was selected

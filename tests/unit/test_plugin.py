@@ -304,3 +304,47 @@ def test_the_rows_run_with_pytest_benchmark_disabled(pytester):
     result = run(pytester, "-k", "fresh", "-p", "no:benchmark")
     result.assert_outcomes(passed=1, deselected=4)
     assert summary_line(result, "fresh").endswith(" -> no-baseline")
+
+
+# --- pytest-xdist: a GPU per worker, one summary, one run record, pytest-benchmark's data -------------------------
+
+def test_n_distributes_whole_configurations_by_default(pytester):
+    write_module(pytester, TWIN_AND_PLAIN)
+    items, _ = pytester.inline_genitems("-p", "no:cacheprovider", "-n", "2")
+    assert items[0].config.option.dist == "loadgroup"
+    groups = {item.name: [m.args[0] for m in item.iter_markers("xdist_group")] for item in items}
+    assert groups["test_cpu_smoke[faster]"] == groups["test_cpu_smoke[faster-twin]"] == [key("faster")]
+    assert groups["test_not_a_row"] == []
+
+
+def test_more_workers_than_gpus_is_a_usage_error(pytester, monkeypatch):
+    write_module(pytester)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--collect-only", "-n", "2")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "-n 2: this host has 1 GPU(s) (0) and each pytest-xdist worker measures on a GPU of its own" \
+        in result.stderr.str()
+
+
+def test_workers_report_one_summary_one_run_record_and_their_benchmarks(pytester, baselines):
+    history = pytester.path / "results" / "history"
+    before = set(history.iterdir()) if history.is_dir() else set()  # the update run's, where it ran here
+    result = run(pytester, "-n", "2", "--sftbench-require-baseline", "--sftbench-time-tolerance", "1e9",
+                 "--benchmark-json", "bench.json")
+    result.assert_outcomes(passed=3, failed=1, skipped=1)
+    text = result.stdout.str()
+    assert len(re.findall(r"^=+ sftbench =+$", text, re.M)) == 1
+    for row_id in SAMPLES:
+        summary_line(result, row_id)
+    counts = sftbench_section(result).splitlines()
+    assert sorted(next(line for line in counts if line.endswith(" skipped")).split(", ")) == [
+        "1 no-baseline", "1 skipped", "3 pass"]
+    result.stdout.re_match_lines([rf".*test_cpu_smoke\[fresh\]: no baseline .*{re.escape(key('fresh'))}\.json "
+                                  r"\(--sftbench-require-baseline\)"])
+    assert "Benchmarks are automatically disabled" not in text + result.stderr.str()
+    assert re.search(r"^\[gw[01]\] sftbench: running test_cpu_smoke\[fresh\]", result.stderr.str(), re.M)
+    [record] = set(history.iterdir()) - before
+    assert sorted(c["key"] for c in json.loads(record.read_text())["configurations"]) == sorted(map(key, SAMPLES))
+    benchmarks = json.loads((pytester.path / "bench.json").read_text())["benchmarks"]
+    assert sorted((b["fullname"], b["stats"]["rounds"]) for b in benchmarks) == sorted(
+        (f"test_smoke.py::test_cpu_smoke[{row_id}]", n) for row_id, n in SAMPLES.items())
