@@ -21,7 +21,7 @@ from sftbench.baselines import (
 from sftbench.catalog import Row, all_rows
 from sftbench.launcher import DEFAULT_TIMEOUT_S
 from sftbench.runner import RunConfig
-from sftbench.session import BenchmarkStandIn, BenchSession
+from sftbench.session import BenchmarkStandIn, BenchSession, CompareFailVerdict
 from sftbench.spec import RunOptions
 
 
@@ -99,6 +99,8 @@ def pytest_configure(config):
     if not config.pluginmanager.has_plugin("benchmark"):  # -p no:benchmark
         config.addinivalue_line("markers", "benchmark: pytest-benchmark's marker, unused while it is disabled")
         config.pluginmanager.register(BenchmarkStandIn(), "sftbench-benchmark-stand-in")
+    else:
+        config.pluginmanager.register(CompareFailVerdict(), "sftbench-compare-fail-verdict")
     root = Path(config.rootpath)
     weights = tuple(_parse_weights(config.getoption("sftbench_weights")))
     baselines = Path(config.getoption("sftbench_baselines") or root / "baselines")

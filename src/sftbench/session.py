@@ -22,6 +22,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
+from pytest_benchmark.session import PerformanceRegression
 from pytest_benchmark.utils import NameWrapper, safe_dumps
 
 from sftbench.catalog import Row
@@ -146,6 +147,23 @@ def _benchmark_entry(benchmark, key: str, rounds: list[float]) -> dict:
     return {"name": benchmark.name, "fullname": benchmark.fullname.removesuffix(f"@{key}"),
             "param": benchmark.param, "params": json.loads(safe_dumps(benchmark.params)), "group": benchmark.group,
             "extra_info": benchmark.extra_info, "rounds": rounds}
+
+
+class CompareFailVerdict:
+    """A failed --benchmark-compare-fail as a failed run with one line: pytest-benchmark raises
+    PerformanceRegression from its terminal summary, a long traceback, after listing what regressed."""
+
+    def pytest_sessionstart(self, session):
+        self.session = session
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_terminal_summary(self, terminalreporter):
+        try:
+            return (yield)
+        except PerformanceRegression:
+            terminalreporter.write_line("sftbench: --benchmark-compare-fail: the benchmarks listed above regressed",
+                                        red=True, bold=True)
+            self.session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 class BenchmarkStandIn:

@@ -306,6 +306,22 @@ def test_the_rows_run_with_pytest_benchmark_disabled(pytester):
     assert summary_line(result, "fresh").endswith(" -> no-baseline")
 
 
+def test_a_failed_benchmark_compare_fail_is_one_line_and_a_failed_run(pytester):
+    write_module(pytester)
+    # pytest-benchmark's --benchmark-compare-fail raises this from its terminal summary after listing the regressions.
+    pytester.makeconftest("""
+from pytest_benchmark.session import PerformanceRegression
+
+
+def pytest_terminal_summary():
+    raise PerformanceRegression("Performance has regressed.")
+""")
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--collect-only")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["sftbench: --benchmark-compare-fail: the benchmarks listed above regressed"])
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
+
+
 # --- pytest-xdist: a GPU per worker, one summary, one run record, pytest-benchmark's data -------------------------
 
 def test_n_distributes_whole_configurations_by_default(pytester):
