@@ -161,11 +161,13 @@ def pytest_collection_modifyitems(config, items):
     session: BenchSession = config._sftbench
     rows = [item for item in items if "check_row" in getattr(item, "fixturenames", ())]
     for item in rows:
-        # Our clock replays the case's measured step times into pytest-benchmark's stats.
+        # Our clock replays the case's per-step estimates (session.per_step_estimates) into pytest-benchmark's stats.
         item.add_marker(pytest.mark.benchmark(timer=session.clock, group=item.originalname))
         item.add_marker(pytest.mark.sftbench)
         # pytest-xdist's loadgroup keeps a configuration's rows in one worker, so it trains once.
-        item.add_marker(pytest.mark.xdist_group(item.callspec.params["row"].spec.key))
+        row = getattr(item, "callspec", None) and item.callspec.params.get("row")
+        if row is not None:
+            item.add_marker(pytest.mark.xdist_group(row.spec.key))
         # An OOM has no steps to time, so pytest-benchmark sees its fixture unused: expected, not a warning.
         item.add_marker(pytest.mark.filterwarnings("ignore:Benchmark fixture was not used"))
     shard = config.getoption("sftbench_shard")
