@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
+import warnings
 from pathlib import Path
 
 import pytest
+from pytest_benchmark.logger import PytestBenchmarkWarning
 
-from sftbench import environment
+from sftbench import environment, workers
 from sftbench.baselines import (
     DEFAULT_GPU_TIME_TOLERANCE_PCT,
     DEFAULT_MEMORY_TOLERANCE_PCT,
@@ -17,7 +21,7 @@ from sftbench.baselines import (
 from sftbench.catalog import Row, all_rows
 from sftbench.launcher import DEFAULT_TIMEOUT_S
 from sftbench.runner import RunConfig
-from sftbench.session import BenchmarkStandIn, BenchSession
+from sftbench.session import BenchmarkStandIn, BenchSession, CompareFailVerdict
 from sftbench.spec import RunOptions
 
 
@@ -50,6 +54,8 @@ def pytest_addoption(parser):
                          "(repeatable)")
     group.addoption("--sftbench-shard", default=None, metavar="I/N",
                     help="run only the I-th of N parts of the selected configurations (1-based)")
+    group.addoption("--sftbench-require-baseline", action="store_true",
+                    help="fail a row whose configuration has no baseline (instead of passing it as no-baseline)")
     group.addoption("--sftbench-timeout", type=_seconds, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
                     help="per-case limit before its process is killed (default %(default)s)")
 
@@ -74,11 +80,27 @@ def _seconds(text: str) -> float:
 _seconds.__name__ = "number of seconds > 0"
 
 
+@pytest.hookimpl(wrapper=True)  # around pytest-xdist's own, which turns an unset --dist into "load"
+def pytest_cmdline_main(config):
+    workers.default_to_loadgroup(config.option)
+    return (yield)
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "sftbench: a seed row trained and compared with its baseline")
+    if not config.pluginmanager.has_plugin("xdist"):
+        config.addinivalue_line("markers", "xdist_group: pytest-xdist's marker, unused without it")
+    # pytest-benchmark turns itself off under pytest-xdist and says so; sftbench's rows still reach it (session.py).
+    warnings.filterwarnings("ignore", "Benchmarks are automatically disabled because xdist", PytestBenchmarkWarning)
+    if hasattr(config, "workerinput"):
+        workers.pin_worker()
+    elif getattr(config.option, "dist", "no") != "no":
+        workers.check_worker_count(len(config.option.tx))
     if not config.pluginmanager.has_plugin("benchmark"):  # -p no:benchmark
         config.addinivalue_line("markers", "benchmark: pytest-benchmark's marker, unused while it is disabled")
         config.pluginmanager.register(BenchmarkStandIn(), "sftbench-benchmark-stand-in")
+    else:
+        config.pluginmanager.register(CompareFailVerdict(), "sftbench-compare-fail-verdict")
     root = Path(config.rootpath)
     weights = tuple(_parse_weights(config.getoption("sftbench_weights")))
     baselines = Path(config.getoption("sftbench_baselines") or root / "baselines")
@@ -90,6 +112,7 @@ def pytest_configure(config):
         baselines_dir=baselines, results_dir=results,
         update_baselines=config.getoption("sftbench_update_baselines"),
         strict=config.getoption("sftbench_strict"),
+        require_baseline=config.getoption("sftbench_require_baseline"),
         run=RunOptions(full_epoch=config.getoption("sftbench_full_epoch"),
                        attn_fallback=config.getoption("sftbench_attn_fallback")),
         tolerances=Tolerances(gpu_time_pct=config.getoption("sftbench_gpu_time_tolerance"),
@@ -120,9 +143,17 @@ def _parse_weights(values: list[str]):
 
 
 def _write_line(config, line: str) -> None:
+    """A progress line on the terminal at once, also while a test's output is captured (without -s). A
+    pytest-xdist worker's terminal is not shown; its stderr is, so its lines go there, named by the worker."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(line)
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    worker = getattr(config, "workerinput", {}).get("workerid")
+    with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+        if worker is not None:
+            print(f"[{worker}] {line}", file=sys.stderr, flush=True)
+        elif reporter is not None:
+            reporter.write_line(line)
+            reporter.flush()
 
 
 @pytest.hookimpl(trylast=True)  # after -k / -m deselection: shards split what was selected
@@ -130,9 +161,13 @@ def pytest_collection_modifyitems(config, items):
     session: BenchSession = config._sftbench
     rows = [item for item in items if "check_row" in getattr(item, "fixturenames", ())]
     for item in rows:
-        # Our clock replays the case's measured step times into pytest-benchmark's stats.
+        # Our clock replays the case's per-step estimates (session.per_step_estimates) into pytest-benchmark's stats.
         item.add_marker(pytest.mark.benchmark(timer=session.clock, group=item.originalname))
         item.add_marker(pytest.mark.sftbench)
+        # pytest-xdist's loadgroup keeps a configuration's rows in one worker, so it trains once.
+        row = getattr(item, "callspec", None) and item.callspec.params.get("row")
+        if row is not None:
+            item.add_marker(pytest.mark.xdist_group(row.spec.key))
         # An OOM has no steps to time, so pytest-benchmark sees its fixture unused: expected, not a warning.
         item.add_marker(pytest.mark.filterwarnings("ignore:Benchmark fixture was not used"))
     shard = config.getoption("sftbench_shard")
@@ -192,16 +227,26 @@ def pytest_benchmark_update_machine_info(config, machine_info):
 def pytest_sessionfinish(session):
     bench: BenchSession = session.config._sftbench
     bench.runner.close()
+    if hasattr(session.config, "workeroutput"):  # a pytest-xdist worker: the controller reports and records
+        session.config.workeroutput["sftbench"] = bench.part()
+        return
     path = bench.runner.write_record()
     if path is not None:
         _write_line(session.config, f"sftbench: run record {path}")
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook, on the controller as each worker ends
+def pytest_testnodedown(node, error):
+    part = getattr(node, "workeroutput", {}).get("sftbench")
+    if part is not None:
+        node.config._sftbench.merge(part, getattr(node.config, "_benchmarksession", None))
 
 
 def pytest_terminal_summary(terminalreporter, config):
     session: BenchSession = config._sftbench
     skipped = [r for r in terminalreporter.stats.get("skipped", []) if "sftbench" in getattr(r, "keywords", {})]
     lines = session.summary_lines(skipped=len(skipped))
-    if session.runner.outcomes or skipped:
+    if session.runner.summary_entries() or skipped:
         terminalreporter.section("sftbench")
         for line in lines:
             terminalreporter.write_line(line)

@@ -32,6 +32,7 @@ class RunConfig:
     results_dir: Path | None
     update_baselines: bool = False
     strict: bool = False
+    require_baseline: bool = False  # a configuration without a baseline fails instead of passing as no-baseline
     run: RunOptions = RunOptions()
     tolerances: Tolerances = Tolerances()
     weights: tuple[tuple[str, str], ...] = ()  # (model_type, local checkpoint folder)
@@ -122,6 +123,7 @@ class Runner:
         self._launcher: Launcher | None = None
         self._ready: RunRefused | bool = False  # checked before the first case trains
         self._locks: list = []
+        self._merged: dict[str, list[dict]] = {"summary": [], "configurations": []}  # the other parts' (merge)
 
     @property
     def gpu(self) -> str:
@@ -235,6 +237,10 @@ class Runner:
             run.time_pct if row.time_tolerance_pct is None else row.time_tolerance_pct,
             run.memory_pct if row.memory_tolerance_pct is None else row.memory_tolerance_pct)
         comparison = compare(result, baseline, tolerances)
+        if baseline is None and self.config.require_baseline:
+            return RowOutcome(row, "fail", comparison.verdict, f"{row.node_id}: no baseline "
+                              f"{self.baselines.path(self.gpu, result.key)} (--sftbench-require-baseline)",
+                              result, comparison)
         first = next((o.row for o in self.outcomes if o.result is result), None)
         message = comparison.explain(row.node_id) if first is None else \
             f"{row.node_id}: {comparison.label}, the verdict of its configuration, explained under {first.node_id}"
@@ -250,6 +256,22 @@ class Runner:
     def record(self) -> dict:
         """The run record: when, which commit, stack and GPU, and each configuration's verdict and metrics
         beside its baseline's; one JSON per run keeps the history (`python -m sftbench history`)."""
+        return {"schema": 1, "started": self.started.isoformat(timespec="seconds"),
+                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                **self._metadata(), "update_baselines": self.config.update_baselines,
+                "configurations": self._record_configurations() + self._merged["configurations"]}
+
+    def part(self) -> dict:
+        """This run's configurations as plain JSON-able data, for a run that is one part of several (a
+        pytest-xdist worker): their summary entries and run-record entries, for `merge` in the whole run."""
+        return {"summary": self._summary_entries(), "configurations": self._record_configurations()}
+
+    def merge(self, part: dict) -> None:
+        """Add another part's configurations (its `part()`) to this run's summary and run record."""
+        for name, entries in self._merged.items():
+            entries += part[name]
+
+    def _record_configurations(self) -> list[dict]:
         configurations = []
         for outcomes in self._by_configuration():
             first = outcomes[0]
@@ -260,18 +282,17 @@ class Runner:
                 "now": metrics_of(first.result), "baseline": metrics_of(baseline.result) if baseline else None,
                 "explanation": first.comparison.explain(first.row.node_id).splitlines()[1:] if first.comparison else [],
             })
-        return {"schema": 1, "started": self.started.isoformat(timespec="seconds"),
-                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                **self._metadata(), "update_baselines": self.config.update_baselines,
-                "configurations": configurations}
+        return configurations
 
     def write_record(self) -> Path | None:
         """Write the run record to <results>/history/<started>-<commit>-<pid>.json (the process id keeps apart
         the records of runs started in the same second, as parallel parts of a run are); nothing without a
         results folder or outcomes."""
-        if self.results_store is None or not self.outcomes:
+        if self.results_store is None:
             return None
         record = self.record()
+        if not record["configurations"]:
+            return None
         folder = self.config.results_dir / "history"
         path = folder / f"{self.started.strftime('%Y%m%dT%H%M%SZ')}-{record['commit'] or 'unknown'}-{os.getpid()}.json"
         try:
@@ -291,19 +312,29 @@ class Runner:
                 "commit": environment.git_commit(self.config.baselines_dir.parent),
                 "command": " ".join(sys.argv), "mode": self.config.run.mode}
 
-    def summary_lines(self, skipped: int = 0) -> list[str]:
-        """One verdict per configuration, naming every row it stands for; regressions, improvements and
-        mismatches also say what changed; then the counts of configurations."""
-        lines, verdicts = [], []
+    def summary_entries(self) -> list[dict]:
+        """Each configuration's verdict and summary lines, this run's and the merged parts'."""
+        return self._summary_entries() + self._merged["summary"]
+
+    def _summary_entries(self) -> list[dict]:
+        entries = []
         for outcomes in self._by_configuration():
             first = outcomes[0]
             verdict = first.message if first.comparison is None else first.comparison.label
-            lines.append(f"{first.row.node_id}: {describe(first.result)} -> {verdict}")
+            lines = [f"{first.row.node_id}: {describe(first.result)} -> {verdict}"]
             if len(outcomes) > 1:
                 lines.append("  the same configuration: " + ", ".join(o.row.node_id for o in outcomes[1:]))
             if first.verdict in ("regression", "improvement", "not-comparable"):
                 lines += first.comparison.explain(first.row.node_id).splitlines()[1:]
-            verdicts.append(first.verdict)
+            entries.append({"verdict": first.verdict, "lines": lines})
+        return entries
+
+    def summary_lines(self, skipped: int = 0) -> list[str]:
+        """One verdict per configuration, naming every row it stands for; regressions, improvements and
+        mismatches also say what changed; then the counts of configurations."""
+        entries = self.summary_entries()
+        lines = [line for entry in entries for line in entry["lines"]]
+        verdicts = [entry["verdict"] for entry in entries]
         counts = {verdict: verdicts.count(verdict) for verdict in dict.fromkeys(verdicts)}
         lines.append(", ".join([f"{n} {verdict}" for verdict, n in counts.items()] + [f"{skipped} skipped"]))
         return lines

@@ -1,13 +1,29 @@
 """One pytest run of sftbench: the runner's outcomes as pytest results and pytest-benchmark stats.
 
 The run flow itself (skip, train once, write or compare baselines) is sftbench.runner's; this module
-replays a case's measured step times into pytest-benchmark and turns each RowOutcome into pass, fail
-or skip.
+replays a case's measured steps into pytest-benchmark and turns each RowOutcome into pass, fail or skip.
+
+pytest-benchmark's rounds are repeats of one quantity, the run's seconds per 1000 samples: each timed
+step's duration over the duration expected at its token count, times the epoch projection
+(`per_step_estimates`). Its median is then the quantity sftbench's wall-time verdict compares, and
+the rounds' spread is the run's noise rather than the spread of its batch sizes.
+
+Under pytest-xdist, pytest-benchmark disables itself in every process; a worker keeps its rows'
+rounds as plain data, and the controller replays them into its own pytest-benchmark session, so
+--benchmark-json, --benchmark-autosave and --benchmark-compare see every row.
 """
 
 from __future__ import annotations
 
+import json
+import warnings
+from types import SimpleNamespace
+
+import numpy as np
 import pytest
+from pytest_benchmark.fixture import BenchmarkFixture
+from pytest_benchmark.session import PerformanceRegression
+from pytest_benchmark.utils import NameWrapper, safe_dumps
 
 from sftbench.catalog import Row
 from sftbench.result import Result
@@ -15,11 +31,11 @@ from sftbench.runner import RunConfig, Runner, RunRefused
 
 
 class ReplayClock:
-    """A pytest-benchmark timer that replays step durations measured in the case's process.
+    """A pytest-benchmark timer that replays given round durations (`per_step_estimates`).
 
     pytest-benchmark times a target between two timer() calls; this clock makes each round's
-    interval one measured step, so its stats, --benchmark-autosave and --benchmark-compare work on
-    the real step times.
+    interval one given duration, so its stats, --benchmark-autosave and --benchmark-compare work on
+    what the case's process measured.
     """
 
     __name__ = "replayed_step_durations"
@@ -42,10 +58,27 @@ class ReplayClock:
         return next(self._ticks)
 
 
+def per_step_estimates(result: Result) -> list[float]:
+    """Seconds per 1000 samples, estimated from each timed step alone.
+
+    Steps differ in batch size, so their durations spread with the batch sizes. Each step's duration is
+    divided by the duration expected at its token count and multiplied by the epoch projection in seconds
+    per 1000 samples: every estimate is of the same quantity and their spread is the run's noise. The
+    expected duration is a least-squares fit of step time over tokens, quadratic (attention grows with the
+    square of the length): the projection's own interpolation passes through every timed step of a quick
+    run (one step per batch size) and would leave no spread.
+    """
+    tokens, durations = np.asarray(result.step_tokens, float), np.asarray(result.step_durations_s)
+    degree = min(2, len(set(result.step_tokens)) - 1)
+    expected = np.polyval(np.polyfit(tokens, durations, degree), tokens)
+    return [float(x) for x in 60 * result.minutes_per_1000_samples * durations / expected]
+
+
 class BenchSession:
     def __init__(self, config: RunConfig, write_line=print):
         self.runner = Runner(config, log=write_line)
         self.clock = ReplayClock()
+        self.worker_benchmarks: list[dict] = []  # a pytest-xdist worker's rounds, for the controller to replay
 
     def check(self, row: Row, benchmark) -> None:
         """The body of every benchmark test."""
@@ -71,11 +104,66 @@ class BenchSession:
         })
         if not result.step_durations_s:  # an OOM or error has no steps to time
             return
-        self.clock.load(result.step_durations_s)
-        benchmark.pedantic(_step, rounds=len(result.step_durations_s), iterations=1)
+        rounds = per_step_estimates(result)
+        if self.runner.config.worker is not None and getattr(benchmark, "disabled", False):
+            self.worker_benchmarks.append(_benchmark_entry(benchmark, row.spec.key, rounds))
+            return
+        self.clock.load(rounds)
+        benchmark.pedantic(_step, rounds=len(rounds), iterations=1)
+
+    def part(self) -> dict:
+        """What a pytest-xdist worker sends the controller, as plain data: its runner's part and its rounds."""
+        return {"runner": self.runner.part(), "benchmarks": self.worker_benchmarks}
+
+    def merge(self, part: dict, benchmark_session=None) -> None:
+        """On the controller: add a worker's `part()` to the summary and the run record, and its rounds to
+        pytest-benchmark's session (unless --benchmark-disable)."""
+        self.runner.merge(part["runner"])
+        if benchmark_session is None or (benchmark_session.config.getoption("benchmark_disable")
+                                         and not benchmark_session.config.getoption("benchmark_enable")):
+            return
+        for entry in part["benchmarks"]:
+            self._replay(entry, benchmark_session)
+
+    def _replay(self, entry: dict, benchmark_session) -> None:
+        """The worker's rounds through a pytest-benchmark fixture of the controller, as one process replays them."""
+        node = SimpleNamespace(name=entry["name"], _nodeid=entry["fullname"],
+                               callspec=SimpleNamespace(id=entry["param"], params=entry["params"]))
+        fixture = BenchmarkFixture(node, add_stats=benchmark_session.benchmarks.append, logger=benchmark_session.logger,
+                                   warner=warnings.warn, disabled=False,
+                                   **dict(benchmark_session.options, timer=NameWrapper(self.clock),
+                                          group=entry["group"]))
+        fixture.extra_info.update(entry["extra_info"])
+        self.clock.load(entry["rounds"])
+        fixture.pedantic(_step, rounds=len(entry["rounds"]), iterations=1)
 
     def summary_lines(self, skipped: int = 0) -> list[str]:
         return self.runner.summary_lines(skipped)
+
+
+def _benchmark_entry(benchmark, key: str, rounds: list[float]) -> dict:
+    """A worker's row for pytest-benchmark, as plain data; named as in one process (without pytest-xdist's
+    `@<group>` suffix on the test id), its params as pytest-benchmark's JSON writes them."""
+    return {"name": benchmark.name, "fullname": benchmark.fullname.removesuffix(f"@{key}"),
+            "param": benchmark.param, "params": json.loads(safe_dumps(benchmark.params)), "group": benchmark.group,
+            "extra_info": benchmark.extra_info, "rounds": rounds}
+
+
+class CompareFailVerdict:
+    """A failed --benchmark-compare-fail as a failed run with one line: pytest-benchmark raises
+    PerformanceRegression from its terminal summary, a long traceback, after listing what regressed."""
+
+    def pytest_sessionstart(self, session):
+        self.session = session
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_terminal_summary(self, terminalreporter):
+        try:
+            return (yield)
+        except PerformanceRegression:
+            terminalreporter.write_line("sftbench: --benchmark-compare-fail: the benchmarks listed above regressed",
+                                        red=True, bold=True)
+            self.session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 class BenchmarkStandIn:

@@ -14,6 +14,7 @@ import pytest
 
 from sftbench.baselines import BaselineStore
 from sftbench.result import Result
+from sftbench.session import per_step_estimates
 from sftbench.spec import CaseSpec
 
 SMOKE_MODULE = """
@@ -176,7 +177,7 @@ def test_a_corrupt_baseline_fails_its_row_with_one_clear_message(compared):
         "FAILED test_smoke.py::test_cpu_smoke[faster]", "FAILED test_smoke.py::test_cpu_smoke[corrupt]"]
 
 
-def test_pytest_benchmark_stats_are_the_replayed_steps(compared):
+def test_pytest_benchmark_rounds_are_per_step_estimates_of_seconds_per_1000_samples(compared):
     result, folder = compared
     data = json.loads((folder / "bench.json").read_text())
     assert data["machine_info"]["sftbench"]["gpu"] == "cpu"
@@ -190,8 +191,11 @@ def test_pytest_benchmark_stats_are_the_replayed_steps(compared):
         steps = measured.step_durations_s
         assert len(steps) == SAMPLES[row_id]  # one batch per sample, fewer than 32: every batch timed
         assert bench["stats"]["rounds"] == len(steps)
-        assert bench["stats"]["min"] == pytest.approx(min(steps), rel=1e-6)
-        assert bench["stats"]["max"] == pytest.approx(max(steps), rel=1e-6)
+        # Each round is one step's estimate of the run's seconds per 1000 samples.
+        rounds = per_step_estimates(measured)
+        assert bench["stats"]["min"] == pytest.approx(min(rounds), rel=1e-6)
+        assert bench["stats"]["max"] == pytest.approx(max(rounds), rel=1e-6)
+        assert min(rounds) <= 60 * measured.minutes_per_1000_samples <= max(rounds)
         extra = bench["extra_info"]
         assert {"max_reserved_mib", "max_allocated_mib", "minutes_per_1000_samples", "tokens_per_s"} <= set(extra)
         assert extra["minutes_per_1000_samples"] == pytest.approx(measured.minutes_per_1000_samples)
@@ -300,3 +304,63 @@ def test_the_rows_run_with_pytest_benchmark_disabled(pytester):
     result = run(pytester, "-k", "fresh", "-p", "no:benchmark")
     result.assert_outcomes(passed=1, deselected=4)
     assert summary_line(result, "fresh").endswith(" -> no-baseline")
+
+
+def test_a_failed_benchmark_compare_fail_is_one_line_and_a_failed_run(pytester):
+    write_module(pytester)
+    # pytest-benchmark's --benchmark-compare-fail raises this from its terminal summary after listing the regressions.
+    pytester.makeconftest("""
+from pytest_benchmark.session import PerformanceRegression
+
+
+def pytest_terminal_summary():
+    raise PerformanceRegression("Performance has regressed.")
+""")
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--collect-only")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["sftbench: --benchmark-compare-fail: the benchmarks listed above regressed"])
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
+
+
+# --- pytest-xdist: a GPU per worker, one summary, one run record, pytest-benchmark's data -------------------------
+
+def test_n_distributes_whole_configurations_by_default(pytester):
+    write_module(pytester, TWIN_AND_PLAIN)
+    items, _ = pytester.inline_genitems("-p", "no:cacheprovider", "-n", "2")
+    assert items[0].config.option.dist == "loadgroup"
+    groups = {item.name: [m.args[0] for m in item.iter_markers("xdist_group")] for item in items}
+    assert groups["test_cpu_smoke[faster]"] == groups["test_cpu_smoke[faster-twin]"] == [key("faster")]
+    assert groups["test_not_a_row"] == []
+
+
+def test_more_workers_than_gpus_is_a_usage_error(pytester, monkeypatch):
+    write_module(pytester)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--collect-only", "-n", "2")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "-n 2: this host has 1 GPU(s) (0) and each pytest-xdist worker measures on a GPU of its own" \
+        in result.stderr.str()
+
+
+def test_workers_report_one_summary_one_run_record_and_their_benchmarks(pytester, baselines):
+    history = pytester.path / "results" / "history"
+    before = set(history.iterdir()) if history.is_dir() else set()  # the update run's, where it ran here
+    result = run(pytester, "-n", "2", "--sftbench-require-baseline", "--sftbench-time-tolerance", "1e9",
+                 "--benchmark-json", "bench.json")
+    result.assert_outcomes(passed=3, failed=1, skipped=1)
+    text = result.stdout.str()
+    assert len(re.findall(r"^=+ sftbench =+$", text, re.M)) == 1
+    for row_id in SAMPLES:
+        summary_line(result, row_id)
+    counts = sftbench_section(result).splitlines()
+    assert sorted(next(line for line in counts if line.endswith(" skipped")).split(", ")) == [
+        "1 no-baseline", "1 skipped", "3 pass"]
+    result.stdout.re_match_lines([rf".*test_cpu_smoke\[fresh\]: no baseline .*{re.escape(key('fresh'))}\.json "
+                                  r"\(--sftbench-require-baseline\)"])
+    assert "Benchmarks are automatically disabled" not in text + result.stderr.str()
+    assert re.search(r"^\[gw[01]\] sftbench: running test_cpu_smoke\[fresh\]", result.stderr.str(), re.M)
+    [record] = set(history.iterdir()) - before
+    assert sorted(c["key"] for c in json.loads(record.read_text())["configurations"]) == sorted(map(key, SAMPLES))
+    benchmarks = json.loads((pytester.path / "bench.json").read_text())["benchmarks"]
+    assert sorted((b["fullname"], b["stats"]["rounds"]) for b in benchmarks) == sorted(
+        (f"test_smoke.py::test_cpu_smoke[{row_id}]", n) for row_id, n in SAMPLES.items())

@@ -113,3 +113,31 @@ def test_a_run_with_self_test_knobs_never_becomes_a_baseline(tmp_path, monkeypat
     outcome = runner.check(ROW)
     assert outcome.action == "fail" and "self-test knob(s) SFTBENCH_INJECT_GPU_PCT" in outcome.message
     assert not list(tmp_path.rglob("*.json"))
+
+
+def test_require_baseline_fails_a_configuration_without_one_naming_the_file(tmp_path, monkeypatch, result_factory):
+    runner = make_runner(tmp_path, monkeypatch, require_baseline=True)
+    runner.results[ROW.spec] = result_factory()
+    outcome = runner.check(ROW)
+    assert (outcome.action, outcome.verdict) == ("fail", "no-baseline")
+    assert outcome.message == (f"{ROW.node_id}: no baseline {tmp_path / 'nvidia-h200' / ROW.spec.key}.json "
+                               "(--sftbench-require-baseline)")
+
+
+def test_a_merged_part_joins_the_summary_and_the_run_record(tmp_path, monkeypatch, result_factory):
+    other = Row(table="lora_max_length", id="qwen-7b-chat-2048", spec=CaseSpec("qwen-7b-chat", max_length=2048))
+    worker = make_runner(tmp_path / "baselines", monkeypatch)
+    worker.results[other.spec] = result_factory(other.spec)
+    worker.check(other)
+    part = json.loads(json.dumps(worker.part()))  # plain data, as pytest-xdist carries it
+    whole = Runner(RunConfig(baselines_dir=tmp_path / "baselines", results_dir=tmp_path / "results"),
+                   log=lambda line: None)
+    monkeypatch.setattr(whole, "skip_reason", lambda spec: None)
+    whole.results[ROW.spec] = result_factory()
+    whole.check(ROW)
+    alone = whole.summary_lines(skipped=2)
+    whole.merge(part)
+    lines = whole.summary_lines(skipped=2)
+    assert lines[:-1] == alone[:-1] + worker.summary_lines()[:-1] and lines[-1] == "2 no-baseline, 2 skipped"
+    record = json.loads(whole.write_record().read_text())
+    assert [c["rows"] for c in record["configurations"]] == [[ROW.node_id], [other.node_id]]

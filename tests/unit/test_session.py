@@ -4,7 +4,7 @@ import pytest
 
 from sftbench.catalog import Row
 from sftbench.runner import RunConfig
-from sftbench.session import BenchSession, ReplayClock
+from sftbench.session import BenchSession, ReplayClock, per_step_estimates
 from sftbench.spec import CaseSpec
 
 ROW = Row(table="lora_max_length", id="qwen-7b-chat-4096", spec=CaseSpec("qwen-7b-chat", max_length=4096))
@@ -50,3 +50,14 @@ def test_the_replay_clock_gives_each_round_one_measured_step():
     clock = ReplayClock()
     clock.load([0.5, 0.25])
     assert [clock() for _ in range(4)] == [0.0, 0.5, 0.5, 0.75]
+
+
+def test_rounds_are_per_step_estimates_of_seconds_per_1000_samples(result_factory):
+    tokens = [4096, 3072, 2048, 1024, 512]
+    on_trend = [0.05 + 1e-4 * t + 1e-9 * t * t for t in tokens]  # different batch sizes, no noise
+    result = result_factory(step_tokens=tokens, step_durations_s=on_trend, minutes=10.0)
+    assert per_step_estimates(result) == pytest.approx([600.0] * 5)  # 10 min/1000 samples, whatever the batch
+    noisy = result_factory(step_tokens=tokens, step_durations_s=[d * f for d, f in zip(on_trend, [1.1, 0.9, 1, 1.1, 0.9])])
+    rounds = per_step_estimates(noisy)
+    # The steps themselves span 4.7x; the estimates only about the +-10% noise.
+    assert min(rounds) < 600 < max(rounds) and max(rounds) / min(rounds) < 1.5

@@ -1,0 +1,71 @@
+"""pytest-xdist (`pytest tests/benchmarks -n N`): a GPU of its own for each worker, and a configuration's
+rows in one worker.
+
+Worker gwK measures on the K-th GPU the controller sees (its CUDA_VISIBLE_DEVICES list, else every GPU
+NVML counts); it sets its CUDA_VISIBLE_DEVICES to that GPU alone before anything reads the GPU or starts
+the case launcher, so its cases and its forkserver see only that GPU. It also keeps to the K-th share of
+the CPU cores: a 7B LoRA step is mostly Python and kernel launches, and unpinned on a 4-GPU H200 host the
+same 512-token step took 0.16-0.27 s depending on what the other workers did (docs/measurements.md).
+Without a GPU nothing is pinned.
+The workers take whole configurations (`--dist loadgroup` by default, each row in its configuration's
+xdist_group), so a configuration in several tables still trains once.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+WORKER_ENV = "PYTEST_XDIST_WORKER"  # gwK, set by pytest-xdist in each worker before its plugins configure
+WORKER_COUNT_ENV = "PYTEST_XDIST_WORKER_COUNT"
+
+
+def visible_gpus(environ=os.environ) -> list[str]:
+    """The GPUs this process may use: CUDA_VISIBLE_DEVICES's entries, else NVML's device indices; [] without."""
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [gpu.strip() for gpu in visible.split(",") if gpu.strip()]
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return [str(index) for index in range(pynvml.nvmlDeviceGetCount())]
+    except Exception:  # noqa: BLE001 - no nvidia-ml-py, no driver or no GPU: nothing to pin
+        return []
+
+
+def check_worker_count(workers: int, environ=os.environ) -> None:
+    """On the controller: refuse more workers than GPUs, where there are GPUs (on the CPU any count runs)."""
+    gpus = visible_gpus(environ)
+    if gpus and workers > len(gpus):
+        raise pytest.UsageError(f"-n {workers}: this host has {len(gpus)} GPU(s) ({','.join(gpus)}) and each "
+                                f"pytest-xdist worker measures on a GPU of its own; use -n {len(gpus)} or fewer")
+
+
+def pin_worker(environ=os.environ) -> str | None:
+    """On worker gwK: make the K-th visible GPU its only one, and keep to its share of the CPU cores; return
+    the GPU (None outside a worker or without GPUs)."""
+    worker = environ.get(WORKER_ENV)
+    if worker is None:
+        return None
+    gpus = visible_gpus(environ)
+    if not gpus:
+        return None
+    index = int(worker.removeprefix("gw"))
+    if index >= len(gpus):
+        raise pytest.UsageError(f"pytest-xdist worker {worker} has no GPU of its own: {len(gpus)} visible "
+                                f"({','.join(gpus)})")
+    environ["CUDA_VISIBLE_DEVICES"] = gpus[index]
+    cores = sorted(os.sched_getaffinity(0))
+    share = len(cores) // int(environ.get(WORKER_COUNT_ENV, len(gpus)))
+    if share:  # inherited by the forkserver and the cases, which start later
+        os.sched_setaffinity(0, cores[index * share:(index + 1) * share])
+    return gpus[index]
+
+
+def default_to_loadgroup(option) -> None:
+    """Under -n, distribute by xdist_group unless the user chose a --dist mode (before pytest-xdist's own
+    default, "load", is applied)."""
+    if getattr(option, "numprocesses", None) and getattr(option, "dist", "no") == "no":
+        option.dist = "loadgroup"
