@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from sftbench import environment, update_guard
-from sftbench.baselines import BaselineError, BaselineStore, Comparison, Tolerances, compare
+from sftbench.baselines import METRICS, BaselineError, BaselineStore, Comparison, Tolerances, compare
 from sftbench.catalog import Row, rows_of
 from sftbench.environment import gpu_slug
 from sftbench.files import NotWritten, not_writable, write_atomically
@@ -93,17 +93,12 @@ class RowOutcome:
     message: str = ""
     result: Result | None = None
     comparison: Comparison | None = None
+    baseline: Result | None = None  # what the result was compared with
 
 
-# What a run record keeps of each result and baseline: enough to draw a configuration's history.
-RECORDED_METRICS = {
-    "gpu_minutes_per_1000_samples": lambda r: r.gpu_minutes_per_1000_samples,
-    "minutes_per_1000_samples": lambda r: r.minutes_per_1000_samples,
-    "gpu_busy_pct": lambda r: r.gpu_busy_pct,
-    "wall_noise_pct": lambda r: r.wall_noise_pct,
-    "max_reserved_mib": lambda r: r.memory.max_reserved_mib,
-    "max_allocated_mib": lambda r: r.memory.max_allocated_mib,
-}
+# What a run record keeps of each result and baseline: the compared metrics, and what explains wall time.
+RECORDED_METRICS = {**{name: read for name, (read, _) in METRICS.items()},
+                    "gpu_busy_pct": lambda r: r.gpu_busy_pct, "wall_noise_pct": lambda r: r.wall_noise_pct}
 
 
 def metrics_of(result: Result) -> dict:
@@ -251,7 +246,8 @@ class Runner:
             action, message = "fail", f"{message}\n  (--sftbench-strict: a stale or mismatched baseline fails)"
         elif comparison.verdict == "not-comparable":
             action = "skip"
-        return RowOutcome(row, action, comparison.verdict, message, result, comparison)
+        return RowOutcome(row, action, comparison.verdict, message, result, comparison,
+                          None if baseline is None else baseline.result)
 
     def record(self) -> dict:
         """The run record: when, which commit, stack and GPU, and each configuration's verdict and metrics
@@ -275,11 +271,10 @@ class Runner:
         configurations = []
         for outcomes in self._by_configuration():
             first = outcomes[0]
-            baseline = self.baselines.load(self.gpu, first.result.key) if first.comparison else None
             configurations.append({
                 "key": first.result.key, "rows": [o.row.node_id for o in outcomes], "verdict": first.verdict,
                 "label": first.comparison.label if first.comparison else first.verdict,
-                "now": metrics_of(first.result), "baseline": metrics_of(baseline.result) if baseline else None,
+                "now": metrics_of(first.result), "baseline": metrics_of(first.baseline) if first.baseline else None,
                 "explanation": first.comparison.explain(first.row.node_id).splitlines()[1:] if first.comparison else [],
             })
         return configurations
