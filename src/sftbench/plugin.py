@@ -230,9 +230,7 @@ def pytest_sessionfinish(session):
     if hasattr(session.config, "workeroutput"):  # a pytest-xdist worker: the controller reports and records
         session.config.workeroutput["sftbench"] = bench.part()
         return
-    path = bench.runner.write_record()
-    if path is not None:
-        _write_line(session.config, f"sftbench: run record {path}")
+    bench.record_path = bench.runner.write_record()  # named in the terminal summary, below pytest's progress
 
 
 @pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook, on the controller as each worker ends
@@ -246,6 +244,8 @@ def pytest_terminal_summary(terminalreporter, config):
     session: BenchSession = config._sftbench
     skipped = [r for r in terminalreporter.stats.get("skipped", []) if "sftbench" in getattr(r, "keywords", {})]
     lines = session.summary_lines(skipped=len(skipped))
+    if session.record_path is not None:
+        lines.append(f"run record: {session.record_path}")
     if session.runner.summary_entries() or skipped:
         terminalreporter.section("sftbench")
         for line in lines:

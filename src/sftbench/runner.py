@@ -145,6 +145,10 @@ class Runner:
         if not config.update_baselines and not config.baselines_dir.is_dir():
             return RunRefused(f"sftbench: no baselines folder {config.baselines_dir}: give the right "
                               "--sftbench-baselines (it is created only by --sftbench-update-baselines)")
+        knobs = injected(os.environ) if config.update_baselines else []
+        if knobs:
+            return RunRefused(f"sftbench: --sftbench-update-baselines with the self-test knob(s) {', '.join(knobs)} "
+                              "set: a baseline is never written from a run with injected work; nothing was trained")
         folders = [config.results_dir] if config.results_dir is not None else []
         if config.update_baselines:
             folders.append(config.baselines_dir / gpu_slug(self.gpu))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -79,6 +80,7 @@ class BenchSession:
         self.runner = Runner(config, log=write_line)
         self.clock = ReplayClock()
         self.worker_benchmarks: list[dict] = []  # a pytest-xdist worker's rounds, for the controller to replay
+        self.record_path: Path | None = None  # the run record, once written at the end of the session
 
     def check(self, row: Row, benchmark) -> None:
         """The body of every benchmark test."""

@@ -27,15 +27,30 @@ from sftbench.spec import CaseSpec, RunOptions
 from sftbench.trackers import KernelTimer, MemoryTracker, kernel_clock_unavailable
 from sftbench.trainer import Trainer, half_split_spread_pct
 
+# Installed quantization libraries that a case of each precision never uses. peft's LoRA layer dispatch
+# imports bitsandbytes and gptqmodel whenever they are installed, and the case pays for the imports
+# (bitsandbytes loads its CUDA library) in its set-up.
+UNUSED_LIBRARIES = {"bf16": ("bitsandbytes", "gptqmodel"), "int4-bnb": ("gptqmodel",),
+                    "int4-gptq": ("bitsandbytes",), "int8-gptq": ("bitsandbytes",)}
+
 
 def main(spec: CaseSpec, options: RunOptions, sender, parent_started: float) -> None:
     """Process entry point: run the case and send its Result as a dict through the pipe."""
     entered = time.time()
+    hide_libraries(UNUSED_LIBRARIES[spec.quantization])
     result = run_case(spec, options, log=lambda msg: print(f"[sftbench {spec.key}] {msg}", file=sys.stderr,
                                                              flush=True))
     result.overhead["spawn_s"] = entered - parent_started
     sender.send(result.to_dict())
     sender.close()
+
+
+def hide_libraries(names) -> None:
+    """Make this process see `names` as not installed: importlib.util.find_spec, which peft and transformers
+    ask, answers None for a module that is None in sys.modules. Only in a case's own process."""
+    for name in names:
+        if name not in sys.modules:
+            sys.modules[name] = None
 
 
 def run_case(spec: CaseSpec, options: RunOptions, log=print) -> Result:

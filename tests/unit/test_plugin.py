@@ -361,6 +361,7 @@ def test_workers_report_one_summary_one_run_record_and_their_benchmarks(pytester
     assert re.search(r"^\[gw[01]\] sftbench: running test_cpu_smoke\[fresh\]", result.stderr.str(), re.M)
     [record] = set(history.iterdir()) - before
     assert sorted(c["key"] for c in json.loads(record.read_text())["configurations"]) == sorted(map(key, SAMPLES))
+    assert f"run record: {record}" in sftbench_section(result).splitlines()  # its own line, not after [100%]
     benchmarks = json.loads((pytester.path / "bench.json").read_text())["benchmarks"]
     assert sorted((b["fullname"], b["stats"]["rounds"]) for b in benchmarks) == sorted(
         (f"test_smoke.py::test_cpu_smoke[{row_id}]", n) for row_id, n in SAMPLES.items())

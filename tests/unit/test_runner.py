@@ -2,10 +2,11 @@
 
 import json
 
+import pytest
 
 from sftbench import environment
 from sftbench.catalog import Row
-from sftbench.runner import ResultStore, RunConfig, Runner, cannot_run
+from sftbench.runner import ResultStore, RunConfig, Runner, RunRefused, cannot_run
 from sftbench.spec import CaseSpec
 
 ROW = Row(table="lora_max_length", id="qwen-7b-chat-4096", spec=CaseSpec("qwen-7b-chat", max_length=4096))
@@ -113,6 +114,15 @@ def test_a_run_with_self_test_knobs_never_becomes_a_baseline(tmp_path, monkeypat
     outcome = runner.check(ROW)
     assert outcome.action == "fail" and "self-test knob(s) SFTBENCH_INJECT_GPU_PCT" in outcome.message
     assert not list(tmp_path.rglob("*.json"))
+
+
+def test_an_update_run_with_a_self_test_knob_set_is_refused_before_anything_trains(tmp_path, monkeypatch):
+    monkeypatch.setenv("SFTBENCH_INJECT_HOST_MS", "60")
+    runner = make_runner(tmp_path, monkeypatch, update_baselines=True)
+    with pytest.raises(RunRefused, match=r"--sftbench-update-baselines with the self-test knob\(s\) "
+                                         r"SFTBENCH_INJECT_HOST_MS set: .*nothing was trained"):
+        runner.check(ROW)
+    assert runner._launcher is None and not list(tmp_path.rglob("*"))
 
 
 def test_require_baseline_fails_a_configuration_without_one_naming_the_file(tmp_path, monkeypatch, result_factory):

@@ -11,7 +11,8 @@ from sftbench.data import Batch, SyntheticCorpus, epoch_batches
 from sftbench.models import build_model
 from sftbench.spec import CaseSpec, RunOptions
 from sftbench import trainer as trainer_module
-from sftbench.trainer import OPTIMIZER_TIMINGS, Trainer, project_epoch, replay_quick, representatives
+from sftbench.trainer import (OPTIMIZER_TIMINGS, Trainer, distinct_shapes, project_epoch, replay_quick,
+                               representatives)
 from sftbench.injection import Injection
 from sftbench.trackers import KernelSteps, StepTimer
 from sftbench.worker import prepare_for_training
@@ -190,7 +191,7 @@ def test_quick_mode_traces_kernel_steps_after_the_timed_ones_and_projects_gpu_ti
     monkeypatch.setattr(trainer_module, "LONG_STEP_S", math.inf)
     trainer.kernel_timer = FakeKernelTimer()
     timing = trainer.run(RunOptions(representative_steps=4, kernel_steps=3), progress=lambda line: None)
-    chosen = representatives(sorted(trainer.batches, key=lambda b: -b.tokens), 3)
+    chosen = distinct_shapes(representatives(sorted(trainer.batches, key=lambda b: -b.tokens), 3))
     assert timing.kernels.tokens == [b.tokens for b in chosen] + [0]  # then one optimizer step
     assert timing.optimizer_kernel_s == 0.01 and len(timing.step_durations_s) == 4
     assert timing.gpu_epoch_seconds == pytest.approx(
@@ -203,3 +204,8 @@ def test_injected_host_time_lengthens_every_micro_step(trainer):
     with timer.step(0):
         trainer.micro_step(trainer.batches[-1])
     assert timer.durations[0] >= 0.030
+
+
+def test_kernel_time_is_traced_once_per_batch_shape():
+    batches = [Batch((0,), 2048), Batch((1,), 2048), Batch((2, 3), 1024), Batch((4,), 2048), Batch((5,), 107)]
+    assert distinct_shapes(batches) == [batches[0], batches[2], batches[4]]  # (2, 1024) is not (1, 2048)

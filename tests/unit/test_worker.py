@@ -1,9 +1,12 @@
 """sftbench.worker: one case in this process on the CPU (build, prepare, train, measure), and its failures."""
 
+import subprocess
+import sys
+
 import torch
 
 from sftbench import worker
-from sftbench.spec import CaseSpec, RunOptions
+from sftbench.spec import QUANTIZATIONS, CaseSpec, RunOptions
 
 SPEC = CaseSpec("tiny-qwen", device="cpu", attention="sdpa", max_length=64, samples=6, gradient_checkpointing=False)
 
@@ -32,3 +35,17 @@ def test_an_out_of_memory_error_is_an_outcome_with_its_first_line(monkeypatch):
     monkeypatch.setattr(worker, "build_case_model", build)
     result = worker.run_case(SPEC, RunOptions(), log=lambda line: None)
     assert (result.outcome, result.message) == ("oom", "CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def test_a_case_never_hides_the_library_its_quantization_uses():
+    assert set(worker.UNUSED_LIBRARIES) == set(QUANTIZATIONS)
+    assert "bitsandbytes" not in worker.UNUSED_LIBRARIES["int4-bnb"]
+    assert "gptqmodel" not in worker.UNUSED_LIBRARIES["int4-gptq"] + worker.UNUSED_LIBRARIES["int8-gptq"]
+
+
+def test_a_hidden_library_looks_uninstalled_to_find_spec_and_import():
+    code = ("import importlib.util, sys; from sftbench.worker import hide_libraries; hide_libraries(['tomllib']);"
+            "assert importlib.util.find_spec('tomllib') is None\n"
+            "try:\n    import tomllib\nexcept ImportError:\n    print('hidden')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert done.stdout.strip() == "hidden", done.stderr
