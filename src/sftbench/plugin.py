@@ -156,20 +156,25 @@ def _write_line(config, line: str) -> None:
             reporter.flush()
 
 
+def pytest_itemcollected(item):
+    """Marks on each benchmark row as it is collected: before any pytest_collection_modifyitems, among them
+    pytest-xdist's, which reads the xdist_group marks when a worker collects."""
+    if "check_row" not in getattr(item, "fixturenames", ()):
+        return
+    # Our clock replays the case's per-step estimates (session.per_step_estimates) into pytest-benchmark's stats.
+    item.add_marker(pytest.mark.benchmark(timer=item.config._sftbench.clock, group=item.originalname))
+    item.add_marker(pytest.mark.sftbench)
+    # pytest-xdist's loadgroup keeps a configuration's rows in one worker, so it trains once.
+    row = getattr(item, "callspec", None) and item.callspec.params.get("row")
+    if row is not None:
+        item.add_marker(pytest.mark.xdist_group(row.spec.key))
+    # An OOM has no steps to time, so pytest-benchmark sees its fixture unused: expected, not a warning.
+    item.add_marker(pytest.mark.filterwarnings("ignore:Benchmark fixture was not used"))
+
+
 @pytest.hookimpl(trylast=True)  # after -k / -m deselection: shards split what was selected
 def pytest_collection_modifyitems(config, items):
-    session: BenchSession = config._sftbench
     rows = [item for item in items if "check_row" in getattr(item, "fixturenames", ())]
-    for item in rows:
-        # Our clock replays the case's per-step estimates (session.per_step_estimates) into pytest-benchmark's stats.
-        item.add_marker(pytest.mark.benchmark(timer=session.clock, group=item.originalname))
-        item.add_marker(pytest.mark.sftbench)
-        # pytest-xdist's loadgroup keeps a configuration's rows in one worker, so it trains once.
-        row = getattr(item, "callspec", None) and item.callspec.params.get("row")
-        if row is not None:
-            item.add_marker(pytest.mark.xdist_group(row.spec.key))
-        # An OOM has no steps to time, so pytest-benchmark sees its fixture unused: expected, not a warning.
-        item.add_marker(pytest.mark.filterwarnings("ignore:Benchmark fixture was not used"))
     shard = config.getoption("sftbench_shard")
     if shard:
         keep = shard_keys([item.callspec.params["row"] for item in rows], shard)

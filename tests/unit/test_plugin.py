@@ -42,6 +42,12 @@ ROWS = [
 def test_cpu_smoke(row, check_row):
     check_row(row)
 """
+# A second table showing two of the configurations again.
+AGAIN = """
+@pytest.mark.parametrize("row", ROWS[:2], ids=lambda row: row.id)
+def test_again(row, check_row):
+    check_row(row)
+"""
 # A configuration per CPU row (its sample count), so a baseline per row; "fresh" never gets one.
 SAMPLES = {"faster": 6, "slower": 7, "corrupt": 8, "fresh": 5}
 WITH_BASELINE = ("faster", "slower", "corrupt")
@@ -340,6 +346,30 @@ def test_more_workers_than_gpus_is_a_usage_error(pytester, monkeypatch):
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "-n 2: this host has 1 GPU(s) (0) and each pytest-xdist worker measures on a GPU of its own" \
         in result.stderr.str()
+
+
+def test_workers_train_a_configuration_shown_in_two_tables_once(pytester):
+    write_module(pytester, extra=AGAIN)
+    result = run(pytester, "-n", "2", "-v", "-k", "faster or slower", "--sftbench-update-baselines")
+    result.assert_outcomes(passed=4)
+    for row_id in ("faster", "slower"):  # each configuration is one xdist group, trained by one worker
+        running = re.findall(rf"sftbench: running test_(?:cpu_smoke|again)\[{row_id}\] ", result.stderr.str())
+        assert len(running) == 1, result.stderr.str()
+    section = sftbench_section(result)  # one entry per configuration, its other row named under it
+    assert section.count("the same configuration: test_") == 2 and section.count("baseline written: ") == 2
+
+
+def test_rows_carry_their_configurations_xdist_group_before_any_collection_hook_reads_it(pytester):
+    write_module(pytester, extra=AGAIN)
+    pytester.makeconftest("""
+def pytest_collection_modifyitems(items):  # where pytest-xdist's worker reads the marks (no tryfirst/trylast)
+    for item in items:
+        mark = item.get_closest_marker("xdist_group")
+        print("GROUP", item.name, mark.args[0] if mark else None)
+""")
+    result = pytester.runpytest("--collect-only", "-s", "-p", "no:cacheprovider", "-k", "faster")
+    for name in ("test_again", "test_cpu_smoke"):
+        result.stdout.fnmatch_lines([f"GROUP {name}[[]faster[]] {key('faster')}"])
 
 
 def test_workers_report_one_summary_one_run_record_and_their_benchmarks(pytester, baselines):
