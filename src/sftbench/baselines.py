@@ -127,8 +127,8 @@ def unusable_metrics(result: Result) -> list[str]:
     """What makes an `ok` baseline's metrics unusable: nothing may pass against nothing.
 
     Required: minutes per 1000 samples, and on a GPU max reserved and max allocated memory, each a finite
-    number > 0. Optional (None in baselines written before sftbench measured them): GPU-minutes and the
-    kernel step times (> 0), the wall-time noise band (>= 0), each finite where present."""
+    number > 0. Optional (None in baselines written before sftbench measured them): GPU-minutes, the
+    kernel step times and SM clocks (> 0), the wall-time noise band (>= 0), each finite where present."""
     if result.outcome != "ok":
         return []
     on_gpu = gpu_slug(str(result.machine.get("gpu"))) != "cpu"
@@ -137,6 +137,7 @@ def unusable_metrics(result: Result) -> list[str]:
     checks += [("gpu_minutes_per_1000_samples", result.gpu_minutes_per_1000_samples, False, 0.0),
                ("wall_noise_pct", result.wall_noise_pct, False, None)]
     checks += [(f"kernel_step_s[{i}]", value, True, 0.0) for i, value in enumerate(result.kernel_step_s or [])]
+    checks += [(f"kernel_step_sm_mhz[{i}]", value, False, 0.0) for i, value in enumerate(result.kernel_step_sm_mhz or [])]
     problems = []
     for name, value, required, above in checks:
         if value is None:
@@ -256,7 +257,7 @@ def compare(result: Result, baseline: Baseline | None, tolerances: Tolerances) -
         changes.append(change)
     verdicts = {c.verdict for c in changes}
     verdict = "regression" if "worse" in verdicts else "improvement" if "better" in verdicts else "pass"
-    return Comparison(verdict, changes, reasons=_missing_gpu_time(old, result), **differ)
+    return Comparison(verdict, changes, reasons=_missing_gpu_time(old, result) + _clock_change(old, result), **differ)
 
 
 def step_samples_p_value(old: Result, new: Result) -> float | None:
@@ -281,6 +282,16 @@ def _missing_gpu_time(old: Result, new: Result) -> list[str]:
     if new.gpu_minutes_per_1000_samples is None and old.gpu_minutes_per_1000_samples is not None:
         return [f"this run has no GPU kernel time ({new.kernel_clock}): speed is judged on wall time alone"]
     return []
+
+
+def _clock_change(old: Result, new: Result) -> list[str]:
+    """The GPU's SM clock during the traced steps (median), where both runs recorded it and it moved >= 1%."""
+    before, now = (np.median(clocks) if (clocks := [c for c in r.kernel_step_sm_mhz if c]) else None
+                   for r in (old, new))
+    if before is None or now is None or abs(now - before) < 0.01 * before:
+        return []
+    return [f"GPU SM clock during the traced steps: {before:.0f} -> {now:.0f} MHz ({100 * (now / before - 1):+.1f}%, "
+            "median); kernel time follows the clock"]
 
 
 def _version_changes(old: Result, new: Result) -> dict[str, tuple]:

@@ -56,6 +56,7 @@ class KernelSteps:
     seconds: list[float] = field(default_factory=list)
     kernels: list[int] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
+    sm_mhz: list[int | None] = field(default_factory=list)  # the GPU's SM clock as the step's kernels ran
 
 
 def kernel_clock_unavailable(device: torch.device) -> str | None:
@@ -88,6 +89,8 @@ class KernelTimer:
         self._kernel_kind = int(cupti.ActivityKind.CONCURRENT_KERNEL)
         self._windows: list[tuple[int, int, int]] = []  # (start, end, tokens) of steps not yet collected
         self._records: list[tuple[int, int]] = []  # (start, end) of kernels not yet collected
+        self._clocks: list[int | None] = []  # SM clock of each step not yet collected
+        self._nvml = _nvml_handle(device)
         self.steps = KernelSteps()
         self.version = f"cupti-python {metadata.version('cupti-python')}"
 
@@ -105,18 +108,22 @@ class KernelTimer:
         start = self._cupti.get_timestamp()
         try:
             yield
+            clock = sm_clock_mhz(self._nvml)  # launched, not yet synchronized: the kernels are running
             synchronize(self.device)
         finally:
             end = self._cupti.get_timestamp()
             self._cupti.activity_disable(self._kernel_kind)
         self._windows.append((start, end, tokens))
+        self._clocks.append(clock)
 
     def collect(self) -> None:
         """Flush CUPTI's buffers and add the finished steps to `steps`."""
         self._cupti.activity_flush_all(1)
         add_kernel_steps(self.steps, self._windows, self._records)
+        self.steps.sm_mhz += self._clocks
         self._windows.clear()
         self._records.clear()
+        self._clocks.clear()
 
     def stop(self) -> KernelSteps:
         self.collect()
@@ -173,6 +180,19 @@ class MemoryTracker:
             peaks.max_active_mib = stats.get("active_bytes.all.peak", 0) / MIB
             peaks.nvml_peak_mib = None if self._nvml_peak is None else self._nvml_peak / MIB
         return peaks
+
+
+def sm_clock_mhz(handle) -> int | None:
+    """The GPU's SM clock now (NVML), or None without a handle. Kernel time follows it: the same kernels of a
+    GPU-bound 8192-token step ran 1-5% longer in one run than in another, on hosts of one GPU model."""
+    if handle is None:
+        return None
+    import pynvml
+
+    try:
+        return int(pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM))
+    except pynvml.NVMLError:
+        return None
 
 
 def _nvml_handle(device: torch.device):

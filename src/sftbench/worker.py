@@ -172,6 +172,7 @@ def _record_timing(result: Result, timing, corpus, spec: CaseSpec, batches) -> N
         steps = timing.kernels
         result.kernel_step_s, result.kernel_step_counts, result.kernel_step_tokens = \
             steps.seconds, steps.kernels, steps.tokens
+        result.kernel_step_sm_mhz = steps.sm_mhz
         result.optimizer_kernel_s, result.gpu_epoch_seconds = timing.optimizer_kernel_s, timing.gpu_epoch_seconds
         result.gpu_minutes_per_1000_samples = minutes_per_1000_samples(timing.gpu_epoch_seconds, spec.samples)
         result.gpu_busy_pct = 100 * timing.gpu_epoch_seconds / timing.epoch_seconds

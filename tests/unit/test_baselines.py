@@ -147,6 +147,7 @@ def test_valid_json_of_the_wrong_shape_is_a_baseline_error(store, written, text)
     ("gpu_minutes_per_1000_samples", 0.0, "gpu_minutes_per_1000_samples is 0.0, not a finite number > 0"),
     ("wall_noise_pct", "Infinity", "wall_noise_pct is inf, not a finite number >= 0"),
     ("kernel_step_s", [0.1, -1], "kernel_step_s[1] is -1, not a finite number > 0"),
+    ("kernel_step_sm_mhz", [1980, "fast"], "kernel_step_sm_mhz[1] is 'fast', not a number"),
 ])
 def test_a_baseline_whose_metrics_are_missing_or_not_positive_numbers_is_unusable(store, written, field, value,
                                                                                  problem):
@@ -337,6 +338,20 @@ def test_the_baselines_own_spread_widens_the_wall_band(result_factory):
     [wall] = [c for c in comparison.changes if c.kind == "wall"]
     assert wall.tolerance_pct == 35.0 and comparison.verdict == "pass"
     assert "noise band 35%, step samples p=" in wall.describe()
+
+
+@pytest.mark.parametrize("before, now, reason", [
+    ([1980, 1980, None], [1830, 1830, 1980], "GPU SM clock during the traced steps: 1980 -> 1830 MHz (-7.6%, median); "
+                                             "kernel time follows the clock"),
+    ([1980, 1980], [1975, 1980], None),  # within 1%
+    ([], [1830], None),  # a baseline that predates the clock
+])
+def test_a_moved_gpu_clock_is_named_beside_the_verdict(result_factory, before, now, reason):
+    comparison = compare(timed(result_factory, gpu=8.4, kernel_step_sm_mhz=now),
+                         baseline_of(timed(result_factory, kernel_step_sm_mhz=before)), Tolerances())
+    assert comparison.label == "kernel regression"
+    assert comparison.reasons == ([reason] if reason else [])
+    assert (reason in comparison.explain("case")) if reason else "SM clock" not in comparison.explain("case")
 
 
 def test_gpu_time_is_compared_only_where_both_runs_have_it(result_factory):

@@ -181,6 +181,8 @@ def test_kernel_timer_sums_each_steps_kernels_and_records_nothing_between_steps(
     cupti = FakeCupti(kernels_per_step=3)
     monkeypatch.setitem(sys.modules, "cupti", SimpleNamespace(cupti=cupti))
     monkeypatch.setattr(trackers.metadata, "version", lambda name: "13.0.1")
+    clocks = iter([1980, 1755, 1980])
+    monkeypatch.setattr(trackers, "sm_clock_mhz", lambda handle: next(clocks))
     timer = trackers.KernelTimer(CPU)
     timer.start()
     cupti.launch()  # an untraced step: a wall-timed one
@@ -193,6 +195,7 @@ def test_kernel_timer_sums_each_steps_kernels_and_records_nothing_between_steps(
     steps = timer.stop()
     assert steps.tokens == [2048, 512, 0] and steps.kernels == [3, 3, 3]
     assert steps.seconds == pytest.approx([3e-6] * 3)
+    assert steps.sm_mhz == [1980, 1755, 1980]  # read as each step's kernels ran, in step order
     assert timer.version == "cupti-python 13.0.1" and not cupti.enabled
 
 
@@ -205,3 +208,18 @@ def test_kernels_are_assigned_by_their_start_inside_a_window():
 
 def test_the_cpu_has_no_kernel_clock():
     assert trackers.kernel_clock_unavailable(CPU) == "no GPU kernel clock on the CPU"
+
+
+def test_the_sm_clock_is_read_from_nvml_and_none_without_it(monkeypatch):
+    class NVMLError(Exception):
+        pass
+
+    def clock(handle, which):
+        if handle == "lost":
+            raise NVMLError("GPU is lost")
+        return {"SM": 1980}[which]
+
+    monkeypatch.setitem(sys.modules, "pynvml", SimpleNamespace(nvmlDeviceGetClockInfo=clock, NVML_CLOCK_SM="SM",
+                                                               NVMLError=NVMLError))
+    assert trackers.sm_clock_mhz("handle") == 1980
+    assert trackers.sm_clock_mhz(None) is None and trackers.sm_clock_mhz("lost") is None
