@@ -176,7 +176,7 @@ class Runner:
             self.prepare()
             if self._launcher is None:
                 self._launcher = Launcher(self.config.timeout_s, log=self.log)
-                self.log("sftbench: starting the case launcher (imports torch, transformers, peft once)")
+                self.log("sftbench: starting the case launcher (imports torch and transformers once)")
                 try:
                     self.log(f"sftbench: launcher ready in {self._launcher.start():.1f} s")
                 except LauncherDidNotStart as error:  # each case then fails with this line

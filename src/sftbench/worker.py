@@ -1,9 +1,10 @@
 """What runs inside a case's fresh process: build the model, train, measure, return a Result.
 
 The launcher's forkserver imports this module once, so torch and transformers are already loaded
-when a case's process starts. peft is imported by the case itself (~1 s): importing peft imports
-bitsandbytes where it is installed, and bitsandbytes initializes CUDA as it loads, which would leave
-the forkserver unable to fork clean CUDA processes (the launcher then spawns each case, 12 s each).
+when a case's process starts. peft is imported by the case itself: importing peft imports bitsandbytes
+where it is installed, and bitsandbytes initializes CUDA as it loads, which would leave the forkserver
+unable to fork clean CUDA processes (the launcher then spawns each case, 12 s each). A case hides the
+quantization libraries it does not use (UNUSED_LIBRARIES), so peft imports them only where they train.
 An OOM is an outcome, recorded with the memory peaks at that moment; any other exception is an
 `error` outcome with its message.
 """
