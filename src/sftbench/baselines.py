@@ -137,7 +137,8 @@ def unusable_metrics(result: Result) -> list[str]:
     checks += [("gpu_minutes_per_1000_samples", result.gpu_minutes_per_1000_samples, False, 0.0),
                ("wall_noise_pct", result.wall_noise_pct, False, None)]
     checks += [(f"kernel_step_s[{i}]", value, True, 0.0) for i, value in enumerate(result.kernel_step_s or [])]
-    checks += [(f"kernel_step_sm_mhz[{i}]", value, False, 0.0) for i, value in enumerate(result.kernel_step_sm_mhz or [])]
+    checks += [(f"kernel_step_sm_mhz[{i}]", value, False, 0.0)
+               for i, value in enumerate(result.kernel_step_sm_mhz or [])]
     problems = []
     for name, value, required, above in checks:
         if value is None:
@@ -290,8 +291,8 @@ def _clock_change(old: Result, new: Result) -> list[str]:
                    for r in (old, new))
     if before is None or now is None or abs(now - before) < 0.01 * before:
         return []
-    return [f"GPU SM clock during the traced steps: {before:.0f} -> {now:.0f} MHz ({100 * (now / before - 1):+.1f}%, "
-            "median); kernel time follows the clock"]
+    return [(f"GPU SM clock during the traced steps: {before:.0f} -> {now:.0f} MHz ({100 * (now / before - 1):+.1f}%, "
+             "median); kernel time follows the clock")]
 
 
 def _version_changes(old: Result, new: Result) -> dict[str, tuple]:
