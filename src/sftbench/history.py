@@ -73,12 +73,13 @@ def runs(records: list[dict]) -> list[dict]:
     merged: list[dict] = []
     for record in sorted(records, key=lambda r: r["started"]):
         last = merged[-1] if merged else None
-        same = ("commit", "gpu", "update_baselines", "settings")
+        same = ("commit", "gpu", "update_baselines", "settings", "versions")
         keys = {c["key"] for c in record["configurations"]}
         if last and all(last.get(k) == record.get(k) for k in same) and record["started"] < last["finished"] \
                 and not keys & {c["key"] for c in last["configurations"]}:
             last["finished"] = max(last["finished"], record["finished"])
             last["configurations"] = last["configurations"] + record["configurations"]
+            last["lost_parts"] = last.get("lost_parts", []) + record.get("lost_parts", [])
         else:
             merged.append(dict(record))
     return merged
@@ -105,7 +106,7 @@ def page(all_runs: list[dict], plots_dir: Path | None = None) -> str:
         lines.append(f"| {number} | {when(run)} | {run['commit'] or '?'} | {gpu} | {stack(run)} | "
                      f"{run.get('mode', '')}{' (baselines written)' if run.get('update_baselines') else ''}"
                      f"{''.join(f', {k}={v}' for k, v in sorted(run.get('settings', {}).items()))} | "
-                     f"{verdict_counts(run['configurations'])} |")
+                     f"{verdict_counts(run['configurations'])}{lost_text(run)} |")
     for (gpu, key), entries in sorted(trends(all_runs).items()):
         lines += ["", f"## {key}", "", f"{gpu}; rows: " + ", ".join(entries[-1][1]["rows"]), ""]
         if plots_dir is not None:
@@ -130,7 +131,7 @@ def summary(run: dict) -> str:
     """The run's Markdown for a CI job summary: regressions first, then improvements, then the rest."""
     configurations = run["configurations"]
     lines = [f"## sftbench: {when(run)} UTC, commit {run['commit'] or '?'}, {run['gpu']}", "",
-             f"{verdict_counts(configurations)}. Stack: {stack(run)}.", ""]
+             f"{verdict_counts(configurations)}{lost_text(run)}. Stack: {stack(run)}.", ""]
     for verdict, title in (("regression", "Regressions"), ("improvement", "Improvements")):
         chosen = [c for c in configurations if c["verdict"] == verdict]
         if chosen:
@@ -172,6 +173,11 @@ def stack(run: dict) -> str:
 def verdict_counts(configurations: list[dict]) -> str:
     counts = Counter(c["verdict"] for c in configurations)
     return ", ".join(f"{n} {verdict}" for verdict, n in counts.most_common()) or "no configurations"
+
+
+def lost_text(run: dict) -> str:
+    """'; incomplete: <part> ended without its report' for each part the run lost (a crashed pytest-xdist worker)."""
+    return "".join(f"; incomplete: {part} ended without its report" for part in run.get("lost_parts", []))
 
 
 def number_text(value: float | None) -> str:

@@ -243,6 +243,8 @@ def pytest_testnodedown(node, error):
     part = getattr(node, "workeroutput", {}).get("sftbench")
     if part is not None:
         node.config._sftbench.merge(part, getattr(node.config, "_benchmarksession", None))
+    else:  # the worker died before its pytest_sessionfinish
+        node.config._sftbench.runner.lose(f"pytest-xdist worker {node.gateway.id}")
 
 
 def pytest_terminal_summary(terminalreporter, config):
@@ -251,7 +253,7 @@ def pytest_terminal_summary(terminalreporter, config):
     lines = session.summary_lines(skipped=len(skipped))
     if session.record_path is not None:
         lines.append(f"run record: {session.record_path}")
-    if session.runner.summary_entries() or skipped:
+    if session.runner.summary_entries() or skipped or session.runner.lost_parts:
         terminalreporter.section("sftbench")
         for line in lines:
             terminalreporter.write_line(line)

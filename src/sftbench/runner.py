@@ -119,6 +119,7 @@ class Runner:
         self._ready: RunRefused | bool = False  # checked before the first case trains
         self._locks: list = []
         self._merged: dict[str, list[dict]] = {"summary": [], "configurations": []}  # the other parts' (merge)
+        self.lost_parts: list[str] = []  # parts that ended without sending theirs (a crashed pytest-xdist worker)
 
     @property
     def gpu(self) -> str:
@@ -259,7 +260,8 @@ class Runner:
         return {"schema": 1, "started": self.started.isoformat(timespec="seconds"),
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 **self._metadata(), "update_baselines": self.config.update_baselines,
-                "configurations": self._record_configurations() + self._merged["configurations"]}
+                "configurations": self._record_configurations() + self._merged["configurations"],
+                **({"lost_parts": self.lost_parts} if self.lost_parts else {})}
 
     def part(self) -> dict:
         """This run's configurations as plain JSON-able data, for a run that is one part of several (a
@@ -270,6 +272,10 @@ class Runner:
         """Add another part's configurations (its `part()`) to this run's summary and run record."""
         for name, entries in self._merged.items():
             entries += part[name]
+
+    def lose(self, name: str) -> None:
+        """A part that ended without its `part()`: the summary and the run record say what they lack."""
+        self.lost_parts.append(name)
 
     def _record_configurations(self) -> list[dict]:
         configurations = []
@@ -286,11 +292,11 @@ class Runner:
     def write_record(self) -> Path | None:
         """Write the run record to <results>/history/<started>-<commit>-<pid>.json (the process id keeps apart
         the records of runs started in the same second, as parallel parts of a run are); nothing without a
-        results folder or outcomes."""
+        results folder, or without outcomes and lost parts."""
         if self.results_store is None:
             return None
         record = self.record()
-        if not record["configurations"]:
+        if not record["configurations"] and not self.lost_parts:
             return None
         folder = self.config.results_dir / "history"
         path = folder / f"{self.started.strftime('%Y%m%dT%H%M%SZ')}-{record['commit'] or 'unknown'}-{os.getpid()}.json"
@@ -336,4 +342,7 @@ class Runner:
         verdicts = [entry["verdict"] for entry in entries]
         counts = {verdict: verdicts.count(verdict) for verdict in dict.fromkeys(verdicts)}
         lines.append(", ".join([f"{n} {verdict}" for verdict, n in counts.items()] + [f"{skipped} skipped"]))
+        results = f"{self.config.results_dir}/" if self.config.results_dir is not None else "no results folder"
+        lines += [f"{name} ended without its report (it crashed): the configurations it finished are missing from "
+                  f"this summary and the run record; their results: {results}" for name in self.lost_parts]
         return lines

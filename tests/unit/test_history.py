@@ -117,6 +117,17 @@ def test_the_records_of_one_runs_shards_are_one_run(records):
     assert [c["key"] for c in run["configurations"]] == [LONG.spec.key, SHORT.spec.key]
     later = dict(shards[1], started=record["finished"].replace("02:40", "03:00"))
     assert len(history.runs([shards[0], later])) == 2
+    upgraded = dict(shards[1], versions={**shards[1]["versions"], "transformers": "5.24.0"})  # run beside it
+    assert len(history.runs([shards[0], upgraded])) == 2
+
+
+def test_a_run_that_lost_a_worker_says_so_in_the_page_and_the_summary(records):
+    [record] = [json.loads(p.read_text()) for p in records.glob("*ccc3333.json")]
+    lost = dict(record, lost_parts=["pytest-xdist worker gw1"])
+    [run] = history.runs([lost])
+    incomplete = "; incomplete: pytest-xdist worker gw1 ended without its report"
+    assert f"1 regression, 1 improvement{incomplete}. Stack:" in history.summary(run)
+    assert f"| 1 regression, 1 improvement{incomplete} |" in history.page([run])
 
 
 def test_a_bad_file_is_named_and_skipped_and_the_command_fails(records, tmp_path, capsys):

@@ -48,6 +48,16 @@ AGAIN = """
 def test_again(row, check_row):
     check_row(row)
 """
+# A row whose pytest-xdist worker dies after training it.
+CRASH = """
+import os
+
+
+@pytest.mark.parametrize("row", ROWS[:1], ids=lambda row: row.id)
+def test_crash(row, check_row):
+    check_row(row)
+    os._exit(3)
+"""
 # A configuration per CPU row (its sample count), so a baseline per row; "fresh" never gets one.
 SAMPLES = {"faster": 6, "slower": 7, "corrupt": 8, "fresh": 5}
 WITH_BASELINE = ("faster", "slower", "corrupt")
@@ -357,6 +367,18 @@ def test_workers_train_a_configuration_shown_in_two_tables_once(pytester):
         assert len(running) == 1, result.stderr.str()
     section = sftbench_section(result)  # one entry per configuration, its other row named under it
     assert section.count("the same configuration: test_") == 2 and section.count("baseline written: ") == 2
+
+
+def test_a_crashed_worker_is_named_with_what_the_summary_and_record_lack(pytester):
+    write_module(pytester, extra=CRASH)
+    result = run(pytester, "-n", "2", "-k", "test_crash or slower", "--sftbench-update-baselines",
+                 "--max-worker-restart", "0")
+    section = sftbench_section(result)
+    [lost] = [line for line in section.splitlines() if "ended without its report" in line]
+    assert re.fullmatch(r"pytest-xdist worker gw[01] ended without its report \(it crashed\): the configurations it "
+                        r"finished are missing from this summary and the run record; their results: .*/results/", lost)
+    [record] = (pytester.path / "results" / "history").iterdir()
+    assert json.loads(record.read_text())["lost_parts"] == [lost.split(" ended")[0]]
 
 
 def test_rows_carry_their_configurations_xdist_group_before_any_collection_hook_reads_it(pytester):
