@@ -291,8 +291,8 @@ def _clock_change(old: Result, new: Result) -> list[str]:
                    for r in (old, new))
     if before is None or now is None or abs(now - before) < 0.01 * before:
         return []
-    return [(f"GPU SM clock during the traced steps: {before:.0f} -> {now:.0f} MHz ({100 * (now / before - 1):+.1f}%, "
-             "median); kernel time follows the clock")]
+    return [(f"GPU SM clock, read once in each traced step: {before:.0f} -> {now:.0f} MHz "
+             f"({100 * (now / before - 1):+.1f}%, median)")]
 
 
 def _version_changes(old: Result, new: Result) -> dict[str, tuple]:

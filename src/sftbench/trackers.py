@@ -183,8 +183,9 @@ class MemoryTracker:
 
 
 def sm_clock_mhz(handle) -> int | None:
-    """The GPU's SM clock now (NVML), or None without a handle. Kernel time follows it: the same kernels of a
-    GPU-bound 8192-token step ran 1-5% longer in one run than in another, on hosts of one GPU model."""
+    """The GPU's SM clock now (NVML), or None without a handle. Long steps run below the top clock, by
+    amounts that differ between runs, and the same kernels of an 8192-token step took 1-5% longer in one
+    run than in another; one reading per step hints at that, it does not measure the step's clock."""
     if handle is None:
         return None
     import pynvml
