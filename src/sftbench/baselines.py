@@ -286,13 +286,14 @@ def _missing_gpu_time(old: Result, new: Result) -> list[str]:
 
 
 def _clock_change(old: Result, new: Result) -> list[str]:
-    """The GPU's SM clock during the traced steps (median), where both runs recorded it and it moved >= 1%."""
+    """The GPU's SM clock in the traced steps (median of their means), where both runs recorded it and it moved
+    by 1% or more."""
     before, now = (np.median(clocks) if (clocks := [c for c in r.kernel_step_sm_mhz if c]) else None
                    for r in (old, new))
     if before is None or now is None or abs(now - before) < 0.01 * before:
         return []
-    return [(f"GPU SM clock, read once in each traced step: {before:.0f} -> {now:.0f} MHz "
-             f"({100 * (now / before - 1):+.1f}%, median)")]
+    return [(f"GPU SM clock in the traced steps: {before:.0f} -> {now:.0f} MHz "
+             f"({100 * (now / before - 1):+.1f}%, median of the steps' means)")]
 
 
 def _version_changes(old: Result, new: Result) -> dict[str, tuple]:

@@ -49,7 +49,7 @@ class Result:
     kernel_step_s: list[float] = field(default_factory=list)
     kernel_step_counts: list[int] = field(default_factory=list)
     kernel_step_tokens: list[int] = field(default_factory=list)
-    kernel_step_sm_mhz: list[int | None] = field(default_factory=list)  # SM clock (NVML) during each traced step
+    kernel_step_sm_mhz: list[int | None] = field(default_factory=list)  # mean SM clock (NVML) of each traced step
     optimizer_kernel_s: float | None = None
     gpu_epoch_seconds: float | None = None
     gpu_minutes_per_1000_samples: float | None = None

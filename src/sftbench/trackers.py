@@ -56,7 +56,7 @@ class KernelSteps:
     seconds: list[float] = field(default_factory=list)
     kernels: list[int] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
-    sm_mhz: list[int | None] = field(default_factory=list)  # the GPU's SM clock as the step's kernels ran
+    sm_mhz: list[int | None] = field(default_factory=list)  # the GPU's mean SM clock through the step
 
 
 def kernel_clock_unavailable(device: torch.device) -> str | None:
@@ -90,7 +90,7 @@ class KernelTimer:
         self._windows: list[tuple[int, int, int]] = []  # (start, end, tokens) of steps not yet collected
         self._records: list[tuple[int, int]] = []  # (start, end) of kernels not yet collected
         self._clocks: list[int | None] = []  # SM clock of each step not yet collected
-        self._nvml = _nvml_handle(device)
+        self._clock = ClockSampler(_nvml_handle(device))
         self.steps = KernelSteps()
         self.version = f"cupti-python {metadata.version('cupti-python')}"
 
@@ -106,11 +106,12 @@ class KernelTimer:
         synchronize(self.device)
         self._cupti.activity_enable(self._kernel_kind)
         start = self._cupti.get_timestamp()
+        self._clock.begin()
         try:
             yield
-            clock = sm_clock_mhz(self._nvml)  # launched, not yet synchronized: the kernels are running
             synchronize(self.device)
         finally:
+            clock = self._clock.end()
             end = self._cupti.get_timestamp()
             self._cupti.activity_disable(self._kernel_kind)
         self._windows.append((start, end, tokens))
@@ -182,17 +183,48 @@ class MemoryTracker:
         return peaks
 
 
+class ClockSampler:
+    """The GPU's SM clock through a step: NVML read every `interval_s` between begin() and end(), averaged.
+
+    Long steps run below the top clock, by amounts that differ between runs (the same kernels of an
+    8192-token step took 1-5% longer in one run than in another). One reading per step does not show it:
+    between two GPUs of one run such a step took 1.0% longer where the reading was 1.6% higher. The
+    thread samples only inside traced steps, never beside a wall-timed one."""
+
+    def __init__(self, handle, interval_s: float = 0.005):
+        self._handle, self.interval_s = handle, interval_s
+        self._active = threading.Event()
+        self._samples: list[int] = []
+        if handle is not None:
+            threading.Thread(target=self._sample, daemon=True).start()
+
+    def _sample(self) -> None:
+        while self._active.wait():
+            clock = sm_clock_mhz(self._handle)
+            if clock is not None:
+                self._samples.append(clock)
+            time.sleep(self.interval_s)
+
+    def begin(self) -> None:
+        self._samples = []
+        self._active.set()
+
+    def end(self) -> int | None:
+        """The mean of the step's samples; one reading for a step shorter than the interval; None without NVML."""
+        self._active.clear()
+        samples = list(self._samples)
+        return round(sum(samples) / len(samples)) if samples else sm_clock_mhz(self._handle)
+
+
 def sm_clock_mhz(handle) -> int | None:
-    """The GPU's SM clock now (NVML), or None without a handle. Long steps run below the top clock, by
-    amounts that differ between runs, and the same kernels of an 8192-token step took 1-5% longer in one
-    run than in another; one reading per step hints at that, it does not measure the step's clock."""
+    """The GPU's SM clock now (NVML), or None without a handle."""
     if handle is None:
         return None
-    import pynvml
-
     try:
+        import pynvml
+
         return int(pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM))
-    except pynvml.NVMLError:
+    except Exception:  # noqa: BLE001 - a failed reading is no reading, never a crash (it runs in a thread)
         return None
 
 

@@ -341,7 +341,8 @@ def test_the_baselines_own_spread_widens_the_wall_band(result_factory):
 
 
 @pytest.mark.parametrize("before, now, reason", [
-    ([1980, 1980, None], [1830, 1830, 1980], "GPU SM clock, read once in each traced step: 1980 -> 1830 MHz (-7.6%, median)"),
+    ([1980, 1980, None], [1830, 1830, 1980], ("GPU SM clock in the traced steps: 1980 -> 1830 MHz (-7.6%, "
+                                              "median of the steps' means)")),
     ([1980, 1980], [1975, 1980], None),  # within 1%
     ([], [1830], None),  # a baseline that predates the clock
 ])

@@ -2,6 +2,8 @@
 
 import resource
 import sys
+import threading
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -211,15 +213,40 @@ def test_the_cpu_has_no_kernel_clock():
 
 
 def test_the_sm_clock_is_read_from_nvml_and_none_without_it(monkeypatch):
-    class NVMLError(Exception):
-        pass
-
     def clock(handle, which):
         if handle == "lost":
-            raise NVMLError("GPU is lost")
+            raise RuntimeError("GPU is lost")
         return {"SM": 1980}[which]
 
-    monkeypatch.setitem(sys.modules, "pynvml", SimpleNamespace(nvmlDeviceGetClockInfo=clock, NVML_CLOCK_SM="SM",
-                                                               NVMLError=NVMLError))
+    monkeypatch.setitem(sys.modules, "pynvml", SimpleNamespace(nvmlDeviceGetClockInfo=clock, NVML_CLOCK_SM="SM"))
     assert trackers.sm_clock_mhz("handle") == 1980
     assert trackers.sm_clock_mhz(None) is None and trackers.sm_clock_mhz("lost") is None
+
+
+def test_the_clock_sampler_averages_nvml_readings_inside_a_step_only(monkeypatch):
+    readings = []
+
+    def clock(handle):
+        readings.append(handle)
+        return 1800 if len(readings) % 2 else 1900
+
+    monkeypatch.setattr(trackers, "sm_clock_mhz", clock)
+    sampler = trackers.ClockSampler("handle", interval_s=0.001)
+    time.sleep(0.05)
+    assert readings == []  # nothing between steps
+    sampler.begin()
+    time.sleep(0.1)
+    mean = sampler.end()
+    assert len(readings) >= 4 and 1800 <= mean <= 1900
+    taken = len(readings)
+    time.sleep(0.05)
+    assert len(readings) <= taken + 1  # at most the reading under way as the step ended
+    sampler.begin()
+    assert sampler.end() in (1800, 1900)  # a step too short for a sample: one reading
+
+
+def test_without_nvml_the_clock_sampler_starts_no_thread_and_reads_none():
+    before = threading.active_count()
+    sampler = trackers.ClockSampler(None)
+    sampler.begin()
+    assert sampler.end() is None and threading.active_count() == before
