@@ -128,7 +128,6 @@ def _baselines(args) -> int:
 
 def _report(args) -> int:
     from sftbench.diagnostics import memory_at_peak
-    from sftbench.files import NotWritten, write_atomically
     from sftbench.report import markdown, scan_results
 
     if not args.folder.is_dir():
@@ -144,15 +143,23 @@ def _report(args) -> int:
         print(f"sftbench: no results in {args.folder} (results/<gpu>/ or baselines/<gpu>/){hint}", file=sys.stderr)
         return 2
     text = markdown(results, args.plots, memory_at_peak(args.diagnostics) if args.diagnostics else None)
-    if args.out:
-        try:
-            write_atomically(args.out, text)
-        except NotWritten as error:
-            print(f"sftbench: {error}", file=sys.stderr)
-            return 2
-    else:
+    if not args.out:
         print(text)
+    elif not _write_output(args.out, text):
+        return 2
     return 2 if problems else 0
+
+
+def _write_output(path: Path, text: str) -> bool:
+    """A command's output file, written atomically (its folder made); False, said in one line, where it cannot be."""
+    from sftbench.files import NotWritten, write_atomically
+
+    try:
+        write_atomically(path, text)
+    except NotWritten as error:
+        print(f"sftbench: {error}", file=sys.stderr)
+        return False
+    return True
 
 
 def _history(args) -> int:
@@ -170,10 +177,10 @@ def _history(args) -> int:
         return 2
     runs = history.runs(records)
     text = history.summary(runs[-1]) if args.summary else history.page(runs, args.plots)
-    if args.out:
-        args.out.write_text(text, encoding="utf-8")
-    else:
+    if not args.out:
         print(text)
+    elif not _write_output(args.out, text):
+        return 2
     return 1 if problems else 0
 
 
@@ -255,10 +262,9 @@ def _selftest(args) -> int:
     except (OSError, ValueError, KeyError) as error:
         print(f"sftbench: selftest: {error}", file=sys.stderr)
         return 2
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
-    if args.markdown:
-        args.markdown.write_text(selftest.markdown(summary), encoding="utf-8")
+    if not _write_output(args.out, json.dumps(summary, indent=1) + "\n") or (
+            args.markdown and not _write_output(args.markdown, selftest.markdown(summary))):
+        return 2
     failures = sum(rerun["failures"] for rerun in summary["clean_reruns"])
     print(f"sftbench: selftest: {summary['configurations']} configurations, {failures} failures in "
           f"{len(summary['clean_reruns'])} clean reruns; " + ", ".join(

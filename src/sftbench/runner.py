@@ -20,6 +20,7 @@ from sftbench.baselines import METRICS, BaselineError, BaselineStore, Comparison
 from sftbench.catalog import Row, rows_of
 from sftbench.environment import gpu_slug
 from sftbench.files import NotWritten, not_writable, write_atomically
+from sftbench.history import RECORD_SCHEMA
 from sftbench.injection import injected
 from sftbench.launcher import DEFAULT_TIMEOUT_S, Launcher, LauncherDidNotStart
 from sftbench.result import Result, describe
@@ -56,8 +57,7 @@ class ResultStore:
         self._written: Counter[Path] = Counter()
 
     def write(self, result: Result) -> Path:
-        folder = self.root / gpu_slug(str(result.machine.get("gpu")))
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = self.root / gpu_slug(str(result.machine.get("gpu")))  # made by write_atomically, or rescued
         first = folder / f"{result.key}.json"
         self._written[first] += 1
         count = self._written[first]
@@ -257,7 +257,7 @@ class Runner:
     def record(self) -> dict:
         """The run record: when, which commit, stack and GPU, and each configuration's verdict and metrics
         beside its baseline's; one JSON per run keeps the history (`python -m sftbench history`)."""
-        return {"schema": 1, "started": self.started.isoformat(timespec="seconds"),
+        return {"schema": RECORD_SCHEMA, "started": self.started.isoformat(timespec="seconds"),
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 **self._metadata(), "update_baselines": self.config.update_baselines,
                 "configurations": self._record_configurations() + self._merged["configurations"],

@@ -12,12 +12,12 @@ selftest RECORD...` summarizes run records (each run's <results>/history/*.json)
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+from sftbench.history import read_record
 from sftbench.injection import GPU_PCT, HOST_MS, MEMORY_PCT, injected
 
 # Stage name -> the knobs it sets; "update" writes the baselines.
@@ -141,4 +141,4 @@ def _pct(value: float | None) -> str:
 def read_records(paths: list[Path]) -> list[dict]:
     """Run records from files or folders of them (a folder: every *.json in it)."""
     files = [f for p in paths for f in (sorted(Path(p).glob("*.json")) if Path(p).is_dir() else [Path(p)])]
-    return [json.loads(f.read_text(encoding="utf-8")) for f in files]
+    return [read_record(f) for f in files]

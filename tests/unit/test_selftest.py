@@ -18,8 +18,9 @@ def configuration(key, label, verdict, gpu=(3.0, 3.0), wall=(5.0, 5.0), reserved
 
 
 def record(settings, *configurations, update=False):
-    return {"schema": 1, "started": "2026-11-29T23:54:30+00:00", "commit": "abc1234", "gpu": "NVIDIA H200",
-            "driver": "580", "versions": {"torch": "2.11.0", "transformers": "5.17.0"}, "settings": settings,
+    return {"schema": 1, "started": "2026-11-29T23:54:30+00:00", "finished": "2026-11-29T23:57:30+00:00",
+            "commit": "abc1234", "gpu": "NVIDIA H200", "driver": "580",
+            "versions": {"torch": "2.11.0", "transformers": "5.17.0"}, "settings": settings,
             "update_baselines": update, "configurations": list(configurations)}
 
 

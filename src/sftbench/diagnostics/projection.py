@@ -62,15 +62,12 @@ def check_projection(rows: list[Row], out: Path, *, quick_runs: int = 2, settle:
         replayed = None if full_result is None else replay_quick(
             full_result, quick[0][1] if quick else defaults.representative_steps)
         replayed_gpu = None if full_gpu is None else replay_quick_gpu(full_result, defaults.kernel_steps)
-        for settle_steps, timed, minutes, gpu in quick:
+        # A full epoch without quick runs still gets its line, the quick columns empty.
+        for settle_steps, timed, minutes, gpu in quick or ([(None,) * 4] if full is not None else []):
             table.append({"row": row.node_id, "settle": settle_steps, "steps": timed, "quick_min": minutes,
                           "full_min": full, "delta_pct": _delta(minutes, full), "replayed_min": replayed,
                           "quick_gpu_min": gpu, "full_gpu_min": full_gpu, "gpu_delta_pct": _delta(gpu, full_gpu),
                           "replayed_gpu_min": replayed_gpu})
-        if not quick and full is not None:
-            table.append({"row": row.node_id, "settle": None, "steps": None, "quick_min": None, "full_min": full,
-                          "delta_pct": None, "replayed_min": replayed, "quick_gpu_min": None,
-                          "full_gpu_min": full_gpu, "gpu_delta_pct": None, "replayed_gpu_min": replayed_gpu})
     (out / "projection.json").write_text(json.dumps(table, indent=1) + "\n", encoding="utf-8")
     return table
 
