@@ -97,13 +97,6 @@ class BaselineStore:
                                 "--sftbench-update-baselines")
         return baseline
 
-    def all(self) -> list[Baseline]:
-        """Every baseline; BaselineError on the first unusable file."""
-        baselines, errors = self.scan()
-        if errors:
-            raise errors[0]
-        return baselines
-
     def scan(self) -> tuple[list[Baseline], list[BaselineError]]:
         """(the usable baselines, an error naming each unusable file): one bad file hides no good one."""
         baselines, errors = [], []

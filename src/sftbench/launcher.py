@@ -99,7 +99,7 @@ class Launcher:
             raise LauncherDidNotStart(_not_started(str(error))) from None
         finally:
             for probe in probes:
-                _reap(probe, grace_s=0 if probe.is_alive() else 60)
+                _reap(probe, grace_s=0)
 
     def _spawn(self, target, args):
         process = self._context.Process(target=target, args=(*args, self._lifeline), daemon=True)

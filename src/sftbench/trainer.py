@@ -63,7 +63,7 @@ class EpochTiming:
     gpu_epoch_seconds: float | None = None  # kernel time of the epoch, projected (quick) or summed (full)
     kernel_trace_s: float = 0.0  # reading CUPTI's records, outside every timed step
     kernel_steps_s: float = 0.0  # the traced micro-steps of the quick mode, outside every timed step
-    full_epoch: bool = False
+    wall_noise_pct: float | None = None  # half_split_spread_pct of the quick mode's timed steps
 
 
 class Trainer:
@@ -122,8 +122,7 @@ class Trainer:
         for batch in representatives(ordered, options.settle_steps):
             with warmup.step(batch.tokens):
                 self.micro_step(batch)
-        timing = EpochTiming(warmup_s=sum(warmup.durations), optimizer_steps=self.optimizer_steps,
-                             full_epoch=options.full_epoch)
+        timing = EpochTiming(warmup_s=sum(warmup.durations), optimizer_steps=self.optimizer_steps)
         timer = StepTimer(self.device)
         if options.full_epoch:
             self._full_epoch(timer, timing, progress)
@@ -219,8 +218,11 @@ class Trainer:
             self.micro_step(ordered[-1])
         timing.step_durations_s, timing.step_tokens = timer.durations, timer.tokens
         timing.optimizer_step_s = median(optimizer_timer.durations)
-        timing.epoch_seconds = project_epoch(timer.tokens, timer.durations, [b.tokens for b in self.batches],
-                                             self.optimizer_steps, timing.optimizer_step_s)
+        epoch_tokens = [b.tokens for b in self.batches]
+        timing.epoch_seconds = project_epoch(timer.tokens, timer.durations, epoch_tokens, self.optimizer_steps,
+                                             timing.optimizer_step_s)
+        timing.wall_noise_pct = half_split_spread_pct(timer.tokens, timer.durations, epoch_tokens,
+                                                      self.optimizer_steps, timing.optimizer_step_s)
 
 
 def _traced(kernels: KernelTimer | None, tokens: int):

@@ -26,7 +26,7 @@ from sftbench.models import build_model, get_model, lora_target_modules
 from sftbench.result import Result, minutes_per_1000_samples
 from sftbench.spec import CaseSpec, RunOptions
 from sftbench.trackers import KernelTimer, MemoryTracker, kernel_clock_unavailable
-from sftbench.trainer import Trainer, half_split_spread_pct
+from sftbench.trainer import Trainer
 
 # Installed quantization libraries that a case of each precision never uses. peft's LoRA layer dispatch
 # imports bitsandbytes and gptqmodel whenever they are installed, and the case pays for the imports
@@ -89,7 +89,7 @@ def run_case(spec: CaseSpec, options: RunOptions, log=print) -> Result:
         gc.freeze()
         faults.at("train")
         timing = trainer.run(options, progress=log)
-        _record_timing(result, timing, trainer.corpus, spec, trainer.batches)
+        _record_timing(result, timing, trainer.corpus, spec, len(trainer.batches))
     except Exception as error:  # noqa: BLE001 - any failure is this case's outcome, not the session's
         if _is_oom(error):
             result.outcome, result.message = "oom", str(error).split("\n")[0]
@@ -154,20 +154,17 @@ def prepare_for_training(model, spec: CaseSpec):
     return model
 
 
-def _record_timing(result: Result, timing, corpus, spec: CaseSpec, batches) -> None:
+def _record_timing(result: Result, timing, corpus, spec: CaseSpec, micro_batches: int) -> None:
     result.step_durations_s, result.step_tokens = timing.step_durations_s, timing.step_tokens
     result.optimizer_step_s = timing.optimizer_step_s
     result.overhead["warmup_s"] = timing.warmup_s
-    result.epoch_micro_batches, result.epoch_optimizer_steps = len(batches), timing.optimizer_steps
+    result.epoch_micro_batches, result.epoch_optimizer_steps = micro_batches, timing.optimizer_steps
     result.epoch_tokens = int(corpus.lengths.clip(max=spec.max_length).sum())
     result.epoch_seconds = timing.epoch_seconds
     result.minutes_per_1000_samples = minutes_per_1000_samples(timing.epoch_seconds, spec.samples)
     result.tokens_per_s = result.epoch_tokens / timing.epoch_seconds
     result.samples_per_s = spec.samples / timing.epoch_seconds
-    if not timing.full_epoch:
-        result.wall_noise_pct = half_split_spread_pct(timing.step_tokens, timing.step_durations_s,
-                                                      [b.tokens for b in batches], timing.optimizer_steps,
-                                                      timing.optimizer_step_s)
+    result.wall_noise_pct = timing.wall_noise_pct
     result.overhead["kernel_trace_s"], result.overhead["kernel_steps_s"] = timing.kernel_trace_s, timing.kernel_steps_s
     if timing.kernels is not None:
         steps = timing.kernels

@@ -1,6 +1,7 @@
 """sftbench.baselines: the store (write, load, list, refuse), compare() and its explanation, the CLI listing."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -65,7 +66,9 @@ def test_the_default_configuration_lists_one_entry_per_row(store, result_factory
     default = CaseSpec("qwen-7b-chat")
     store.write(result_factory(default), rows_of(default), {})
     store.write(result_factory(SPEC, minutes=11.0, reserved=29000.0), rows_of(SPEC), {})
-    entries = listing(store.all())
+    baselines, errors = store.scan()
+    entries = listing(baselines)
+    assert errors == []
     assert len(entries) == len(rows_of(default)) + 1
     assert {e["case_id"] for e in entries} >= {"qwen-7b-chat-4096", "qwen-7b-chat-bf16", "qwen-7b-chat-bs1"}
     entry = next(e for e in entries if e["case_id"] == "qwen-7b-chat-4096")
@@ -79,18 +82,19 @@ def test_the_default_configuration_lists_one_entry_per_row(store, result_factory
     assert entry["versions"]["torch"] == "2.11.0"
 
 
-def test_all_reads_every_gpu_folder(store, written, result_factory):
+def test_scan_reads_every_gpu_folder(store, written, result_factory):
     store.write(result_factory(SPEC, gpu="NVIDIA H100 80GB HBM3"), rows_of(SPEC), {})
-    assert sorted(b.path.parent.name for b in store.all()) == ["nvidia-h100-80gb-hbm3", "nvidia-h200"]
-    assert BaselineStore(store.root / "missing").all() == []
+    baselines, errors = store.scan()
+    assert sorted(b.path.parent.name for b in baselines) == ["nvidia-h100-80gb-hbm3", "nvidia-h200"] and not errors
+    assert BaselineStore(store.root / "missing").scan() == ([], [])
 
 
 def test_a_corrupt_file_is_a_baseline_error(store, written):
     written.write_text('{"schema": 1, "key": ', encoding="utf-8")
     with pytest.raises(BaselineError, match=r"is corrupt \(JSONDecodeError.*restore it from git"):
         store.load("NVIDIA H200", SPEC.key)
-    with pytest.raises(BaselineError, match=SPEC.key):
-        store.all()
+    [error] = store.scan()[1]
+    assert isinstance(error, BaselineError) and re.search(SPEC.key, str(error))
 
 
 def test_a_result_with_unknown_fields_is_a_baseline_error(store, written):
@@ -180,8 +184,8 @@ def test_a_scan_lists_the_good_baselines_and_names_each_bad_one(store, written, 
 
 
 def test_the_committed_baselines_load():
-    baselines = BaselineStore(REPO / "baselines").all()
-    assert baselines, "the repository holds baselines"
+    baselines, errors = BaselineStore(REPO / "baselines").scan()
+    assert baselines and not errors, ("the repository holds baselines, every one usable", errors)
     for baseline in baselines:
         rows = rows_of(CaseSpec(**baseline.result.case))
         assert rows, f"{baseline.path}: a configuration of no catalog row"
