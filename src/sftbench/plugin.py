@@ -80,6 +80,12 @@ def _seconds(text: str) -> float:
 _seconds.__name__ = "number of seconds > 0"
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's, for -n auto
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: a worker per GPU the run sees; without GPUs, pytest-xdist's own count (None)."""
+    return len(workers.visible_gpus()) or None
+
+
 @pytest.hookimpl(wrapper=True)  # around pytest-xdist's own, which turns an unset --dist into "load"
 def pytest_cmdline_main(config):
     workers.default_to_loadgroup(config.option)

@@ -40,3 +40,12 @@ def test_more_workers_than_gpus_is_a_usage_error():
     workers.check_worker_count(8, {"CUDA_VISIBLE_DEVICES": ""})  # on the CPU any count runs
     with pytest.raises(pytest.UsageError, match=r"-n 3: this host has 2 GPU\(s\) \(0,1\) .* use -n 2 or fewer"):
         workers.check_worker_count(3, {"CUDA_VISIBLE_DEVICES": "0,1"})
+
+
+@pytest.mark.parametrize("visible, workers_asked", [("0,1", 2), ("3", 1), ("", None)])
+def test_n_auto_asks_for_a_worker_per_visible_gpu_and_leaves_a_host_without_gpus_to_pytest_xdist(
+        monkeypatch, visible, workers_asked):
+    from sftbench.plugin import pytest_xdist_auto_num_workers
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert pytest_xdist_auto_num_workers(config=None) == workers_asked
