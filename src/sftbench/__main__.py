@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     profile.add_argument("--blocks", type=int, default=3, help="timed blocks per NVML sampler setting")
     profile.add_argument("--memory", action="store_true", help="group the live tensors at the peak")
     profile.add_argument("--no-timing", action="store_true")
+    profile.add_argument("--clock", type=int, default=0, metavar="N",
+                         help="trace the longest and the middle micro-step N times each: kernel time and SM clock")
     profile.add_argument("--out", type=Path, required=True)
 
     projection = commands.add_parser("projection", help="the quick mode's projection against a full epoch")
@@ -63,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     projection.add_argument("--settle", type=int, action="append", help="untimed settle steps (repeatable)")
     projection.add_argument("--steps", type=int, action="append", help="representative steps (repeatable)")
     projection.add_argument("--samples", type=int)
+    projection.add_argument("--kernel-steps", type=int,
+                            help="GPU time only: instead of a full epoch, trace the batch shapes among this many "
+                                 "representatives (the epoch's micro-batches or more: every shape once)")
     projection.add_argument("--out", type=Path, required=True)
 
     selftest = commands.add_parser("selftest", help="does the suite flag injected slow-downs and memory growth, and "
@@ -232,7 +237,7 @@ def _profile(args) -> int:
     from sftbench.diagnostics.step_profile import profile_row
 
     report = profile_row(rows[0], args.out, steps=args.steps, blocks=args.blocks, memory=args.memory,
-                         timing=not args.no_timing)
+                         timing=not args.no_timing, clock=args.clock)
     print(json.dumps(report, indent=1))
     return 0
 
@@ -244,7 +249,8 @@ def _projection(args) -> int:
     from sftbench.diagnostics.projection import check_projection, markdown_table
 
     table = check_projection(rows, args.out, quick_runs=args.quick_runs, settle=args.settle, steps=args.steps,
-                             samples=args.samples, log=lambda line: print(line, flush=True))
+                             samples=args.samples, kernel_steps=args.kernel_steps,
+                             log=lambda line: print(line, flush=True))
     print("\n" + markdown_table(table))
     return 0
 

@@ -133,7 +133,7 @@ class Trainer:
                 count //= 2
             self._representative_steps(ordered, count, timer, timing, progress)
             if self.kernel_timer is not None:
-                self._kernel_steps(ordered, options.kernel_steps, timing)
+                self._kernel_steps(ordered, options.kernel_steps, timing, progress)
         if self.kernel_timer is not None:
             started = time.perf_counter()
             timing.kernels = self.kernel_timer.stop()
@@ -160,18 +160,24 @@ class Trainer:
             share = self.injection.gpu_pct / 100 * CALIBRATION_CYCLES / spin
             self._spin_cycles = lambda n: int(share * (short + per_token * (n - tokens[0])))
 
-    def _kernel_steps(self, ordered: list[Batch], count: int, timing: EpochTiming) -> None:
+    def _kernel_steps(self, ordered: list[Batch], count: int, timing: EpochTiming, progress) -> None:
         """Kernel time of the batch shapes among `count` representative micro-steps, one step each, and of
         one optimizer step, untimed. Steps of one shape launch the same kernels, whose summed time repeats
         to ~0.1%, so tracing a shape again (the longest batch is often a quarter of an epoch) adds only
         CUPTI's cost, ~90 us per kernel (a 7B step launches ~6000)."""
         started = time.perf_counter()
-        for batch in distinct_shapes(representatives(ordered, count)):
+        shapes = distinct_shapes(representatives(ordered, count))
+        for i, batch in enumerate(shapes, 1):
             with self.kernel_timer.step(batch.tokens):
                 self.micro_step(batch)
+            if i % FLUSH_EVERY == 0:  # many shapes (the projection check traces every one): bound the records held
+                read = time.perf_counter()
+                self.kernel_timer.collect()
+                timing.kernel_trace_s += time.perf_counter() - read
+                progress(f"traced {i}/{len(shapes)} batch shapes")
         with self.kernel_timer.step(0):
             self.optimizer_step()
-        timing.kernel_steps_s = time.perf_counter() - started
+        timing.kernel_steps_s = time.perf_counter() - started - timing.kernel_trace_s
 
     def _gpu_epoch_seconds(self, timing: EpochTiming, full_epoch: bool) -> float:
         """The epoch's kernel time: summed over a traced full epoch, else projected like the wall time."""

@@ -41,10 +41,11 @@ def test_allocations_are_placed_at_the_innermost_frame_outside_torch():
 def test_a_cpu_profile_writes_its_report_and_an_unknown_row_is_one_clear_error(tmp_path):
     row = "test_cpu_smoke[tiny-qwen-lora-sdpa]"
     run = subprocess.run([sys.executable, "-m", "sftbench", "profile", row, "--steps", "2", "--blocks", "1",
-                          "--out", str(tmp_path)], capture_output=True, text=True, check=True)
+                          "--clock", "2", "--out", str(tmp_path)], capture_output=True, text=True, check=True)
     key = "tiny-qwen.lora.bf16.len512.bs1.gc.sdpa.r8-DEFAULT.cpu"
     report = json.loads((tmp_path / f"{key}.json").read_text())
     assert report["key"] == key and report["launch_floor_us"] > 0 and report["profile"]["cpu_ops"] > 0
+    assert report["clock"] == {"skipped": "no GPU kernel clock on the CPU"}
     assert len(report["nvml_ab"]["off"]) == len(report["nvml_ab"]["on"]) == 1
     assert (tmp_path / f"{key}.profile.txt").stat().st_size > 0 and run.returncode == 0
     bad = subprocess.run([sys.executable, "-m", "sftbench", "profile", "test_x[nope]", "--out", str(tmp_path)],
@@ -65,14 +66,71 @@ def test_memory_at_peak_reads_the_profiles_that_have_one(tmp_path):
     assert memory_at_peak(tmp_path) == {"a": peak}
 
 
-def test_the_gpu_projection_is_replayed_on_a_traced_full_epochs_kernel_steps(result_factory):
+def test_the_gpu_projection_is_replayed_on_the_reference_runs_kernel_steps(result_factory):
+    from sftbench.data import SyntheticCorpus, epoch_batches
     from sftbench.diagnostics.projection import markdown_table, replay_quick_gpu
+    from sftbench.spec import CaseSpec
 
-    tokens = [2048, 1024, 0, 512, 2048, 0]  # micro-steps and optimizer steps (0 tokens) as a full epoch traces them
-    full = result_factory(kernel_step_tokens=tokens, kernel_step_s=[t * 1e-4 for t in tokens], optimizer_kernel_s=0.5,
-                          epoch_optimizer_steps=2)
-    # Every micro-step is replayed here (count 4 >= 4 micro-steps): the projection is the epoch's own kernel time.
-    assert replay_quick_gpu(full, 4) == pytest.approx((0.2048 * 2 + 0.1024 + 0.0512 + 2 * 0.5) / 60 * 1000 / 1000)
-    row = {"row": "r", "settle": 4, "steps": 32, "quick_min": 4.0, "full_min": 4.0, "delta_pct": 0.0,
-           "replayed_min": 4.0, "quick_gpu_min": 1.01, "full_gpu_min": 1.0, "gpu_delta_pct": 1.0, "replayed_gpu_min": 1.0}
-    assert markdown_table([row]).splitlines()[-1].endswith("| 1.010 | 1.000 | +1.0% | 1.000 (+0.0%) |")
+    spec = CaseSpec("qwen-7b-chat", max_length=8192, samples=40)
+    epoch = [b.tokens for b in epoch_batches(SyntheticCorpus(1, 40).lengths, 1, 8192)]
+    shapes = sorted(set(epoch))  # every batch shape traced once, then one optimizer step (0 tokens)
+
+    def reference(kernel_s):
+        return result_factory(spec, kernel_step_tokens=shapes + [0], kernel_step_s=[kernel_s(t) for t in shapes] + [0.5],
+                              optimizer_kernel_s=0.5, epoch_optimizer_steps=3)
+
+    def minutes(kernel_s):
+        return (sum(kernel_s(t) for t in epoch) + 3 * 0.5) / 60 * 1000 / 40
+
+    curved = reference(lambda t: t**2 * 1e-7)
+    # Replaying every batch is the epoch itself; a few representatives interpolate a convex curve from above.
+    assert replay_quick_gpu(curved, spec, len(epoch)) == pytest.approx(minutes(lambda t: t**2 * 1e-7))
+    assert replay_quick_gpu(curved, spec, 3) > minutes(lambda t: t**2 * 1e-7) * 1.001
+    # Kernel time linear in tokens: three representatives project it exactly, also where the reference traced
+    # every other shape (with the shortest and the longest, as representatives always include them).
+    linear = reference(lambda t: 1e-4 * t + 0.01)
+    assert replay_quick_gpu(linear, spec, 3) == pytest.approx(minutes(lambda t: 1e-4 * t + 0.01))
+    kept = sorted(set(range(0, len(shapes), 2)) | {len(shapes) - 1, len(shapes)})
+    linear.kernel_step_tokens = [linear.kernel_step_tokens[i] for i in kept]
+    linear.kernel_step_s = [linear.kernel_step_s[i] for i in kept]
+    assert replay_quick_gpu(linear, spec, 3) == pytest.approx(minutes(lambda t: 1e-4 * t + 0.01))
+    row = {"row": "r", "reference": "400 batch shapes traced", "settle": 4, "steps": 32, "quick_min": 4.0,
+           "full_min": None, "delta_pct": None, "replayed_min": None, "quick_gpu_min": 1.01, "full_gpu_min": 1.0,
+           "gpu_delta_pct": 1.0, "replayed_gpu_min": 1.0}
+    assert markdown_table([row]).splitlines()[-1] == (
+        "| r | 400 batch shapes traced | 4 | 32 | 4.000 |  |  |  | 1.010 | 1.000 | +1.0% | 1.000 (+0.0%) |")
+
+def test_kernel_time_and_clock_traces_each_batch_in_turn_and_reads_the_records_between_repeats(monkeypatch):
+    import contextlib
+    from types import SimpleNamespace
+
+    from sftbench.trackers import KernelSteps
+
+    class Timer:
+        def __init__(self, device):
+            self.steps, self.collects = KernelSteps(), 0
+
+        def start(self):
+            pass
+
+        @contextlib.contextmanager
+        def step(self, tokens):
+            yield
+            self.steps.tokens.append(tokens)
+            self.steps.seconds.append(tokens * 1e-4)
+            self.steps.kernels.append(3)
+            self.steps.sm_mhz.append(1980 - len(self.steps.tokens))
+
+        def collect(self):
+            self.collects += 1
+
+        def stop(self):
+            return self.steps
+
+    monkeypatch.setattr(step_profile, "KernelTimer", Timer)
+    ran = []
+    trainer = SimpleNamespace(device="cuda", micro_step=ran.append)
+    long, middle = SimpleNamespace(tokens=8192), SimpleNamespace(tokens=2048)
+    traced = step_profile.kernel_time_and_clock(trainer, [long, middle], 3)
+    assert ran == [long, middle] * 3 and traced["tokens"] == [8192, 2048] * 3
+    assert traced["sm_mhz"] == [1979, 1978, 1977, 1976, 1975, 1974] and traced["kernels"] == [3] * 6

@@ -183,6 +183,9 @@ class FakeKernelTimer:
         self.steps.kernels.append(7)
         self.steps.tokens.append(tokens)
 
+    def collect(self):
+        self.collected = len(self.steps.tokens)
+
     def stop(self):
         return self.steps
 
@@ -196,6 +199,18 @@ def test_quick_mode_traces_kernel_steps_after_the_timed_ones_and_projects_gpu_ti
     assert timing.optimizer_kernel_s == 0.01 and len(timing.step_durations_s) == 4
     assert timing.gpu_epoch_seconds == pytest.approx(
         sum(b.tokens * 1e-4 for b in trainer.batches) + trainer.optimizer_steps * 0.01, rel=0.05)
+
+
+def test_tracing_many_batch_shapes_reads_the_records_as_it_goes_and_says_so(trainer, monkeypatch):
+    monkeypatch.setattr(trainer_module, "FLUSH_EVERY", 2)
+    monkeypatch.setattr(trainer_module, "distinct_shapes", list)  # the tiny epoch's batches are all one shape
+    trainer.kernel_timer = FakeKernelTimer()
+    lines = []
+    timing = trainer.run(RunOptions(representative_steps=4, kernel_steps=len(trainer.batches)), progress=lines.append)
+    shapes = len(trainer.batches)
+    assert len(timing.kernels.tokens) == shapes + 1
+    assert trainer.kernel_timer.collected == shapes - shapes % 2
+    assert f"traced 2/{shapes} batch shapes" in lines
 
 
 def test_injected_host_time_lengthens_every_micro_step(trainer):

@@ -12,8 +12,14 @@ quick mode would time (same moments, same host state).
 
 GPU-minutes are compared the same way: a full epoch traces every step's kernels (its wall time then
 includes CUPTI's tracing), and the quick runs project theirs from the traced representative steps.
+Reading CUPTI's records costs ~70 us a kernel, ~0.4 s a 7B micro-step, so a traced full epoch takes
+11-17 minutes at 2048-8192 tokens. `kernel_steps` replaces it, for GPU time only, by one run that traces
+one micro-step of each batch shape among that many representatives (all of them: every shape of the
+epoch, 400 at 2048 tokens): steps of one shape launch the same kernels, whose time repeats to ~0.1%, so
+the epoch's kernel time is the sum over its batches of their shape's time, without training the epoch.
+Its replayed column is the quick mode's projection from the same run's steps, the method's error alone.
 
-`python -m sftbench projection ROW... --out DIR` runs it.
+`python -m sftbench projection ROW... --out DIR [--kernel-steps N]` runs it.
 """
 
 from __future__ import annotations
@@ -22,8 +28,11 @@ import itertools
 import json
 from pathlib import Path
 
+import numpy as np
+
 from sftbench import trainer
 from sftbench.catalog import Row
+from sftbench.data import SyntheticCorpus, epoch_batches
 from sftbench.launcher import Launcher
 from sftbench.result import Result, describe, minutes_per_1000_samples
 from sftbench.runner import ResultStore
@@ -31,8 +40,12 @@ from sftbench.spec import RunOptions
 
 
 def check_projection(rows: list[Row], out: Path, *, quick_runs: int = 2, settle: list[int] | None = None,
-                     steps: list[int] | None = None, samples: int | None = None, log=print) -> list[dict]:
-    """Run the plan for every row; write <out>/projection.json and return its entries."""
+                     steps: list[int] | None = None, samples: int | None = None, kernel_steps: int | None = None,
+                     log=print) -> list[dict]:
+    """Run the plan for every row; write <out>/projection.json and return its entries.
+
+    kernel_steps: instead of a full epoch, one run tracing the batch shapes among that many representatives
+    (GPU-minutes only; the wall columns stay empty)."""
     defaults = RunOptions()
     settings = [RunOptions(settle_steps=s, representative_steps=n)
                 for s, n in itertools.product(settle or [defaults.settle_steps], steps or [defaults.representative_steps])]
@@ -41,45 +54,50 @@ def check_projection(rows: list[Row], out: Path, *, quick_runs: int = 2, settle:
     for row in rows:
         spec = row.spec.replace(samples=samples) if samples else row.spec
         before = quick_runs - quick_runs // 2
-        plan = ([("quick", s) for s in settings] * before + [("full", RunOptions(full_epoch=True))]
+        reference = RunOptions(full_epoch=True) if kernel_steps is None else RunOptions(kernel_steps=kernel_steps)
+        plan = ([("quick", s) for s in settings] * before + [("reference", reference)]
                 + [("quick", s) for s in settings] * (quick_runs // 2))
         full_result, quick = None, []
         for mode, options in plan:
             result = launcher.run(spec, options)
-            log(f"{row.node_id} {mode} settle={options.settle_steps} steps={options.representative_steps}: "
-                f"{describe(result)}")
+            log(f"{row.node_id} {options.mode if mode == 'reference' else mode} settle={options.settle_steps} "
+                f"steps={options.representative_steps} kernel_steps={options.kernel_steps}: {describe(result)}")
             store.write(result)
             if result.outcome != "ok":
                 continue
-            if mode == "full":
+            if mode == "reference":
                 full_result = result
             else:
                 quick.append((options.settle_steps, len(result.step_durations_s), result.minutes_per_1000_samples,
                               result.gpu_minutes_per_1000_samples))
-        full = None if full_result is None else full_result.minutes_per_1000_samples
+        full_epoch = full_result is not None and full_result.mode == "full"
+        full = full_result.minutes_per_1000_samples if full_epoch else None
         full_gpu = None if full_result is None else full_result.gpu_minutes_per_1000_samples
         # Replayed with as many steps as the quick runs timed.
-        replayed = None if full_result is None else replay_quick(
-            full_result, quick[0][1] if quick else defaults.representative_steps)
-        replayed_gpu = None if full_gpu is None else replay_quick_gpu(full_result, defaults.kernel_steps)
-        # A full epoch without quick runs still gets its line, the quick columns empty.
-        for settle_steps, timed, minutes, gpu in quick or ([(None,) * 4] if full is not None else []):
-            table.append({"row": row.node_id, "settle": settle_steps, "steps": timed, "quick_min": minutes,
-                          "full_min": full, "delta_pct": _delta(minutes, full), "replayed_min": replayed,
-                          "quick_gpu_min": gpu, "full_gpu_min": full_gpu, "gpu_delta_pct": _delta(gpu, full_gpu),
-                          "replayed_gpu_min": replayed_gpu})
+        replayed = replay_quick(full_result, quick[0][1] if quick else defaults.representative_steps) if full_epoch else None
+        replayed_gpu = None if full_gpu is None else replay_quick_gpu(full_result, spec, defaults.kernel_steps)
+        reference_name = "full epoch" if full_epoch or full_result is None else (
+            f"{sum(1 for t in full_result.kernel_step_tokens if t > 0)} batch shapes traced")
+        # A reference without quick runs still gets its line, the quick columns empty.
+        for settle_steps, timed, minutes, gpu in quick or ([(None,) * 4] if full_gpu or full else []):
+            table.append({"row": row.node_id, "reference": reference_name, "settle": settle_steps, "steps": timed,
+                          "quick_min": minutes, "full_min": full, "delta_pct": _delta(minutes, full),
+                          "replayed_min": replayed, "quick_gpu_min": gpu, "full_gpu_min": full_gpu,
+                          "gpu_delta_pct": _delta(gpu, full_gpu), "replayed_gpu_min": replayed_gpu})
     (out / "projection.json").write_text(json.dumps(table, indent=1) + "\n", encoding="utf-8")
     return table
 
 
 def markdown_table(table: list[dict]) -> str:
-    lines = ["| row | settle | steps | quick min/1000 | full min/1000 | quick vs full | replayed on the full epoch "
-             "| quick GPU-min | full GPU-min | GPU quick vs full | GPU replayed |", "|---" * 11 + "|"]
+    lines = ["| row | reference | settle | steps | quick min/1000 | full min/1000 | quick vs full "
+             "| replayed on the full epoch | quick GPU-min | reference GPU-min | GPU quick vs reference "
+             "| GPU replayed on the reference |", "|---" * 12 + "|"]
     for t in table:
         cells = [_num(t["quick_min"]), _num(t["full_min"]), _pct(t["delta_pct"]), _replayed(t["replayed_min"], t["full_min"]),
                  _num(t.get("quick_gpu_min")), _num(t.get("full_gpu_min")), _pct(t.get("gpu_delta_pct")),
                  _replayed(t.get("replayed_gpu_min"), t.get("full_gpu_min"))]
-        lines.append(f"| {t['row']} | {t['settle'] or ''} | {t['steps'] or ''} | " + " | ".join(cells) + " |")
+        lines.append(f"| {t['row']} | {t.get('reference', 'full epoch')} | {t['settle'] or ''} | {t['steps'] or ''} | "
+                     + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -99,13 +117,23 @@ def _delta(quick: float | None, full: float | None) -> float | None:
     return None if quick is None or not full else 100 * (quick / full - 1)
 
 
-def replay_quick_gpu(full: Result, count: int) -> float:
-    """The quick mode's GPU-minute projection from a traced full epoch's own kernel steps: the kernel time of
-    the `count` batches it would trace, interpolated over the epoch (kernel time has no drift to separate)."""
-    micro = [(t, s) for t, s in zip(full.kernel_step_tokens, full.kernel_step_s) if t > 0]
-    seconds = trainer.replay_quick([t for t, _ in micro], [s for _, s in micro], full.epoch_optimizer_steps,
-                                   full.optimizer_kernel_s or 0.0, count)
-    return minutes_per_1000_samples(seconds, full.case["samples"])
+def replay_quick_gpu(reference: Result, spec, count: int) -> float:
+    """The quick mode's GPU-minute projection from a reference run's own kernel steps (a traced full epoch, or
+    every batch shape traced once): the kernel time of the shapes among the `count` representatives it would
+    trace, projected over the epoch's batches. A shape the reference did not trace is interpolated between
+    its traced neighbours."""
+    batches = epoch_batches(SyntheticCorpus(1, spec.samples).lengths, spec.batch_size, spec.max_length)
+    chosen = [b.tokens for b in trainer.distinct_shapes(
+        trainer.representatives(sorted(batches, key=lambda b: -b.tokens), count))]
+    traced: dict[int, list[float]] = {}
+    for tokens, seconds in zip(reference.kernel_step_tokens, reference.kernel_step_s):
+        if tokens > 0:
+            traced.setdefault(tokens, []).append(seconds)
+    xs = sorted(traced)
+    chosen_s = np.interp(chosen, xs, [sum(traced[x]) / len(traced[x]) for x in xs])
+    seconds = trainer.project_epoch(chosen, list(chosen_s), [b.tokens for b in batches],
+                                    reference.epoch_optimizer_steps, reference.optimizer_kernel_s or 0.0)
+    return minutes_per_1000_samples(seconds, spec.samples)
 
 
 def replay_quick(full: Result, count: int) -> float:

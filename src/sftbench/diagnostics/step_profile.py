@@ -8,9 +8,12 @@ Builds the row's case in this process as the worker does, runs the warm-up, then
   synchronizing calls, the top ops; then cProfile over the same: the Python functions that cost;
 - the Python lines that synchronize with the GPU (torch.cuda.set_sync_debug_mode);
 - with memory=True: the tensors alive at the peak of the epoch's longest micro-step, grouped by the
-  line of sftbench / transformers / peft code that allocated them.
+  line of sftbench / transformers / peft code that allocated them;
+- with clock=N: GPU kernel time and the mean SM clock of the longest and the middle micro-step, traced
+  N times each in turn: whether a step's kernel time follows the clock as the GPU warms (long steps run
+  below the top clock by amounts that differ between runs).
 
-`python -m sftbench profile ROW [--memory] [--no-timing] --out DIR` runs it.
+`python -m sftbench profile ROW [--memory] [--no-timing] [--clock N] --out DIR` runs it.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import torch
 
 from sftbench.catalog import Row
 from sftbench.spec import RunOptions
-from sftbench.trackers import MemoryTracker, StepTimer, synchronize
+from sftbench.trackers import KernelTimer, MemoryTracker, StepTimer, kernel_clock_unavailable, synchronize
 from sftbench.trainer import Trainer, representatives
 from sftbench.worker import build_case_model, case_trainer, prepare_for_training
 
@@ -39,10 +42,11 @@ SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchr
 
 
 def profile_row(row: Row, out: Path, *, steps: int = 20, blocks: int = 3, memory: bool = False,
-                timing: bool = True) -> dict:
+                timing: bool = True, clock: int = 0) -> dict:
     """Profile `row`'s case in this process; write <out>/<key>.json (and .profile.txt) and return the report.
 
-    steps: micro-steps per timed block; blocks: timed blocks per NVML sampler setting.
+    steps: micro-steps per timed block; blocks: timed blocks per NVML sampler setting; clock: traced
+    repeats of the longest and the middle micro-step.
     """
     out.mkdir(parents=True, exist_ok=True)
     spec = row.spec
@@ -68,6 +72,10 @@ def profile_row(row: Row, out: Path, *, steps: int = 20, blocks: int = 3, memory
             report["sync_lines"] = sync_lines(trainer, middle)
     if memory and device.type == "cuda":
         report["memory_at_peak"] = memory_at_peak(trainer, ordered[0], device)
+    if clock:
+        unavailable = kernel_clock_unavailable(device)
+        report["clock"] = ({"skipped": unavailable} if unavailable else
+                           kernel_time_and_clock(trainer, [ordered[0], middle], clock))
     (out / f"{spec.key}.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     return report
 
@@ -135,6 +143,20 @@ def profile(trainer: Trainer, batch, text_path: Path, steps: int = 3) -> dict:
         "cpu_ops": sum(e.count for e in averages if e.device_type == torch.autograd.DeviceType.CPU),
         "sync_calls": {e.key: e.count for e in averages if e.key in SYNC_CALLS},
     }
+
+
+def kernel_time_and_clock(trainer: Trainer, batches, repeats: int) -> dict[str, list]:
+    """Each batch traced `repeats` times, in turn: per traced step its tokens, kernel seconds, kernel count
+    and mean SM clock (MHz), in the order run."""
+    timer = KernelTimer(trainer.device)
+    timer.start()
+    for _ in range(repeats):
+        for batch in batches:
+            with timer.step(batch.tokens):
+                trainer.micro_step(batch)
+        timer.collect()
+    steps = timer.stop()
+    return {"tokens": steps.tokens, "kernel_s": steps.seconds, "kernels": steps.kernels, "sm_mhz": steps.sm_mhz}
 
 
 def sync_lines(trainer: Trainer, batch) -> dict[str, int]:
