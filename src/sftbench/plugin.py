@@ -14,6 +14,7 @@ from pytest_benchmark.logger import PytestBenchmarkWarning
 from sftbench import environment, workers
 from sftbench.baselines import (
     DEFAULT_GPU_TIME_TOLERANCE_PCT,
+    DEFAULT_LIMITED_GPU_TIME_TOLERANCE_PCT,
     DEFAULT_MEMORY_TOLERANCE_PCT,
     DEFAULT_TIME_TOLERANCE_PCT,
     Tolerances,
@@ -40,6 +41,10 @@ def pytest_addoption(parser):
     group.addoption("--sftbench-gpu-time-tolerance", type=_percent, default=DEFAULT_GPU_TIME_TOLERANCE_PCT,
                     metavar="PCT", help="allowed growth of GPU kernel time in %% before a case fails "
                                         "(default %(default)s)")
+    group.addoption("--sftbench-limited-gpu-time-tolerance", type=_percent,
+                    default=DEFAULT_LIMITED_GPU_TIME_TOLERANCE_PCT, metavar="PCT",
+                    help="allowed growth of GPU kernel time in %% where the GPU held its clock down (power cap, "
+                         "thermal) in either run's traced steps (default %(default)s)")
     group.addoption("--sftbench-time-tolerance", type=_percent, default=DEFAULT_TIME_TOLERANCE_PCT, metavar="PCT",
                     help="wall time: the least noise band in %%; a slow-down beyond it (or the baseline's own "
                          "spread, if larger) that the step samples also show fails (default %(default)s)")
@@ -123,7 +128,8 @@ def pytest_configure(config):
                        attn_fallback=config.getoption("sftbench_attn_fallback")),
         tolerances=Tolerances(gpu_time_pct=config.getoption("sftbench_gpu_time_tolerance"),
                               time_pct=config.getoption("sftbench_time_tolerance"),
-                              memory_pct=config.getoption("sftbench_memory_tolerance")),
+                              memory_pct=config.getoption("sftbench_memory_tolerance"),
+                              limited_gpu_time_pct=config.getoption("sftbench_limited_gpu_time_tolerance")),
         weights=weights, timeout_s=config.getoption("sftbench_timeout"), shard=config.getoption("sftbench_shard"),
         worker=getattr(config, "workerinput", {}).get("workerid"))
     config._sftbench = BenchSession(options, write_line=lambda line: _write_line(config, line))

@@ -50,6 +50,9 @@ class Result:
     kernel_step_counts: list[int] = field(default_factory=list)
     kernel_step_tokens: list[int] = field(default_factory=list)
     kernel_step_sm_mhz: list[int | None] = field(default_factory=list)  # mean SM clock (NVML) of each traced step
+    # In how many traced steps NVML reported each reason that held the clock down ("power cap": 7); {} where it
+    # reported none, None where it was not read.
+    kernel_clock_limits: dict[str, int] | None = None
     optimizer_kernel_s: float | None = None
     gpu_epoch_seconds: float | None = None
     gpu_minutes_per_1000_samples: float | None = None

@@ -235,7 +235,8 @@ class Runner:
         tolerances = Tolerances(
             run.gpu_time_pct if row.gpu_time_tolerance_pct is None else row.gpu_time_tolerance_pct,
             run.time_pct if row.time_tolerance_pct is None else row.time_tolerance_pct,
-            run.memory_pct if row.memory_tolerance_pct is None else row.memory_tolerance_pct)
+            run.memory_pct if row.memory_tolerance_pct is None else row.memory_tolerance_pct,
+            run.limited_gpu_time_pct)
         comparison = compare(result, baseline, tolerances)
         if baseline is None and self.config.require_baseline:
             return RowOutcome(row, "fail", comparison.verdict, f"{row.node_id}: no baseline "

@@ -11,6 +11,8 @@ records (NVIDIA's cupti-python bindings, the `gpu` extra).
 
 from __future__ import annotations
 
+import functools
+import operator
 import resource
 import threading
 import time
@@ -57,6 +59,7 @@ class KernelSteps:
     kernels: list[int] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
     sm_mhz: list[int | None] = field(default_factory=list)  # the GPU's mean SM clock through the step
+    clock_limits: list[int | None] = field(default_factory=list)  # NVML clocks-event reasons seen in the step (bits)
 
 
 def kernel_clock_unavailable(device: torch.device) -> str | None:
@@ -89,7 +92,7 @@ class KernelTimer:
         self._kernel_kind = int(cupti.ActivityKind.CONCURRENT_KERNEL)
         self._windows: list[tuple[int, int, int]] = []  # (start, end, tokens) of steps not yet collected
         self._records: list[tuple[int, int]] = []  # (start, end) of kernels not yet collected
-        self._clocks: list[int | None] = []  # SM clock of each step not yet collected
+        self._clocks: list[tuple[int | None, int | None]] = []  # (SM clock, clock limits) of steps not yet collected
         self._clock = ClockSampler(_nvml_handle(device))
         self.steps = KernelSteps()
         self.version = f"cupti-python {metadata.version('cupti-python')}"
@@ -121,7 +124,8 @@ class KernelTimer:
         """Flush CUPTI's buffers and add the finished steps to `steps`."""
         self._cupti.activity_flush_all(1)
         add_kernel_steps(self.steps, self._windows, self._records)
-        self.steps.sm_mhz += self._clocks
+        self.steps.sm_mhz += [clock for clock, _ in self._clocks]
+        self.steps.clock_limits += [limits for _, limits in self._clocks]
         self._windows.clear()
         self._records.clear()
         self._clocks.clear()
@@ -183,49 +187,73 @@ class MemoryTracker:
         return peaks
 
 
-class ClockSampler:
-    """The GPU's SM clock through a step: NVML read every `interval_s` between begin() and end(), averaged.
+# NVML's clocks-event reasons that hold the SM clock below what the work asks for (nvmlClocksEventReason*).
+CLOCK_LIMITS = {0x4: "power cap", 0x8: "hardware slowdown", 0x20: "thermal (software)", 0x40: "thermal (hardware)",
+                0x80: "power brake"}
 
-    Long steps run below the top clock, by amounts that differ between runs (the same kernels of an
-    8192-token step took 1-5% longer in one run than in another). One reading per step does not show it:
-    between two GPUs of one run such a step took 1.0% longer where the reading was 1.6% higher. The
-    thread samples only inside traced steps, never beside a wall-timed one."""
+
+class ClockSampler:
+    """The GPU's SM clock through a step and what limited it: NVML read every `interval_s` between begin()
+    and end(); the clock averaged, the clocks-event reasons (CLOCK_LIMITS) of all readings combined.
+
+    Long steps run below the top clock, and their kernel time differs between GPUs of one model by up to
+    2.5%; the clock reading itself does not account for it (repeats of one 8192-token step: kernel time
+    moved 0.8% where the mean clock moved 2.5%). The thread samples only inside traced steps, never beside
+    a wall-timed one."""
 
     def __init__(self, handle, interval_s: float = 0.005):
         self._handle, self.interval_s = handle, interval_s
         self._active = threading.Event()
-        self._samples: list[int] = []
+        self._samples: list[tuple[int | None, int | None]] = []
         if handle is not None:
             threading.Thread(target=self._sample, daemon=True).start()
 
     def _sample(self) -> None:
         while self._active.wait():
-            clock = sm_clock_mhz(self._handle)
-            if clock is not None:
-                self._samples.append(clock)
+            self._samples.append(clock_reading(self._handle))
             time.sleep(self.interval_s)
 
     def begin(self) -> None:
         self._samples = []
         self._active.set()
 
-    def end(self) -> int | None:
-        """The mean of the step's samples; one reading for a step shorter than the interval; None without NVML."""
+    def end(self) -> tuple[int | None, int | None]:
+        """(mean SM clock, clock-limit bits) of the step's readings; one reading for a step shorter than the
+        interval; None for what NVML could not read."""
         self._active.clear()
-        samples = list(self._samples)
-        return round(sum(samples) / len(samples)) if samples else sm_clock_mhz(self._handle)
+        samples = list(self._samples) or [clock_reading(self._handle)]
+        clocks = [clock for clock, _ in samples if clock is not None]
+        limits = [bits for _, bits in samples if bits is not None]
+        return (round(sum(clocks) / len(clocks)) if clocks else None,
+                functools.reduce(operator.or_, limits, 0) & sum(CLOCK_LIMITS) if limits else None)
 
 
-def sm_clock_mhz(handle) -> int | None:
-    """The GPU's SM clock now (NVML), or None without a handle."""
-    if handle is None:
-        return None
+def clock_reading(handle) -> tuple[int | None, int | None]:
+    """The GPU's SM clock now and its clocks-event reasons (NVML bits), each None where unreadable."""
     try:
         import pynvml
+    except ImportError:
+        return None, None
+    if handle is None:
+        return None, None
+    return (_nvml(pynvml.nvmlDeviceGetClockInfo, handle, pynvml.NVML_CLOCK_SM),
+            _nvml(pynvml.nvmlDeviceGetCurrentClocksEventReasons, handle))
 
-        return int(pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM))
+
+def _nvml(read, *args) -> int | None:
+    try:
+        return int(read(*args))
     except Exception:  # noqa: BLE001 - a failed reading is no reading, never a crash (it runs in a thread)
         return None
+
+
+def clock_limit_counts(limits: list[int | None]) -> dict[str, int] | None:
+    """In how many of the steps each CLOCK_LIMITS reason held the clock; None where no step was read."""
+    read = [bits for bits in limits if bits is not None]
+    if not read:
+        return None
+    return {name: sum(1 for bits in read if bits & bit) for bit, name in CLOCK_LIMITS.items()
+            if any(bits & bit for bits in read)}
 
 
 def _nvml_handle(device: torch.device):

@@ -25,7 +25,7 @@ from sftbench.injection import Injection
 from sftbench.models import build_model, get_model, lora_target_modules
 from sftbench.result import Result, minutes_per_1000_samples
 from sftbench.spec import CaseSpec, RunOptions
-from sftbench.trackers import KernelTimer, MemoryTracker, kernel_clock_unavailable
+from sftbench.trackers import KernelTimer, MemoryTracker, clock_limit_counts, kernel_clock_unavailable
 from sftbench.trainer import Trainer
 
 # Installed quantization libraries that a case of each precision never uses. peft's LoRA layer dispatch
@@ -170,7 +170,7 @@ def _record_timing(result: Result, timing, corpus, spec: CaseSpec, micro_batches
         steps = timing.kernels
         result.kernel_step_s, result.kernel_step_counts, result.kernel_step_tokens = \
             steps.seconds, steps.kernels, steps.tokens
-        result.kernel_step_sm_mhz = steps.sm_mhz
+        result.kernel_step_sm_mhz, result.kernel_clock_limits = steps.sm_mhz, clock_limit_counts(steps.clock_limits)
         result.optimizer_kernel_s, result.gpu_epoch_seconds = timing.optimizer_kernel_s, timing.gpu_epoch_seconds
         result.gpu_minutes_per_1000_samples = minutes_per_1000_samples(timing.gpu_epoch_seconds, spec.samples)
         result.gpu_busy_pct = 100 * timing.gpu_epoch_seconds / timing.epoch_seconds

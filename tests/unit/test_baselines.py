@@ -152,6 +152,8 @@ def test_valid_json_of_the_wrong_shape_is_a_baseline_error(store, written, text)
     ("wall_noise_pct", "Infinity", "wall_noise_pct is inf, not a finite number >= 0"),
     ("kernel_step_s", [0.1, -1], "kernel_step_s[1] is -1, not a finite number > 0"),
     ("kernel_step_sm_mhz", [1980, "fast"], "kernel_step_sm_mhz[1] is 'fast', not a number"),
+    ("kernel_clock_limits", {"power cap": -1}, "kernel_clock_limits['power cap'] is -1, not a finite number >= 0"),
+    ("kernel_clock_limits", ["power cap"], "kernel_clock_limits is ['power cap'], not a mapping"),
 ])
 def test_a_baseline_whose_metrics_are_missing_or_not_positive_numbers_is_unusable(store, written, field, value,
                                                                                  problem):
@@ -356,6 +358,29 @@ def test_a_moved_gpu_clock_is_named_beside_the_verdict(result_factory, before, n
     assert comparison.label == "kernel regression"
     assert comparison.reasons == ([reason] if reason else [])
     assert (reason in comparison.explain("case")) if reason else "SM clock" not in comparison.explain("case")
+
+
+@pytest.mark.parametrize("before, now, gpu, verdict, tolerance", [
+    (None, {"power cap": 3}, 8.2, "pass", 3.0),  # +2.5%: within the clock-limited tolerance
+    ({"power cap": 2}, {}, 8.2, "pass", 3.0),  # either run limited is enough
+    (None, {"power cap": 3}, 8.4, "regression", 3.0),  # +5% still fails
+    ({}, {}, 8.2, "regression", 2.0),  # read and never limited: the tight tolerance
+    (None, None, 8.2, "regression", 2.0),  # not recorded on either side
+])
+def test_gpu_time_of_clock_limited_steps_is_judged_at_its_own_tolerance(result_factory, before, now, gpu, verdict,
+                                                                        tolerance):
+    tokens = {"kernel_step_tokens": [8192, 4096, 0]}
+    comparison = compare(timed(result_factory, gpu=gpu, kernel_clock_limits=now, **tokens),
+                         baseline_of(timed(result_factory, kernel_clock_limits=before, **tokens)), Tolerances())
+    [change] = [c for c in comparison.changes if c.kind == "gpu"]
+    assert comparison.verdict == verdict and change.tolerance_pct == tolerance
+    limited = [r for r in comparison.reasons if "held its clock down" in r]
+    assert len(limited) == (tolerance == 3.0)
+    if now == {"power cap": 3}:
+        assert limited[0].startswith("the GPU held its clock down in the traced steps (this run: power cap in 3 of "
+                                     "3 steps; the baseline: not recorded)")
+    if before == {"power cap": 2}:
+        assert "(this run: none; the baseline: power cap in 2 of 3 steps)" in limited[0]
 
 
 def test_gpu_time_is_compared_only_where_both_runs_have_it(result_factory):

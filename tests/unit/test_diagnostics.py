@@ -120,6 +120,7 @@ def test_kernel_time_and_clock_traces_each_batch_in_turn_and_reads_the_records_b
             self.steps.seconds.append(tokens * 1e-4)
             self.steps.kernels.append(3)
             self.steps.sm_mhz.append(1980 - len(self.steps.tokens))
+            self.steps.clock_limits.append(0x4 if tokens > 4096 else 0)
 
         def collect(self):
             self.collects += 1
@@ -134,3 +135,4 @@ def test_kernel_time_and_clock_traces_each_batch_in_turn_and_reads_the_records_b
     traced = step_profile.kernel_time_and_clock(trainer, [long, middle], 3)
     assert ran == [long, middle] * 3 and traced["tokens"] == [8192, 2048] * 3
     assert traced["sm_mhz"] == [1979, 1978, 1977, 1976, 1975, 1974] and traced["kernels"] == [3] * 6
+    assert traced["clock_limits"] == [["power cap"], []] * 3

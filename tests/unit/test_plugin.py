@@ -286,6 +286,7 @@ def test_bad_weights_are_a_usage_error(pytester, value, message):
     ("--sftbench-time-tolerance", "-5", "finite percentage >= 0"),
     ("--sftbench-memory-tolerance", "nan", "finite percentage >= 0"),
     ("--sftbench-gpu-time-tolerance", "inf", "finite percentage >= 0"),
+    ("--sftbench-limited-gpu-time-tolerance", "-1", "finite percentage >= 0"),
     ("--sftbench-timeout", "0", "number of seconds > 0"),
     ("--sftbench-timeout", "-1", "number of seconds > 0"),
 ])

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from sftbench import environment
+from sftbench.baselines import Tolerances
 from sftbench.catalog import Row
 from sftbench.runner import ResultStore, RunConfig, Runner, RunRefused, cannot_run
 from sftbench.spec import CaseSpec
@@ -52,6 +53,17 @@ def test_compare_outcomes_fail_regressions_and_skip_mismatches(tmp_path, monkeyp
     strict = make_runner(tmp_path, monkeypatch, strict=True)
     strict.results[ROW.spec] = result_factory(attention="sdpa")
     assert strict.check(ROW).action == "fail" and "--sftbench-strict" in strict.check(ROW).message
+
+
+def test_the_runs_clock_limited_gpu_tolerance_reaches_the_comparison(tmp_path, monkeypatch, result_factory):
+    writer = make_runner(tmp_path, monkeypatch, update_baselines=True)
+    writer.results[ROW.spec] = result_factory(gpu_minutes_per_1000_samples=8.0, kernel_clock_limits={})
+    writer.check(ROW)
+    limited = result_factory(gpu_minutes_per_1000_samples=8.4, kernel_clock_limits={"power cap": 1})
+    for tolerance, verdict in ((Tolerances(limited_gpu_time_pct=6.0), "pass"), (Tolerances(), "regression")):
+        runner = make_runner(tmp_path, monkeypatch, tolerances=tolerance)
+        runner.results[ROW.spec] = limited
+        assert runner.check(ROW).verdict == verdict
 
 
 def test_an_error_result_fails_its_row_and_is_left_out_of_the_summary(tmp_path, monkeypatch, result_factory):

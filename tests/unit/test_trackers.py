@@ -183,8 +183,8 @@ def test_kernel_timer_sums_each_steps_kernels_and_records_nothing_between_steps(
     cupti = FakeCupti(kernels_per_step=3)
     monkeypatch.setitem(sys.modules, "cupti", SimpleNamespace(cupti=cupti))
     monkeypatch.setattr(trackers.metadata, "version", lambda name: "13.0.1")
-    clocks = iter([1980, 1755, 1980])
-    monkeypatch.setattr(trackers, "sm_clock_mhz", lambda handle: next(clocks))
+    clocks = iter([(1980, 0), (1755, 0x4), (1980, None)])
+    monkeypatch.setattr(trackers, "clock_reading", lambda handle: next(clocks))
     timer = trackers.KernelTimer(CPU)
     timer.start()
     cupti.launch()  # an untraced step: a wall-timed one
@@ -198,6 +198,7 @@ def test_kernel_timer_sums_each_steps_kernels_and_records_nothing_between_steps(
     assert steps.tokens == [2048, 512, 0] and steps.kernels == [3, 3, 3]
     assert steps.seconds == pytest.approx([3e-6] * 3)
     assert steps.sm_mhz == [1980, 1755, 1980]  # read as each step's kernels ran, in step order
+    assert steps.clock_limits == [0, 0x4, None]
     assert timer.version == "cupti-python 13.0.1" and not cupti.enabled
 
 
@@ -212,41 +213,55 @@ def test_the_cpu_has_no_kernel_clock():
     assert trackers.kernel_clock_unavailable(CPU) == "no GPU kernel clock on the CPU"
 
 
-def test_the_sm_clock_is_read_from_nvml_and_none_without_it(monkeypatch):
+def test_the_sm_clock_and_its_limits_are_read_from_nvml_and_none_without_it(monkeypatch):
     def clock(handle, which):
         if handle == "lost":
             raise RuntimeError("GPU is lost")
         return {"SM": 1980}[which]
 
-    monkeypatch.setitem(sys.modules, "pynvml", SimpleNamespace(nvmlDeviceGetClockInfo=clock, NVML_CLOCK_SM="SM"))
-    assert trackers.sm_clock_mhz("handle") == 1980
-    assert trackers.sm_clock_mhz(None) is None and trackers.sm_clock_mhz("lost") is None
+    def reasons(handle):
+        if handle == "old driver":
+            raise RuntimeError("Not Supported")
+        return 0x4 | 0x1  # power cap, and idle
+
+    monkeypatch.setitem(sys.modules, "pynvml", SimpleNamespace(
+        nvmlDeviceGetClockInfo=clock, NVML_CLOCK_SM="SM", nvmlDeviceGetCurrentClocksEventReasons=reasons))
+    assert trackers.clock_reading("handle") == (1980, 0x5)
+    assert trackers.clock_reading("old driver") == (1980, None)
+    assert trackers.clock_reading(None) == (None, None) and trackers.clock_reading("lost")[0] is None
 
 
-def test_the_clock_sampler_averages_nvml_readings_inside_a_step_only(monkeypatch):
+def test_the_clock_sampler_averages_the_clock_and_combines_its_limits_inside_a_step_only(monkeypatch):
     readings = []
 
-    def clock(handle):
+    def reading(handle):
         readings.append(handle)
-        return 1800 if len(readings) % 2 else 1900
+        return (1800, 0x4 | 0x1) if len(readings) % 2 else (1900, 0x20)
 
-    monkeypatch.setattr(trackers, "sm_clock_mhz", clock)
+    monkeypatch.setattr(trackers, "clock_reading", reading)
     sampler = trackers.ClockSampler("handle", interval_s=0.001)
     time.sleep(0.05)
     assert readings == []  # nothing between steps
     sampler.begin()
     time.sleep(0.1)
-    mean = sampler.end()
+    mean, limits = sampler.end()
     assert len(readings) >= 4 and 1800 <= mean <= 1900
+    assert limits == 0x4 | 0x20  # idle (0x1) is no limit
     taken = len(readings)
     time.sleep(0.05)
     assert len(readings) <= taken + 1  # at most the reading under way as the step ended
     sampler.begin()
-    assert sampler.end() in (1800, 1900)  # a step too short for a sample: one reading
+    assert sampler.end() in ((1800, 0x4), (1900, 0x20))  # a step too short for a sample: one reading
 
 
 def test_without_nvml_the_clock_sampler_starts_no_thread_and_reads_none():
     before = threading.active_count()
     sampler = trackers.ClockSampler(None)
     sampler.begin()
-    assert sampler.end() is None and threading.active_count() == before
+    assert sampler.end() == (None, None) and threading.active_count() == before
+
+
+def test_clock_limits_are_counted_by_name_over_the_steps_read():
+    assert trackers.clock_limit_counts([0x4, 0x4 | 0x40, 0, None]) == {"power cap": 2, "thermal (hardware)": 1}
+    assert trackers.clock_limit_counts([0, 0]) == {}  # read, never limited
+    assert trackers.clock_limit_counts([None]) is None and trackers.clock_limit_counts([]) is None

@@ -33,7 +33,14 @@ import torch
 
 from sftbench.catalog import Row
 from sftbench.spec import RunOptions
-from sftbench.trackers import KernelTimer, MemoryTracker, StepTimer, kernel_clock_unavailable, synchronize
+from sftbench.trackers import (
+    CLOCK_LIMITS,
+    KernelTimer,
+    MemoryTracker,
+    StepTimer,
+    kernel_clock_unavailable,
+    synchronize,
+)
 from sftbench.trainer import Trainer, representatives
 from sftbench.worker import build_case_model, case_trainer, prepare_for_training
 
@@ -146,8 +153,8 @@ def profile(trainer: Trainer, batch, text_path: Path, steps: int = 3) -> dict:
 
 
 def kernel_time_and_clock(trainer: Trainer, batches, repeats: int) -> dict[str, list]:
-    """Each batch traced `repeats` times, in turn: per traced step its tokens, kernel seconds, kernel count
-    and mean SM clock (MHz), in the order run."""
+    """Each batch traced `repeats` times, in turn: per traced step its tokens, kernel seconds, kernel count,
+    mean SM clock (MHz) and what held the clock down (trackers.CLOCK_LIMITS names), in the order run."""
     timer = KernelTimer(trainer.device)
     timer.start()
     for _ in range(repeats):
@@ -156,7 +163,10 @@ def kernel_time_and_clock(trainer: Trainer, batches, repeats: int) -> dict[str, 
                 trainer.micro_step(batch)
         timer.collect()
     steps = timer.stop()
-    return {"tokens": steps.tokens, "kernel_s": steps.seconds, "kernels": steps.kernels, "sm_mhz": steps.sm_mhz}
+    limits = [None if bits is None else [name for bit, name in CLOCK_LIMITS.items() if bits & bit]
+              for bits in steps.clock_limits]
+    return {"tokens": steps.tokens, "kernel_s": steps.seconds, "kernels": steps.kernels, "sm_mhz": steps.sm_mhz,
+            "clock_limits": limits}
 
 
 def sync_lines(trainer: Trainer, batch) -> dict[str, int]:
