@@ -44,7 +44,8 @@ def pytest_addoption(parser):
     group.addoption("--sftbench-limited-gpu-time-tolerance", type=_percent,
                     default=DEFAULT_LIMITED_GPU_TIME_TOLERANCE_PCT, metavar="PCT",
                     help="allowed growth of GPU kernel time in %% where the GPU held its clock down (power cap, "
-                         "thermal) in either run's traced steps (default %(default)s)")
+                         "thermal) in either run's traced steps and the two runs used different GPUs "
+                         "(default %(default)s)")
     group.addoption("--sftbench-time-tolerance", type=_percent, default=DEFAULT_TIME_TOLERANCE_PCT, metavar="PCT",
                     help="wall time: the least noise band in %%; a slow-down beyond it (or the baseline's own "
                          "spread, if larger) that the step samples also show fails (default %(default)s)")
@@ -97,6 +98,11 @@ def pytest_cmdline_main(config):
     return (yield)
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's, on the controller as it starts each worker
+def pytest_configure_node(node):
+    workers.pass_loadgroup(node.config, node.workerinput)
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "sftbench: a seed row trained and compared with its baseline")
     if not config.pluginmanager.has_plugin("xdist"):
@@ -104,6 +110,7 @@ def pytest_configure(config):
     # pytest-benchmark turns itself off under pytest-xdist and says so; sftbench's rows still reach it (session.py).
     warnings.filterwarnings("ignore", "Benchmarks are automatically disabled because xdist", PytestBenchmarkWarning)
     if hasattr(config, "workerinput"):
+        workers.take_loadgroup(config)
         workers.pin_worker()
     elif getattr(config.option, "dist", "no") != "no":
         workers.check_worker_count(len(config.option.tx))

@@ -69,7 +69,7 @@ class Result:
     # prepare_s (peft, LoRA, checkpointing), setup_s (those and the data), warmup_s, case_s, wall_s.
     overhead: dict[str, float] = field(default_factory=dict)
     versions: dict[str, str | None] = field(default_factory=dict)
-    machine: dict = field(default_factory=dict)  # environment.machine(): GPU, driver, CUDA, settings
+    machine: dict = field(default_factory=dict)  # environment.machine(): GPU, driver, CUDA, settings; gpu_uuid
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

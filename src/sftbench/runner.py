@@ -284,6 +284,7 @@ class Runner:
             first = outcomes[0]
             configurations.append({
                 "key": first.result.key, "rows": [o.row.node_id for o in outcomes], "verdict": first.verdict,
+                "gpu_uuid": first.result.machine.get("gpu_uuid"),
                 "label": first.comparison.label if first.comparison else first.verdict,
                 "now": metrics_of(first.result), "baseline": metrics_of(first.baseline) if first.baseline else None,
                 "explanation": first.comparison.explain(first.row.node_id).splitlines()[1:] if first.comparison else [],

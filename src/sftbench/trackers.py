@@ -256,13 +256,20 @@ def clock_limit_counts(limits: list[int | None]) -> dict[str, int] | None:
             if any(bits & bit for bits in read)}
 
 
+def gpu_uuid(device: torch.device) -> str | None:
+    """Which physical GPU the torch device is, as NVML names it (GPU-...); None on the CPU."""
+    if device.type != "cuda":
+        return None
+    uuid = str(torch.cuda.get_device_properties(device).uuid)
+    return uuid if uuid.startswith("GPU-") else f"GPU-{uuid}"
+
+
 def _nvml_handle(device: torch.device):
     """NVML handle of the torch device, or None where nvidia-ml-py is missing or fails."""
     try:
         import pynvml
 
         pynvml.nvmlInit()
-        uuid = str(torch.cuda.get_device_properties(device).uuid)
-        return pynvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith("GPU-") else f"GPU-{uuid}")
+        return pynvml.nvmlDeviceGetHandleByUUID(gpu_uuid(device))
     except Exception:  # noqa: BLE001 - NVML is optional; the torch peaks are the seed's metric
         return None

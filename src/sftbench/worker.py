@@ -25,7 +25,7 @@ from sftbench.injection import Injection
 from sftbench.models import build_model, get_model, lora_target_modules
 from sftbench.result import Result, minutes_per_1000_samples
 from sftbench.spec import CaseSpec, RunOptions
-from sftbench.trackers import KernelTimer, MemoryTracker, clock_limit_counts, kernel_clock_unavailable
+from sftbench.trackers import KernelTimer, MemoryTracker, clock_limit_counts, gpu_uuid, kernel_clock_unavailable
 from sftbench.trainer import Trainer
 
 # Installed quantization libraries that a case of each precision never uses. peft's LoRA layer dispatch
@@ -65,6 +65,7 @@ def run_case(spec: CaseSpec, options: RunOptions, log=print) -> Result:
         faults.at("build")
         result.attention = environment.attention_kernel(spec.attention, options.attn_fallback)
         model, result.quantization_backend = build_case_model(spec, result.attention, device)
+        result.machine["gpu_uuid"] = gpu_uuid(device)  # power-capped kernel time is a property of the GPU
         result.overhead["build_s"] = time.perf_counter() - started  # CUDA context, model (quantized: checkpoint)
         if spec.quantization != "bf16":
             from sftbench.quantization.gptq import checkpoint_overhead

@@ -17,6 +17,7 @@ import os
 
 import pytest
 
+LOADGROUP_INPUT = "sftbench_loadgroup"  # workerinput key: the controller distributes by xdist_group
 WORKER_ENV = "PYTEST_XDIST_WORKER"  # gwK, set by pytest-xdist in each worker before its plugins configure
 WORKER_COUNT_ENV = "PYTEST_XDIST_WORKER_COUNT"
 
@@ -69,3 +70,16 @@ def default_to_loadgroup(option) -> None:
     default, "load", is applied)."""
     if getattr(option, "numprocesses", None) and getattr(option, "dist", "no") == "no":
         option.dist = "loadgroup"
+
+
+def pass_loadgroup(config, workerinput: dict) -> None:
+    """Tell a worker that the controller distributes by group: a worker parses the command line again, so
+    a --dist that default_to_loadgroup set rather than the user does not reach it, and without it the worker
+    leaves its rows' node ids without the group that the controller's scheduler reads."""
+    workerinput[LOADGROUP_INPUT] = config.getvalue("dist") == "loadgroup"
+
+
+def take_loadgroup(config) -> None:
+    """In a worker, before collection: group as the controller does (pytest-xdist's own flag)."""
+    if config.workerinput.get(LOADGROUP_INPUT):
+        config.option.loadgroup = True

@@ -360,27 +360,38 @@ def test_a_moved_gpu_clock_is_named_beside_the_verdict(result_factory, before, n
     assert (reason in comparison.explain("case")) if reason else "SM clock" not in comparison.explain("case")
 
 
-@pytest.mark.parametrize("before, now, gpu, verdict, tolerance", [
-    (None, {"power cap": 3}, 8.2, "pass", 3.0),  # +2.5%: within the clock-limited tolerance
-    ({"power cap": 2}, {}, 8.2, "pass", 3.0),  # either run limited is enough
-    (None, {"power cap": 3}, 8.4, "regression", 3.0),  # +5% still fails
-    ({}, {}, 8.2, "regression", 2.0),  # read and never limited: the tight tolerance
-    (None, None, 8.2, "regression", 2.0),  # not recorded on either side
+A, B = "GPU-a", "GPU-b"
+
+
+@pytest.mark.parametrize("before, now, gpus, gpu, verdict, tolerance", [
+    (None, {"power cap": 3}, (A, B), 8.2, "pass", 4.0),  # +2.5% on another GPU: within the clock-limited tolerance
+    ({"power cap": 2}, {}, (A, B), 8.3, "pass", 4.0),  # either run limited is enough
+    (None, {"power cap": 3}, (None, B), 8.3, "pass", 4.0),  # the baseline's GPU unknown: maybe another
+    (None, {"power cap": 3}, (A, B), 8.4, "regression", 4.0),  # +5% still fails
+    ({"power cap": 2}, {"power cap": 3}, (A, A), 8.2, "regression", 2.0),  # the same GPU repeats itself
+    ({}, {}, (A, B), 8.2, "regression", 2.0),  # read and never limited: the tight tolerance
+    (None, None, (A, B), 8.2, "regression", 2.0),  # not recorded on either side
 ])
-def test_gpu_time_of_clock_limited_steps_is_judged_at_its_own_tolerance(result_factory, before, now, gpu, verdict,
-                                                                        tolerance):
-    tokens = {"kernel_step_tokens": [8192, 4096, 0]}
-    comparison = compare(timed(result_factory, gpu=gpu, kernel_clock_limits=now, **tokens),
-                         baseline_of(timed(result_factory, kernel_clock_limits=before, **tokens)), Tolerances())
+def test_gpu_time_of_clock_limited_steps_on_another_gpu_is_judged_at_its_own_tolerance(
+        result_factory, before, now, gpus, gpu, verdict, tolerance):
+    def measured(uuid, **fields):
+        machine = {"gpu": "NVIDIA H200", "gpu_uuid": uuid} if uuid else {"gpu": "NVIDIA H200"}
+        return timed(result_factory, kernel_step_tokens=[8192, 4096, 0], machine=machine, **fields)
+
+    comparison = compare(measured(gpus[1], gpu=gpu, kernel_clock_limits=now),
+                         baseline_of(measured(gpus[0], kernel_clock_limits=before)), Tolerances())
     [change] = [c for c in comparison.changes if c.kind == "gpu"]
     assert comparison.verdict == verdict and change.tolerance_pct == tolerance
     limited = [r for r in comparison.reasons if "held its clock down" in r]
-    assert len(limited) == (tolerance == 3.0)
-    if now == {"power cap": 3}:
-        assert limited[0].startswith("the GPU held its clock down in the traced steps (this run: power cap in 3 of "
-                                     "3 steps; the baseline: not recorded)")
-    if before == {"power cap": 2}:
+    assert len(limited) == (tolerance == 4.0)
+    if (before, now, gpus) == (None, {"power cap": 3}, (A, B)):
+        assert limited[0] == ("the GPU held its clock down in the traced steps (this run: power cap in 3 of 3 steps; "
+                              "the baseline: not recorded), on another GPU: such kernel time differs between GPUs "
+                              "of one model, so GPU time is judged at the clock-limited tolerance")
+    if before == {"power cap": 2} and tolerance == 4.0:
         assert "(this run: none; the baseline: power cap in 2 of 3 steps)" in limited[0]
+    if gpus[0] is None:
+        assert "the baseline's GPU is not recorded" in limited[0]
 
 
 def test_gpu_time_is_compared_only_where_both_runs_have_it(result_factory):

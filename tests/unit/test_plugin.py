@@ -366,6 +366,9 @@ def test_workers_train_a_configuration_shown_in_two_tables_once(pytester):
     for row_id in ("faster", "slower"):  # each configuration is one xdist group, trained by one worker
         running = re.findall(rf"sftbench: running test_(?:cpu_smoke|again)\[{row_id}\] ", result.stderr.str())
         assert len(running) == 1, result.stderr.str()
+        # The workers' node ids name the group (which the scheduler reads), not only the controller's marks.
+        for test in ("test_cpu_smoke", "test_again"):
+            result.stdout.fnmatch_lines([f"*PASSED*::{test}[[]{row_id}[]]@{key(row_id)}*"])
     section = sftbench_section(result)  # one entry per configuration, its other row named under it
     assert section.count("the same configuration: test_") == 2 and section.count("baseline written: ") == 2
 

@@ -60,7 +60,8 @@ def test_the_runs_clock_limited_gpu_tolerance_reaches_the_comparison(tmp_path, m
     writer.results[ROW.spec] = result_factory(gpu_minutes_per_1000_samples=8.0, kernel_clock_limits={})
     writer.check(ROW)
     limited = result_factory(gpu_minutes_per_1000_samples=8.4, kernel_clock_limits={"power cap": 1})
-    for tolerance, verdict in ((Tolerances(limited_gpu_time_pct=6.0), "pass"), (Tolerances(), "regression")):
+    for tolerance, verdict in ((Tolerances(limited_gpu_time_pct=6.0), "pass"), (Tolerances(limited_gpu_time_pct=3.0),
+                                                                                 "regression")):
         runner = make_runner(tmp_path, monkeypatch, tolerances=tolerance)
         runner.results[ROW.spec] = limited
         assert runner.check(ROW).verdict == verdict
@@ -107,12 +108,14 @@ def test_the_run_record_keeps_each_configurations_verdict_beside_its_baseline(tm
                     log=lambda line: None)
     monkeypatch.setattr(runner, "skip_reason", lambda spec: None)
     runner.results[ROW.spec] = result_factory(minutes=13.0)
+    runner.results[ROW.spec].machine["gpu_uuid"] = "GPU-1234"
     runner.check(ROW)
     path = runner.write_record()
     record = json.loads(path.read_text())
     assert path.parent == tmp_path / "results" / "history" and record["update_baselines"] is False
     [configuration] = record["configurations"]
     assert configuration["rows"] == [ROW.node_id] and configuration["label"] == "wall-time regression"
+    assert configuration["gpu_uuid"] == "GPU-1234"  # under pytest-xdist each configuration names its own GPU
     assert (configuration["baseline"]["minutes_per_1000_samples"], configuration["now"]["minutes_per_1000_samples"]) \
         == (10.0, 13.0)
     assert {"gpu", "driver", "versions", "commit", "settings"} <= set(record) and record["started"] <= record["finished"]

@@ -209,8 +209,12 @@ def test_kernels_are_assigned_by_their_start_inside_a_window():
     assert steps.seconds == pytest.approx([(50 + 61) / 1e9, 40 / 1e9])
 
 
-def test_the_cpu_has_no_kernel_clock():
+def test_the_cpu_has_no_kernel_clock_and_no_gpu_uuid(monkeypatch):
     assert trackers.kernel_clock_unavailable(CPU) == "no GPU kernel clock on the CPU"
+    assert trackers.gpu_uuid(CPU) is None
+    properties = SimpleNamespace(uuid="8e2a5f01-0000-4000-8000-000000000000")  # torch's form, without NVML's GPU-
+    monkeypatch.setattr(trackers.torch.cuda, "get_device_properties", lambda device: properties)
+    assert trackers.gpu_uuid(trackers.torch.device("cuda", 0)) == "GPU-8e2a5f01-0000-4000-8000-000000000000"
 
 
 def test_the_sm_clock_and_its_limits_are_read_from_nvml_and_none_without_it(monkeypatch):
