@@ -29,10 +29,11 @@ SCHEMA = 1
 # GPU kernel time of a configuration repeats to 0.01-0.4% on one GPU, whatever the host is doing, and
 # between H200s it moved up to 1.0% where the steps ran at the top clock...
 DEFAULT_GPU_TIME_TOLERANCE_PCT = 2.0
-# ...but where NVML reported the power cap holding the clock down (trackers.CLOCK_LIMITS: steps of 4096 tokens
-# and more), it is a property of the GPU: 1.1-1.8% apart between the two GPUs of one host and up to 3.2%
-# between GPUs of different hosts, each GPU repeating itself to 0.4%. Such a comparison across two GPUs is
-# judged at this tolerance; one on the same GPU (Result.machine["gpu_uuid"]) keeps the tight one.
+# ...but where NVML reported the power cap holding the clock down (trackers.CLOCK_LIMITS; on the H200 the long
+# steps of full 2048-8192, LoRA 4096-8192, batch 2-8), it is a property of the GPU: 1.1-1.8% apart between the
+# two GPUs of one host, up to 3.2% between GPUs of different hosts, each GPU repeating itself to 0.4%. Such a
+# comparison across two GPUs is judged at this tolerance; one on the same GPU (Result.machine["gpu_uuid"])
+# keeps the tight one.
 DEFAULT_LIMITED_GPU_TIME_TOLERANCE_PCT = 4.0
 # Wall time of a host-bound step moves with the host: 5-8% between blocks of steps, and medians of
 # 20-step blocks up to 17% apart on an idle H200 host. A wall-time change counts only beyond this floor

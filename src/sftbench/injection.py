@@ -38,11 +38,15 @@ class Injection:
                 raise ValueError(f"{name}={text!r} must be >= 0")
         return cls(**values)
 
-    @property
-    def active(self) -> bool:
-        return bool(self.gpu_pct or self.host_ms or self.memory_pct)
-
 
 def injected(settings: dict[str, str]) -> list[str]:
-    """The knobs set in a result's recorded settings (environment.settings())."""
-    return [name for name in KNOBS if settings.get(name, "").strip() not in ("", "0")]
+    """The knobs set in a result's recorded settings (environment.settings()): any value but empty or zero
+    ("0.0" injects nothing; a value that is no number counts as set, since nothing could measure it)."""
+    return [name for name in KNOBS if _set(settings.get(name, ""))]
+
+
+def _set(text: str) -> bool:
+    try:
+        return float(text.strip() or 0) != 0
+    except ValueError:
+        return True

@@ -122,7 +122,9 @@ class Launcher:
             else:
                 process.kill()
                 result = _died(spec, options, f"timed out after {self.timeout_s:g} s")
-        except EOFError:
+        except EOFError:  # the case's pipe closed without a result, or the forkserver ended before it started one
+            if process is None:
+                return _died(spec, options, "the case's process did not start: the launcher's forkserver ended")
             _reap(process)
             result = _died(spec, options, f"the case's process died with exit code {process.exitcode}"
                                           " (a negative code is the signal that killed it)")

@@ -196,10 +196,10 @@ class ClockSampler:
     """The GPU's SM clock through a step and what limited it: NVML read every `interval_s` between begin()
     and end(); the clock averaged, the clocks-event reasons (CLOCK_LIMITS) of all readings combined.
 
-    Long steps run below the top clock, and their kernel time differs between GPUs of one model by up to
-    2.5%; the clock reading itself does not account for it (repeats of one 8192-token step: kernel time
-    moved 0.8% where the mean clock moved 2.5%). The thread samples only inside traced steps, never beside
-    a wall-timed one."""
+    Long steps run at the power cap, below the top clock, and their kernel time differs between GPUs of one
+    model by up to 3.2% while each GPU repeats itself to 0.4%; the clock reading does not account for it
+    (repeats of one 8192-token step: kernel time moved 0.8% where the mean clock moved 2.5%), the limit
+    reasons say when it applies. The thread samples only inside traced steps, never beside a wall-timed one."""
 
     def __init__(self, handle, interval_s: float = 0.005):
         self._handle, self.interval_s = handle, interval_s

@@ -11,11 +11,12 @@ it locks too (on the CPU there is no GPU to share).
 from __future__ import annotations
 
 import hashlib
-import os
 import tempfile
 from pathlib import Path
 
 from filelock import FileLock, Timeout
+
+from sftbench import workers
 
 LOCKS = Path(tempfile.gettempdir())
 
@@ -30,10 +31,10 @@ def lock_update(folder: Path, part: str, worker: str | None, gpu: str) -> list[F
         f"another --sftbench-update-baselines run is writing {folder}: wait for it to finish (two runs would "
         "leave a set of baselines mixing both)"))]
     if worker is not None and gpu != "cpu":
-        visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+        visible = workers.visible_gpus()
         if len(visible) != 1:
             release(held)
-            raise UpdateRefused(f"pytest-xdist worker {worker} sees CUDA_VISIBLE_DEVICES={','.join(visible)!r}: "
+            raise UpdateRefused(f"pytest-xdist worker {worker} sees the GPUs {','.join(visible)!r}: "
                                 "baselines are measured with one GPU per worker, each its own (or without -n)")
         try:
             held.append(_acquire(f"gpu-{_digest(visible[0])}", (

@@ -153,8 +153,8 @@ def test_a_second_update_run_of_the_same_folder_is_refused_while_shards_share_it
 
 
 @pytest.mark.parametrize("visible, refusal", [
-    ("0,1", "worker gw0 sees CUDA_VISIBLE_DEVICES='0,1': baselines are measured with one GPU per worker"),
-    ("", "worker gw0 sees CUDA_VISIBLE_DEVICES='': baselines are measured with one GPU per worker"),
+    ("0,1", "worker gw0 sees the GPUs '0,1': baselines are measured with one GPU per worker"),
+    ("", "worker gw0 sees the GPUs '': baselines are measured with one GPU per worker"),
     ("1", "worker gw0: GPU 1 is already measured on by another worker"),
 ])
 def test_xdist_workers_update_baselines_only_each_on_a_gpu_of_its_own(tmp_path, monkeypatch, visible, refusal):

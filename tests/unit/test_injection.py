@@ -7,9 +7,9 @@ from sftbench.injection import GPU_PCT, HOST_MS, MEMORY_PCT, Injection, injected
 
 
 def test_knobs_are_read_from_the_environment():
-    assert Injection.from_environ({}) == Injection() and not Injection().active
+    assert Injection.from_environ({}) == Injection()
     knobs = Injection.from_environ({GPU_PCT: "5", HOST_MS: " 40 ", MEMORY_PCT: "3"})
-    assert knobs == Injection(gpu_pct=5.0, host_ms=40.0, memory_pct=3.0) and knobs.active
+    assert knobs == Injection(gpu_pct=5.0, host_ms=40.0, memory_pct=3.0)
 
 
 @pytest.mark.parametrize("value", ["abc", "-1", "nan"])
@@ -22,3 +22,4 @@ def test_knobs_are_recorded_among_the_settings_and_named_when_set(monkeypatch):
     monkeypatch.setenv(GPU_PCT, "5")
     assert environment.settings()[GPU_PCT] == "5"
     assert injected({GPU_PCT: "5", HOST_MS: "0", "CUDA_LAUNCH_BLOCKING": "1"}) == [GPU_PCT]
+    assert injected({GPU_PCT: "0.0", HOST_MS: " ", MEMORY_PCT: "three"}) == [MEMORY_PCT]
