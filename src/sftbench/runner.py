@@ -11,7 +11,7 @@ import json
 import os
 import sys
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -232,11 +232,10 @@ class Runner:
         except BaselineError as error:
             return RowOutcome(row, "fail", "baseline error", str(error), result)
         run = self.config.tolerances
-        tolerances = Tolerances(
-            run.gpu_time_pct if row.gpu_time_tolerance_pct is None else row.gpu_time_tolerance_pct,
-            run.time_pct if row.time_tolerance_pct is None else row.time_tolerance_pct,
-            run.memory_pct if row.memory_tolerance_pct is None else row.memory_tolerance_pct,
-            run.limited_gpu_time_pct)
+        tolerances = replace(
+            run, gpu_time_pct=run.gpu_time_pct if row.gpu_time_tolerance_pct is None else row.gpu_time_tolerance_pct,
+            time_pct=run.time_pct if row.time_tolerance_pct is None else row.time_tolerance_pct,
+            memory_pct=run.memory_pct if row.memory_tolerance_pct is None else row.memory_tolerance_pct)
         comparison = compare(result, baseline, tolerances)
         if baseline is None and self.config.require_baseline:
             return RowOutcome(row, "fail", comparison.verdict, f"{row.node_id}: no baseline "

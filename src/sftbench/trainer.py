@@ -165,7 +165,7 @@ class Trainer:
         one optimizer step, untimed. Steps of one shape launch the same kernels, whose summed time repeats
         to ~0.1%, so tracing a shape again (the longest batch is often a quarter of an epoch) adds only
         CUPTI's cost, ~90 us per kernel (a 7B step launches ~6000)."""
-        started = time.perf_counter()
+        started, reading_s = time.perf_counter(), 0.0
         shapes = distinct_shapes(representatives(ordered, count))
         for i, batch in enumerate(shapes, 1):
             with self.kernel_timer.step(batch.tokens):
@@ -173,11 +173,12 @@ class Trainer:
             if i % FLUSH_EVERY == 0:  # many shapes (the projection check traces every one): bound the records held
                 read = time.perf_counter()
                 self.kernel_timer.collect()
-                timing.kernel_trace_s += time.perf_counter() - read
+                reading_s += time.perf_counter() - read
                 progress(f"traced {i}/{len(shapes)} batch shapes")
         with self.kernel_timer.step(0):
             self.optimizer_step()
-        timing.kernel_steps_s = time.perf_counter() - started - timing.kernel_trace_s
+        timing.kernel_trace_s += reading_s
+        timing.kernel_steps_s = time.perf_counter() - started - reading_s
 
     def _gpu_epoch_seconds(self, timing: EpochTiming, full_epoch: bool) -> float:
         """The epoch's kernel time: summed over a traced full epoch, else projected like the wall time."""

@@ -136,3 +136,30 @@ def test_kernel_time_and_clock_traces_each_batch_in_turn_and_reads_the_records_b
     assert ran == [long, middle] * 3 and traced["tokens"] == [8192, 2048] * 3
     assert traced["sm_mhz"] == [1979, 1978, 1977, 1976, 1975, 1974] and traced["kernels"] == [3] * 6
     assert traced["clock_limits"] == [["power cap"], []] * 3
+
+
+@pytest.mark.parametrize("reference_ok, name", [(True, "3 batch shapes traced"), (False, "no batch shapes traced")])
+def test_a_projection_against_traced_batch_shapes_names_its_reference_and_leaves_the_wall_columns_empty(
+        tmp_path, monkeypatch, result_factory, reference_ok, name):
+    from sftbench.catalog import Row
+    from sftbench.diagnostics import projection
+    from sftbench.spec import CaseSpec
+
+    spec = CaseSpec("qwen-7b-chat", max_length=8192, samples=40)
+    ran = []
+
+    class Launcher:
+        def run(self, spec, options):
+            ran.append(options)
+            if options.kernel_steps == 40:  # the reference: every shape traced once, then an optimizer step
+                return result_factory(spec, outcome="ok" if reference_ok else "oom", kernel_step_tokens=[8192, 4096, 512, 0],
+                                      kernel_step_s=[1.0, 0.5, 0.1, 0.2], optimizer_kernel_s=0.2,
+                                      gpu_minutes_per_1000_samples=2.0, gpu_busy_pct=20.0)
+            return result_factory(spec, gpu_minutes_per_1000_samples=2.02, gpu_busy_pct=20.2)
+
+    monkeypatch.setattr(projection, "Launcher", Launcher)
+    [entry] = projection.check_projection([Row("lora_max_length", "x", spec)], tmp_path, quick_runs=1,
+                                          kernel_steps=40, log=lambda line: None)
+    assert [o.kernel_steps for o in ran] == [8, 40] and not ran[1].full_epoch
+    assert entry["reference"] == name and entry["full_min"] is None and entry["replayed_min"] is None
+    assert (entry["full_gpu_min"], entry["gpu_delta_pct"]) == ((2.0, pytest.approx(1.0)) if reference_ok else (None, None))

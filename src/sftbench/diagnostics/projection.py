@@ -60,7 +60,7 @@ def check_projection(rows: list[Row], out: Path, *, quick_runs: int = 2, settle:
         full_result, quick = None, []
         for mode, options in plan:
             result = launcher.run(spec, options)
-            log(f"{row.node_id} {options.mode if mode == 'reference' else mode} settle={options.settle_steps} "
+            log(f"{row.node_id} {mode} ({options.mode}) settle={options.settle_steps} "
                 f"steps={options.representative_steps} kernel_steps={options.kernel_steps}: {describe(result)}")
             store.write(result)
             if result.outcome != "ok":
@@ -70,14 +70,14 @@ def check_projection(rows: list[Row], out: Path, *, quick_runs: int = 2, settle:
             else:
                 quick.append((options.settle_steps, len(result.step_durations_s), result.minutes_per_1000_samples,
                               result.gpu_minutes_per_1000_samples))
-        full_epoch = full_result is not None and full_result.mode == "full"
+        full_epoch = full_result is not None and reference.full_epoch
         full = full_result.minutes_per_1000_samples if full_epoch else None
         full_gpu = None if full_result is None else full_result.gpu_minutes_per_1000_samples
         # Replayed with as many steps as the quick runs timed.
         replayed = replay_quick(full_result, quick[0][1] if quick else defaults.representative_steps) if full_epoch else None
         replayed_gpu = None if full_gpu is None else replay_quick_gpu(full_result, spec, defaults.kernel_steps)
-        reference_name = "full epoch" if full_epoch or full_result is None else (
-            f"{sum(1 for t in full_result.kernel_step_tokens if t > 0)} batch shapes traced")
+        reference_name = "full epoch" if reference.full_epoch else (
+            f"{sum(1 for t in full_result.kernel_step_tokens if t > 0) if full_result else 'no'} batch shapes traced")
         # A reference without quick runs still gets its line, the quick columns empty.
         for settle_steps, timed, minutes, gpu in quick or ([(None,) * 4] if full_gpu or full else []):
             table.append({"row": row.node_id, "reference": reference_name, "settle": settle_steps, "steps": timed,
@@ -122,7 +122,8 @@ def replay_quick_gpu(reference: Result, spec, count: int) -> float:
     every batch shape traced once): the kernel time of the shapes among the `count` representatives it would
     trace, projected over the epoch's batches. A shape the reference did not trace is interpolated between
     its traced neighbours."""
-    batches = epoch_batches(SyntheticCorpus(1, spec.samples).lengths, spec.batch_size, spec.max_length)
+    lengths = SyntheticCorpus(1, spec.samples).lengths  # the samples' lengths do not depend on the vocabulary
+    batches = epoch_batches(lengths, spec.batch_size, spec.max_length)
     chosen = [b.tokens for b in trainer.distinct_shapes(
         trainer.representatives(sorted(batches, key=lambda b: -b.tokens), count))]
     traced: dict[int, list[float]] = {}
