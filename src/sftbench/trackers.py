@@ -78,7 +78,7 @@ class KernelTimer:
 
     Kernel activity is recorded only inside `step()`, and a step's kernels are those that start between
     its synchronized start and end. Records wait in CUPTI's buffers; `collect()` flushes and sums them
-    (about 90 us a kernel on the H200 host, a 7B step launching ~6000): call it between steps, never
+    (37-90 us a kernel on H200 hosts, a 7B step launching ~6000): call it between steps, never
     inside a timed one.
     """
 

@@ -164,7 +164,7 @@ class Trainer:
         """Kernel time of the batch shapes among `count` representative micro-steps, one step each, and of
         one optimizer step, untimed. Steps of one shape launch the same kernels, whose summed time repeats
         to ~0.1%, so tracing a shape again (the longest batch is often a quarter of an epoch) adds only
-        CUPTI's cost, ~90 us per kernel (a 7B step launches ~6000)."""
+        CUPTI's cost, 37-90 us per kernel on H200 hosts (a 7B step launches ~6000)."""
         started, reading_s = time.perf_counter(), 0.0
         shapes = distinct_shapes(representatives(ordered, count))
         for i, batch in enumerate(shapes, 1):
