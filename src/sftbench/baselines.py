@@ -3,8 +3,9 @@
 A baseline is a Result measured on the GPU its folder names, plus the run's metadata. Comparing a new
 Result with it judges each metric (lower is better for all):
 - GPU-minutes per 1000 samples, from summed kernel time: the primary speed metric, tight tolerance;
-- wall minutes per 1000 samples: worse only beyond a noise band (a floor, or the baseline's own measured
-  spread if larger) and when the paired step samples differ significantly;
+- wall minutes per 1000 samples, only where both ran on the same host: worse only beyond a noise band (a
+  floor, or the baseline's own measured spread if larger) and when the paired step samples differ
+  significantly;
 - memory: max reserved (the seed's metric, ms-swift's benchmark) and max allocated.
 A regression says its kind: kernel (GPU time up), host-side (wall up, GPU time flat), both, or memory.
 """
@@ -38,6 +39,7 @@ DEFAULT_LIMITED_GPU_TIME_TOLERANCE_PCT = 4.0
 # Wall time of a host-bound step moves with the host: 5-8% between blocks of steps, and medians of
 # 20-step blocks up to 17% apart on an idle H200 host. A wall-time change counts only beyond this floor
 # (or the baseline's own measured spread, if larger) and only when the step samples differ significantly.
+# Between hosts of one GPU model it moved up to 46%, beyond any band: it is compared only within a host.
 DEFAULT_TIME_TOLERANCE_PCT = 20.0
 DEFAULT_MEMORY_TOLERANCE_PCT = 2.0
 SIGNIFICANCE = 0.01  # two-sided p-value below which step samples differ
@@ -204,6 +206,7 @@ class Comparison:
     reasons: list[str] = field(default_factory=list)
     version_changes: dict[str, tuple] = field(default_factory=dict)
     setting_changes: dict[str, tuple] = field(default_factory=dict)  # driver, CUDA, environment variables
+    wall_across_hosts: bool = False  # both runs measured wall time, on different hosts: it was not judged
 
     @property
     def label(self) -> str:
@@ -254,8 +257,9 @@ def compare(result: Result, baseline: Baseline | None, tolerances: Tolerances) -
             f"attention={result.attention}, backend={result.quantization_backend}, mode={result.mode}"], **differ)
     changes = []
     limited = (bool(old.kernel_clock_limits) or bool(result.kernel_clock_limits)) and not _same_gpu(old, result)
+    same_host = _same_host(old, result)
     for name, (read, kind) in METRICS.items():
-        if read(old) is None or read(result) is None:
+        if read(old) is None or read(result) is None or (kind == "wall" and not same_host):
             continue
         change = MetricChange(name, read(old), read(result), tolerances.of(kind), kind)
         if kind == "gpu" and limited:
@@ -266,10 +270,11 @@ def compare(result: Result, baseline: Baseline | None, tolerances: Tolerances) -
         changes.append(change)
     verdicts = {c.verdict for c in changes}
     verdict = "regression" if "worse" in verdicts else "improvement" if "better" in verdicts else "pass"
-    reasons = _missing_gpu_time(old, result) + _clock_change(old, result)
+    wall_unjudged = _wall_not_judged(old, result, same_host)
+    reasons = _missing_gpu_time(old, result, same_host) + wall_unjudged + _clock_change(old, result)
     if limited and any(c.kind == "gpu" for c in changes):
         reasons.append(_clock_limits(old, result))
-    return Comparison(verdict, changes, reasons=reasons, **differ)
+    return Comparison(verdict, changes, reasons=reasons, wall_across_hosts=bool(wall_unjudged), **differ)
 
 
 def step_samples_p_value(old: Result, new: Result) -> float | None:
@@ -287,13 +292,27 @@ def step_samples_p_value(old: Result, new: Result) -> float | None:
     return float(stats.mannwhitneyu(*per_token).pvalue)
 
 
-def _missing_gpu_time(old: Result, new: Result) -> list[str]:
+def _missing_gpu_time(old: Result, new: Result, same_host: bool) -> list[str]:
     """Why GPU time was not compared, where one side has it and the other does not."""
+    speed = "speed is judged on wall time alone" if same_host else "speed is not judged"
     if old.gpu_minutes_per_1000_samples is None and new.gpu_minutes_per_1000_samples is not None:
-        return ["the baseline has no GPU kernel time (it predates that metric): speed is judged on wall time alone"]
+        return [f"the baseline has no GPU kernel time (it predates that metric): {speed}"]
     if new.gpu_minutes_per_1000_samples is None and old.gpu_minutes_per_1000_samples is not None:
-        return [f"this run has no GPU kernel time ({new.kernel_clock}): speed is judged on wall time alone"]
+        return [f"this run has no GPU kernel time ({new.kernel_clock}): {speed}"]
     return []
+
+
+def _same_host(old: Result, new: Result) -> bool:
+    return bool(set(old.machine.get("host") or ()) & set(new.machine.get("host") or ()))
+
+
+def _wall_not_judged(old: Result, new: Result, same_host: bool) -> list[str]:
+    """Why wall time was not compared: the runs' hosts differ, or the baseline's is not recorded."""
+    if same_host or old.minutes_per_1000_samples is None or new.minutes_per_1000_samples is None:
+        return []
+    where = "its host is not recorded" if not old.machine.get("host") else "it ran on another host"
+    return [f"wall time is not judged: {where}, and between hosts of one GPU model it moves by up to 46% "
+            "(a host-bound step runs as fast as the host's CPUs let it)"]
 
 
 def _clock_change(old: Result, new: Result) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import socket
 import subprocess
 from functools import cache
 from importlib import metadata
@@ -131,5 +132,22 @@ def settings() -> dict[str, str]:
     return {name: os.environ[name] for name in SETTINGS if name in os.environ}
 
 
+@cache
+def host() -> list[str]:
+    """What identifies this host: the UUIDs of all the GPUs NVML lists (CUDA_VISIBLE_DEVICES does not hide
+    them from NVML), else its hostname. Two results come from the same host where these share an entry;
+    wall time is compared only between such results (baselines.compare)."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        uuids = [pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(index))
+                 for index in range(pynvml.nvmlDeviceGetCount())]
+        uuids = [uuid.decode() if isinstance(uuid, bytes) else uuid for uuid in uuids]
+    except Exception:  # noqa: BLE001 - no NVML or no GPU: the hostname names the host
+        uuids = []
+    return sorted(uuids) or [socket.gethostname()]
+
+
 def machine() -> dict:
-    return {**gpu_info(), "allocator": allocator_config(), "settings": settings()}
+    return {**gpu_info(), "host": host(), "allocator": allocator_config(), "settings": settings()}

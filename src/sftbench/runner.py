@@ -332,7 +332,8 @@ class Runner:
                 lines.append("  the same configuration: " + ", ".join(o.row.node_id for o in outcomes[1:]))
             if first.verdict in ("regression", "improvement", "not-comparable"):
                 lines += first.comparison.explain(first.row.node_id).splitlines()[1:]
-            entries.append({"verdict": first.verdict, "lines": lines})
+            entries.append({"verdict": first.verdict, "lines": lines,
+                            "wall_across_hosts": first.comparison is not None and first.comparison.wall_across_hosts})
         return entries
 
     def summary_lines(self, skipped: int = 0) -> list[str]:
@@ -343,6 +344,10 @@ class Runner:
         verdicts = [entry["verdict"] for entry in entries]
         counts = {verdict: verdicts.count(verdict) for verdict in dict.fromkeys(verdicts)}
         lines.append(", ".join([f"{n} {verdict}" for verdict, n in counts.items()] + [f"{skipped} skipped"]))
+        if unjudged := sum(entry.get("wall_across_hosts", False) for entry in entries):
+            lines.append(f"wall time not judged in {unjudged} of {len(entries)} configurations: their baselines ran "
+                         "on another host or do not name theirs (GPU time and memory judged them; baselines "
+                         "written on this host judge wall time too)")
         results = f"{self.config.results_dir}/" if self.config.results_dir is not None else "no results folder"
         lines += [f"{name} ended without its report (it crashed): the configurations it finished are missing from "
                   f"this summary and the run record; their results: {results}" for name in self.lost_parts]

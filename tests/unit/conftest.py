@@ -20,7 +20,8 @@ def make_result(spec: CaseSpec = QWEN_7B_4096, *, gpu: str = "NVIDIA H200", minu
         tokens_per_s=None if minutes is None else 2_800_000 / (minutes * 60), trainable_params=4_194_304,
         memory=MemoryPeaks(max_reserved_mib=reserved, max_allocated_mib=allocated, max_rss_mib=4000.0),
         overhead={"setup_s": 3.0}, versions=dict(VERSIONS),
-        machine={"gpu": gpu, "driver": "580.1", "gpu_memory_mib": 143771, "cuda": "13.0", "allocator": ""},
+        machine={"gpu": gpu, "driver": "580.1", "gpu_memory_mib": 143771, "cuda": "13.0", "allocator": "",
+                 "host": ["GPU-host-a-0", "GPU-host-a-1"]},
     )
     values.update(fields)
     return Result(**values)
