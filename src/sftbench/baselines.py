@@ -311,8 +311,8 @@ def _wall_not_judged(old: Result, new: Result, same_host: bool) -> list[str]:
     if same_host or old.minutes_per_1000_samples is None or new.minutes_per_1000_samples is None:
         return []
     where = "its host is not recorded" if not old.machine.get("host") else "it ran on another host"
-    return [f"wall time is not judged: {where}, and between hosts of one GPU model it moves by up to 46% "
-            "(a host-bound step runs as fast as the host's CPUs let it)"]
+    return [(f"wall time is not judged: {where}, and between hosts of one GPU model it moves by up to 46% "
+             "(a host-bound step runs as fast as the host's CPUs let it)")]
 
 
 def _clock_change(old: Result, new: Result) -> list[str]:

@@ -399,3 +399,36 @@ def test_gpu_time_is_compared_only_where_both_runs_have_it(result_factory):
     assert [c.metric for c in comparison.changes][0] == "minutes_per_1000_samples"
     assert comparison.reasons == [
         "the baseline has no GPU kernel time (it predates that metric): speed is judged on wall time alone"]
+
+
+# --- wall time only within a host ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("baseline_host, now_host, judged, why", [
+    (["GPU-a0", "GPU-a1"], ["GPU-a0", "GPU-a1"], True, None),
+    (["GPU-a0", "GPU-a1"], ["GPU-a1"], True, None),  # a container that sees one GPU of the host
+    (["GPU-b0", "GPU-b1"], ["GPU-a0", "GPU-a1"], False, "it ran on another host"),
+    (None, ["GPU-a0", "GPU-a1"], False, "its host is not recorded"),  # written before results named their host
+])
+def test_wall_time_is_judged_only_against_a_baseline_of_the_same_host(result_factory, baseline_host, now_host,
+                                                                      judged, why):
+    old, now = timed(result_factory), timed(result_factory, 14.0, step_factor=1.4)  # a host 40% slower
+    old.machine = {**old.machine, "host": baseline_host}
+    now.machine = {**now.machine, "host": now_host}
+    comparison = compare(now, baseline_of(old), Tolerances())
+    assert comparison.wall_across_hosts is not judged
+    assert any(c.kind == "wall" for c in comparison.changes) is judged
+    assert comparison.label == ("host-side regression" if judged else "pass")
+    reasons = [r for r in comparison.reasons if r.startswith("wall time is not judged")]
+    expected = (f"wall time is not judged: {why}, and between hosts of one GPU model it moves by up to 46% (a "
+                "host-bound step runs as fast as the host's CPUs let it)")
+    assert reasons == ([] if judged else [expected])
+
+
+def test_without_gpu_time_or_a_shared_host_speed_is_not_judged(result_factory):
+    old, now = timed(result_factory, gpu=None), timed(result_factory, 14.0, step_factor=1.4)
+    now.machine = {**now.machine, "host": ["GPU-elsewhere"]}
+    comparison = compare(now, baseline_of(old), Tolerances())
+    assert comparison.verdict == "pass" and all(c.kind != "wall" for c in comparison.changes)
+    assert "the baseline has no GPU kernel time (it predates that metric): speed is not judged" in comparison.reasons
+    now.machine = {**old.machine}
+    assert "speed is judged on wall time alone" in compare(now, baseline_of(old), Tolerances()).reasons[0]

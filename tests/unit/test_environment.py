@@ -57,3 +57,18 @@ def test_attention_kernel_is_flash_attn_or_the_chosen_fallback(monkeypatch):
         environment.attention_kernel("flash_attention_2")
     monkeypatch.setattr(environment, "flash_attn_installed", lambda: True)
     assert environment.attention_kernel("flash_attention_2", "sdpa") == "flash_attention_2"
+
+
+def test_the_host_is_named_by_all_its_gpus_or_else_its_hostname(monkeypatch):
+    nvml = types.SimpleNamespace(nvmlInit=lambda: None, nvmlDeviceGetCount=lambda: 2,
+                                 nvmlDeviceGetHandleByIndex=lambda i: i,
+                                 nvmlDeviceGetUUID=lambda handle: [b"GPU-z", "GPU-a"][handle])
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")  # hides GPUs from CUDA, not from NVML: still this host
+    environment.host.cache_clear()
+    assert environment.host() == ["GPU-a", "GPU-z"] and environment.machine()["host"] == ["GPU-a", "GPU-z"]
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # no nvidia-ml-py
+    monkeypatch.setattr(environment.socket, "gethostname", lambda: "ci-runner-7")
+    environment.host.cache_clear()
+    assert environment.host() == ["ci-runner-7"]
+    environment.host.cache_clear()

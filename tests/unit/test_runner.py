@@ -166,3 +166,24 @@ def test_a_merged_part_joins_the_summary_and_the_run_record(tmp_path, monkeypatc
     assert lines[:-1] == alone[:-1] + worker.summary_lines()[:-1] and lines[-1] == "2 no-baseline, 2 skipped"
     record = json.loads(whole.write_record().read_text())
     assert [c["rows"] for c in record["configurations"]] == [[ROW.node_id], [other.node_id]]
+
+
+def test_the_summary_counts_configurations_whose_wall_time_was_not_judged(tmp_path, monkeypatch, result_factory):
+    other = Row(table="lora_max_length", id="qwen-7b-chat-2048", spec=CaseSpec("qwen-7b-chat", max_length=2048))
+    writer = make_runner(tmp_path, monkeypatch, update_baselines=True)
+    for row in (ROW, other):
+        writer.results[row.spec] = result_factory(row.spec)
+        writer.check(row)
+    elsewhere = result_factory(other.spec)
+    elsewhere.machine = {**elsewhere.machine, "host": ["GPU-another-host"]}
+    worker = make_runner(tmp_path, monkeypatch)  # a pytest-xdist worker: its entries reach the controller as data
+    worker.results[other.spec] = elsewhere
+    worker.check(other)
+    whole = make_runner(tmp_path, monkeypatch)
+    whole.results[ROW.spec] = result_factory()
+    whole.check(ROW)
+    assert not any(line.startswith("wall time not judged") for line in whole.summary_lines())
+    whole.merge(json.loads(json.dumps(worker.part())))
+    assert whole.summary_lines()[-1] == (
+        "wall time not judged in 1 of 2 configurations: their baselines ran on another host or do not name theirs "
+        "(GPU time and memory judged them; baselines written on this host judge wall time too)")
