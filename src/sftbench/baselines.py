@@ -131,7 +131,7 @@ def unusable_metrics(result: Result) -> list[str]:
     Required: minutes per 1000 samples, and on a GPU max reserved and max allocated memory, each a finite
     number > 0. Optional (None in baselines written before sftbench measured them): GPU-minutes, the
     kernel step times and SM clocks (> 0), the wall-time noise band and the clock-limit step counts (>= 0),
-    each finite where present."""
+    each finite where present; the host (machine["host"]), where present, a list of names."""
     if result.outcome != "ok":
         return []
     on_gpu = gpu_slug(str(result.machine.get("gpu"))) != "cpu"
@@ -144,6 +144,9 @@ def unusable_metrics(result: Result) -> list[str]:
                for i, value in enumerate(result.kernel_step_sm_mhz or [])]
     limits = result.kernel_clock_limits
     problems = [] if limits is None or isinstance(limits, dict) else [f"kernel_clock_limits is {limits!r}, not a mapping"]
+    host = result.machine.get("host")
+    if host is not None and not (isinstance(host, list) and all(isinstance(name, str) for name in host)):
+        problems.append(f"machine.host is {host!r}, not a list of names")  # a string would match by its letters
     checks += [(f"kernel_clock_limits[{name!r}]", value, True, None)
                for name, value in (limits.items() if isinstance(limits, dict) else [])]
     for name, value, required, above in checks:

@@ -154,6 +154,8 @@ def test_valid_json_of_the_wrong_shape_is_a_baseline_error(store, written, text)
     ("kernel_step_sm_mhz", [1980, "fast"], "kernel_step_sm_mhz[1] is 'fast', not a number"),
     ("kernel_clock_limits", {"power cap": -1}, "kernel_clock_limits['power cap'] is -1, not a finite number >= 0"),
     ("kernel_clock_limits", ["power cap"], "kernel_clock_limits is ['power cap'], not a mapping"),
+    ("machine.host", "GPU-a0", "machine.host is 'GPU-a0', not a list of names"),
+    ("machine.host", [7], "machine.host is [7], not a list of names"),
 ])
 def test_a_baseline_whose_metrics_are_missing_or_not_positive_numbers_is_unusable(store, written, field, value,
                                                                                  problem):
