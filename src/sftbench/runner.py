@@ -287,6 +287,7 @@ class Runner:
                 "label": first.comparison.label if first.comparison else first.verdict,
                 "now": metrics_of(first.result), "baseline": metrics_of(first.baseline) if first.baseline else None,
                 "explanation": first.comparison.explain(first.row.node_id).splitlines()[1:] if first.comparison else [],
+                "wall_across_hosts": first.comparison is not None and first.comparison.wall_across_hosts,
             })
         return configurations
 

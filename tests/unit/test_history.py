@@ -109,6 +109,19 @@ def test_the_summary_puts_regressions_first_then_improvements_then_the_rest(reco
         [SHORT.node_id, "pass", "–", "5 (baseline 5)", "1000 (baseline 1000)"]]
 
 
+def test_the_summary_says_in_how_many_configurations_wall_time_was_not_judged(tmp_path, monkeypatch, result_factory):
+    monkeypatch.setattr(Runner, "gpu", "NVIDIA H200")
+    monkeypatch.setattr(environment, "machine", lambda: {"gpu": "NVIDIA H200", "driver": "580.1", "cuda": "13.0"})
+    run_record(tmp_path, monkeypatch, result_factory, 1, "aaa1111", True, RUNS[0][3])
+    elsewhere = {**result_factory().machine, "host": ["GPU-another-host"]}  # 40% slower there: not judged
+    record = run_record(tmp_path, monkeypatch, result_factory, 2, "bbb2222", False, {
+        LONG: dict(minutes=14.0, gpu_minutes_per_1000_samples=8.0, machine=elsewhere), SHORT: dict(minutes=5.0)})
+    assert [(c["verdict"], c["wall_across_hosts"]) for c in record["configurations"]] == [("pass", True),
+                                                                                         ("pass", False)]
+    assert ("Wall time not judged in 1 of 2 configurations: their baselines ran on another host or do not name "
+            "theirs.") in history.summary(history.runs([record])[-1])
+
+
 def test_the_records_of_one_runs_shards_are_one_run(records):
     [record] = [json.loads(p.read_text()) for p in records.glob("*ccc3333.json")]
     shards = [dict(record, configurations=[c], started=record["started"].replace("02:00", f"02:0{i}"))
