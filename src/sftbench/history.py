@@ -133,8 +133,8 @@ def summary(run: dict) -> str:
     lines = [f"## sftbench: {when(run)} UTC, commit {run['commit'] or '?'}, {run['gpu']}", "",
              f"{verdict_counts(configurations)}{lost_text(run)}. Stack: {stack(run)}.", ""]
     if unjudged := sum(bool(c.get("wall_across_hosts")) for c in configurations):
-        lines += [f"Wall time not judged in {unjudged} of {len(configurations)} configurations: their baselines "
-                  "ran on another host or do not name theirs.", ""]
+        lines += [(f"Wall time not judged in {unjudged} of {len(configurations)} configurations: their baselines "
+                   "ran on another host or do not name theirs."), ""]
     for verdict, title in (("regression", "Regressions"), ("improvement", "Improvements")):
         chosen = [c for c in configurations if c["verdict"] == verdict]
         if chosen:

@@ -115,7 +115,7 @@ def test_the_summary_says_in_how_many_configurations_wall_time_was_not_judged(tm
     run_record(tmp_path, monkeypatch, result_factory, 1, "aaa1111", True, RUNS[0][3])
     elsewhere = {**result_factory().machine, "host": ["GPU-another-host"]}  # 40% slower there: not judged
     record = run_record(tmp_path, monkeypatch, result_factory, 2, "bbb2222", False, {
-        LONG: dict(minutes=14.0, gpu_minutes_per_1000_samples=8.0, machine=elsewhere), SHORT: dict(minutes=5.0)})
+        LONG: {"minutes": 14.0, "gpu_minutes_per_1000_samples": 8.0, "machine": elsewhere}, SHORT: {"minutes": 5.0}})
     assert [(c["verdict"], c["wall_across_hosts"]) for c in record["configurations"]] == [("pass", True),
                                                                                          ("pass", False)]
     assert ("Wall time not judged in 1 of 2 configurations: their baselines ran on another host or do not name "
