@@ -209,7 +209,7 @@ class Comparison:
     reasons: list[str] = field(default_factory=list)
     version_changes: dict[str, tuple] = field(default_factory=dict)
     setting_changes: dict[str, tuple] = field(default_factory=dict)  # driver, CUDA, environment variables
-    wall_across_hosts: bool = False  # both runs measured wall time, on different hosts: it was not judged
+    wall_across_hosts: bool = False  # both measured wall time, not on one known host: it was not judged
 
     @property
     def label(self) -> str:
