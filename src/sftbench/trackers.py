@@ -16,6 +16,7 @@ import operator
 import resource
 import threading
 import time
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -247,13 +248,17 @@ def _nvml(read, *args) -> int | None:
         return None
 
 
+def clock_limit_names(bits: int) -> list[str]:
+    """The CLOCK_LIMITS reasons among a step's clocks-event bits."""
+    return [name for bit, name in CLOCK_LIMITS.items() if bits & bit]
+
+
 def clock_limit_counts(limits: list[int | None]) -> dict[str, int] | None:
     """In how many of the steps each CLOCK_LIMITS reason held the clock; None where no step was read."""
     read = [bits for bits in limits if bits is not None]
     if not read:
         return None
-    return {name: sum(1 for bits in read if bits & bit) for bit, name in CLOCK_LIMITS.items()
-            if any(bits & bit for bits in read)}
+    return dict(Counter(name for bits in read for name in clock_limit_names(bits)))
 
 
 def gpu_uuid(device: torch.device) -> str | None:

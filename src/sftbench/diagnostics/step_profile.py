@@ -34,10 +34,10 @@ import torch
 from sftbench.catalog import Row
 from sftbench.spec import RunOptions
 from sftbench.trackers import (
-    CLOCK_LIMITS,
     KernelTimer,
     MemoryTracker,
     StepTimer,
+    clock_limit_names,
     kernel_clock_unavailable,
     synchronize,
 )
@@ -163,8 +163,7 @@ def kernel_time_and_clock(trainer: Trainer, batches, repeats: int) -> dict[str, 
                 trainer.micro_step(batch)
         timer.collect()
     steps = timer.stop()
-    limits = [None if bits is None else [name for bit, name in CLOCK_LIMITS.items() if bits & bit]
-              for bits in steps.clock_limits]
+    limits = [None if bits is None else clock_limit_names(bits) for bits in steps.clock_limits]
     return {"tokens": steps.tokens, "kernel_s": steps.seconds, "kernels": steps.kernels, "sm_mhz": steps.sm_mhz,
             "clock_limits": limits}
 
