@@ -333,8 +333,7 @@ class Runner:
                 lines.append("  the same configuration: " + ", ".join(o.row.node_id for o in outcomes[1:]))
             if first.verdict in ("regression", "improvement", "not-comparable"):
                 lines += first.comparison.explain(first.row.node_id).splitlines()[1:]
-            entries.append({"verdict": first.verdict, "lines": lines,
-                            "wall_across_hosts": first.comparison is not None and first.comparison.wall_across_hosts})
+            entries.append({"verdict": first.verdict, "lines": lines})
         return entries
 
     def summary_lines(self, skipped: int = 0) -> list[str]:
@@ -345,7 +344,8 @@ class Runner:
         verdicts = [entry["verdict"] for entry in entries]
         counts = {verdict: verdicts.count(verdict) for verdict in dict.fromkeys(verdicts)}
         lines.append(", ".join([f"{n} {verdict}" for verdict, n in counts.items()] + [f"{skipped} skipped"]))
-        if unjudged := sum(entry.get("wall_across_hosts", False) for entry in entries):
+        configurations = self._record_configurations() + self._merged["configurations"]
+        if unjudged := sum(c["wall_across_hosts"] for c in configurations):
             lines.append(f"wall time not judged in {unjudged} of {len(entries)} configurations: their baselines ran "
                          "on another host or do not name theirs (GPU time and memory judged them; baselines "
                          "written on this host judge wall time too)")
