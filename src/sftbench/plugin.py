@@ -191,8 +191,10 @@ def pytest_itemcollected(item):
     item.add_marker(pytest.mark.filterwarnings("ignore:Benchmark fixture was not used"))
 
 
-@pytest.hookimpl(trylast=True)  # after -k / -m deselection: shards split what was selected
+@pytest.hookimpl(trylast=True)  # after -k / -m deselection and pytest-xdist's grouping in a worker
 def pytest_collection_modifyitems(config, items):
+    if hasattr(config, "workerinput") and config.getvalue("loadgroup"):
+        workers.keep_groups_in_node_ids(items)
     rows = [item for item in items if "check_row" in getattr(item, "fixturenames", ())]
     shard = config.getoption("sftbench_shard")
     if shard:
@@ -248,6 +250,10 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["sftbench"] = {**environment.machine(), "versions": environment.package_versions()}
 
 
+def pytest_sessionstart(session):
+    session.config._sftbench.pytest_session = session  # pytest-xdist's controller replays its workers' rounds for it
+
+
 def pytest_sessionfinish(session):
     bench: BenchSession = session.config._sftbench
     bench.runner.close()
@@ -261,7 +267,8 @@ def pytest_sessionfinish(session):
 def pytest_testnodedown(node, error):
     part = getattr(node, "workeroutput", {}).get("sftbench")
     if part is not None:
-        node.config._sftbench.merge(part, getattr(node.config, "_benchmarksession", None))
+        bench: BenchSession = node.config._sftbench
+        bench.merge(part, bench.pytest_session, getattr(node.config, "_benchmarksession", None))
     else:  # the worker died before its pytest_sessionfinish
         node.config._sftbench.runner.lose(f"pytest-xdist worker {node.gateway.id}")
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -81,6 +80,7 @@ class BenchSession:
         self.clock = ReplayClock()
         self.worker_benchmarks: list[dict] = []  # a pytest-xdist worker's rounds, for the controller to replay
         self.record_path: Path | None = None  # the run record, once written at the end of the session
+        self.pytest_session = None  # pytest's session, from its start (plugin.pytest_sessionstart)
 
     def check(self, row: Row, benchmark) -> None:
         """The body of every benchmark test."""
@@ -117,7 +117,7 @@ class BenchSession:
         """What a pytest-xdist worker sends the controller, as plain data: its runner's part and its rounds."""
         return {"runner": self.runner.part(), "benchmarks": self.worker_benchmarks}
 
-    def merge(self, part: dict, benchmark_session=None) -> None:
+    def merge(self, part: dict, pytest_session=None, benchmark_session=None) -> None:
         """On the controller: add a worker's `part()` to the summary and the run record, and its rounds to
         pytest-benchmark's session (unless --benchmark-disable)."""
         self.runner.merge(part["runner"])
@@ -125,16 +125,20 @@ class BenchSession:
                                          and not benchmark_session.config.getoption("benchmark_enable")):
             return
         for entry in part["benchmarks"]:
-            self._replay(entry, benchmark_session)
+            self._replay(entry, pytest_session, benchmark_session)
 
-    def _replay(self, entry: dict, benchmark_session) -> None:
-        """The worker's rounds through a pytest-benchmark fixture of the controller, as one process replays them."""
-        node = SimpleNamespace(name=entry["name"], _nodeid=entry["fullname"],
-                               callspec=SimpleNamespace(id=entry["param"], params=entry["params"]))
-        fixture = BenchmarkFixture(node, add_stats=benchmark_session.benchmarks.append, logger=benchmark_session.logger,
-                                   warner=warnings.warn, disabled=False,
+    def _replay(self, entry: dict, pytest_session, benchmark_session) -> None:
+        """The worker's rounds through a pytest-benchmark fixture of the controller, as one process replays them.
+
+        The controller of pytest-xdist collects no test items, so the fixture is made for its pytest session
+        (a real node) and then named as the worker's row, through the attributes pytest-benchmark's JSON is
+        written from."""
+        fixture = BenchmarkFixture(pytest_session, add_stats=benchmark_session.benchmarks.append,
+                                   logger=benchmark_session.logger, warner=warnings.warn, disabled=False,
                                    **dict(benchmark_session.options, timer=NameWrapper(self.clock),
                                           group=entry["group"]))
+        fixture.name, fixture.fullname, fixture.param, fixture.params = (
+            entry["name"], entry["fullname"], entry["param"], entry["params"])
         fixture.extra_info.update(entry["extra_info"])
         self.clock.load(entry["rounds"])
         fixture.pedantic(_step, rounds=len(entry["rounds"]), iterations=1)

@@ -83,3 +83,29 @@ def take_loadgroup(config) -> None:
     """In a worker, before collection: group as the controller does (pytest-xdist's own flag)."""
     if config.workerinput.get(LOADGROUP_INPUT):
         config.option.loadgroup = True
+
+
+def keep_groups_in_node_ids(items) -> None:
+    """In a loadgroup worker, after pytest-xdist's collection hook: every grouped item's node id ends in
+    @<group>, which the controller's scheduler reads to keep a group in one worker.
+
+    pytest-xdist writes that suffix to the legacy `_nodeid` attribute, which pytest 9.2's structured node ids
+    no longer read (pytest-dev/pytest-xdist#1386): the rows would silently be spread over the workers and a
+    configuration shown in several tables trained on several. Where the suffix is missing it is set through
+    the structured id; where that fails too, the run stops with one line instead of measuring twice."""
+    for item in items:
+        groups = sorted({str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+                         for mark in item.iter_markers("xdist_group")})
+        suffix = f"@{'_'.join(groups)}"
+        if not groups or item.nodeid.endswith(suffix):
+            continue
+        try:
+            from _pytest.nodeid import coerce_node_id
+
+            item._id = coerce_node_id(item.nodeid + suffix)
+        except ImportError:
+            pass
+        if not item.nodeid.endswith(suffix):
+            raise pytest.UsageError(f"pytest-xdist cannot group {item.nodeid} with this pytest (pytest-xdist#1386): "
+                                    "its configuration could train in several workers; run without -n, or with "
+                                    "the pytest of constraints.txt")

@@ -1,5 +1,6 @@
 """sftbench.worker: one case in this process on the CPU (build, prepare, train, measure), and its failures."""
 
+import os
 import subprocess
 import sys
 
@@ -44,9 +45,15 @@ def test_a_case_never_hides_the_library_its_quantization_uses():
     assert "gptqmodel" not in worker.UNUSED_LIBRARIES["int4-gptq"] + worker.UNUSED_LIBRARIES["int8-gptq"]
 
 
-def test_a_hidden_library_looks_uninstalled_to_find_spec_and_import():
-    code = ("import importlib.util, sys; from sftbench.worker import hide_libraries; hide_libraries(['tomllib']);"
-            "assert importlib.util.find_spec('tomllib') is None\n"
-            "try:\n    import tomllib\nexcept ImportError:\n    print('hidden')")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+def test_a_hidden_library_looks_uninstalled_to_find_spec_and_import(tmp_path):
+    # A module of our own: any installed one may already be imported by sftbench.worker's imports (transformers
+    # 5.25 imports tomllib), and hiding leaves an imported module alone.
+    (tmp_path / "sftbench_probe_library.py").write_text("")
+    code = ("import importlib.util, sys; from sftbench.worker import hide_libraries;"
+            "assert importlib.util.find_spec('sftbench_probe_library') is not None;"
+            "hide_libraries(['sftbench_probe_library']);"
+            "assert importlib.util.find_spec('sftbench_probe_library') is None\n"
+            "try:\n    import sftbench_probe_library\nexcept ImportError:\n    print('hidden')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert done.stdout.strip() == "hidden", done.stderr

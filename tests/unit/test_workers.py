@@ -49,3 +49,21 @@ def test_n_auto_asks_for_a_worker_per_visible_gpu_and_leaves_a_host_without_gpus
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
     assert pytest_xdist_auto_num_workers(config=None) == workers_asked
+
+
+class _Item:
+    """A collected item whose node id cannot take pytest-xdist's group suffix."""
+
+    nodeid = "test_x.py::test_row[a]"
+
+    def __init__(self, group):
+        self.group = group
+
+    def iter_markers(self, name):
+        return [pytest.mark.xdist_group(self.group).mark] if self.group else []
+
+
+def test_a_group_that_cannot_reach_the_node_id_stops_the_run_with_one_line():
+    workers.keep_groups_in_node_ids([_Item(None)])  # an item without a group is left alone
+    with pytest.raises(pytest.UsageError, match=r"pytest-xdist cannot group test_x.py::test_row\[a\] with this pytest"):
+        workers.keep_groups_in_node_ids([_Item("key")])
