@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from sftbench import catalog
+from sftbench.selftest import STAGES
 from sftbench.spec import ATTENTIONS
 
 
@@ -70,19 +71,27 @@ def main(argv: list[str] | None = None) -> int:
                                  "representatives (the epoch's micro-batches or more: every shape once)")
     projection.add_argument("--out", type=Path, required=True)
 
+    attention = commands.add_parser("attention", help="flash-attn's kernels alone at results' own shapes, projected "
+                                                      "over their epochs (a diagnostic)")
+    attention.add_argument("results", nargs="+", type=Path, help="results or baselines of batch-1 flash-attn rows")
+    attention.add_argument("--repeats", type=int, default=5, help="traced blocks of 10 calls per sequence length")
+    attention.add_argument("--out", type=Path, required=True, help="the JSON to write")
+
     selftest = commands.add_parser("selftest", help="does the suite flag injected slow-downs and memory growth, and "
                                                     "nothing in clean reruns? (sftbench.selftest)")
     selftest.add_argument("records", nargs="*", type=Path, help="run records (<results>/history/*.json) or folders")
     selftest.add_argument("--run", metavar="PYTEST_ARGS",
                           help="first make the runs: write baselines, two clean reruns, GPU+memory and host injection, "
                                "each `pytest tests/benchmarks PYTEST_ARGS` (e.g. \"-k 'qwen-7b and not gptq'\")")
+    selftest.add_argument("--stages", default=",".join(STAGES),
+                          help=f"the stages --run makes, comma-separated (default: all, {','.join(STAGES)})")
     selftest.add_argument("--results", type=Path, default=Path("results/selftest"), help="where --run's runs write")
     selftest.add_argument("--out", type=Path, required=True, help="the summary JSON")
     selftest.add_argument("--markdown", type=Path, help="also a short Markdown page")
 
     args = parser.parse_args(argv)
     commands = {"models": _models, "baselines": _baselines, "report": _report, "history": _history, "run": _run,
-                "profile": _profile, "projection": _projection, "selftest": _selftest}
+                "profile": _profile, "projection": _projection, "attention": _attention, "selftest": _selftest}
     return commands[args.command](args)
 
 
@@ -122,13 +131,36 @@ def _baselines(args) -> int:
     entries = listing(baselines)
     if args.json and (entries or not errors):
         print(json.dumps(entries, indent=1))
-    for e in [] if args.json else entries:
-        minutes = "" if e["minutes_per_1000_samples"] is None else f"{e['minutes_per_1000_samples']:.2f} min"
-        reserved = "" if e["max_reserved_mib"] is None else f"{e['max_reserved_mib']:.0f} MiB"
-        print(f"{e['gpu']:24} {e['test']}[{e['case_id']}]  {e['outcome']:5} {minutes:>10} {reserved:>10}")
+    if not args.json and entries:
+        print(aligned(["GPU", "row", "outcome", "GPU-min", "busy %", "wall min", "max reserved MiB", "host",
+                       "largest kernel family"], [_listed(e) for e in entries]))
     for error in errors:
         print(f"sftbench: {error}", file=sys.stderr)
     return 2 if errors else 0
+
+
+def _listed(entry: dict) -> list[str]:
+    """A baseline's line in `sftbench baselines`: what its verdicts compare, its host and its largest family."""
+    def number(value, digits):
+        return "" if value is None else f"{value:.{digits}f}"
+
+    host = entry["host"] or []
+    family = entry["largest_family"]
+    return [entry["gpu"] or "", f"{entry['test']}[{entry['case_id']}]", entry["outcome"],
+            number(entry["gpu_minutes_per_1000_samples"], 3), number(entry["gpu_busy_pct"], 0),
+            number(entry["minutes_per_1000_samples"], 2), number(entry["max_reserved_mib"], 0),
+            (host[0][:12] + (f" +{len(host) - 1}" if len(host) > 1 else "")) if host else "",
+            f"{family['family']} {family['share_pct']:.0f}%" if family else ""]
+
+
+def aligned(header: list[str], rows: list[list[str]]) -> str:
+    """A plain-text table: a header and its rule, columns padded to their widest cell, numbers right-aligned."""
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
+    numeric = [all(not cell or cell.replace(".", "", 1).isdigit() for cell in column[1:])
+               for column in zip(header, *rows)]
+    def line(cells):
+        return "  ".join(cell.rjust(w) if right else cell.ljust(w) for cell, w, right in zip(cells, widths, numeric)).rstrip()
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
 def _report(args) -> int:
@@ -255,14 +287,50 @@ def _projection(args) -> int:
     return 0
 
 
+def _attention(args) -> int:
+    from sftbench.diagnostics.attention import attention_kernels, unsupported
+    from sftbench.report import load_results
+
+    results = []
+    for path in args.results:
+        try:
+            results += load_results(path).values() if path.is_dir() else [_result_file(path)]
+        except (OSError, ValueError, KeyError) as error:
+            print(f"sftbench: {path} is not a result ({error})", file=sys.stderr)
+            return 2
+    problems = [problem for result in results if (problem := unsupported(result))]
+    if problems:
+        print("sftbench: attention: " + "; ".join(problems), file=sys.stderr)
+        return 2
+    measured = []
+    for result in results:
+        measured.append(attention_kernels(result, repeats=args.repeats))
+        minutes = measured[-1]["gpu_minutes_per_1000_samples"]
+        print(f"{result.key}: flash-attn {measured[-1]['flash-attn']}: " + ", ".join(
+            f"{family} {value:.4f} GPU-min/1000" for family, value in minutes.items()), flush=True)
+    return 0 if _write_output(args.out, json.dumps(measured, indent=1) + "\n") else 2
+
+
+def _result_file(path: Path):
+    from sftbench.result import Result
+
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return Result.from_dict(data.get("result", data))
+
+
 def _selftest(args) -> int:
     import shlex
 
     from sftbench import selftest
 
     records = list(args.records)
+    stages = args.stages.split(",")
+    if unknown := sorted(set(stages) - set(selftest.STAGES)):
+        print(f"sftbench: selftest: unknown stages {', '.join(unknown)}; stages: {', '.join(selftest.STAGES)}",
+              file=sys.stderr)
+        return 2
     if args.run is not None:
-        records += selftest.run_stages(shlex.split(args.run), args.results)
+        records += selftest.run_stages(shlex.split(args.run), args.results, stages)
     try:
         summary = selftest.summarize(selftest.read_records(records))
     except (OSError, ValueError, KeyError) as error:
@@ -274,7 +342,9 @@ def _selftest(args) -> int:
     failures = sum(rerun["failures"] for rerun in summary["clean_reruns"])
     print(f"sftbench: selftest: {summary['configurations']} configurations, {failures} failures in "
           f"{len(summary['clean_reruns'])} clean reruns; " + ", ".join(
-              f"{name} flagged {stage['flagged']} of {stage['of']}" for name, stage in summary["injected"].items()))
+              [f"{name} flagged {stage['flagged']} of {stage['of']}" for name, stage in summary["injected"].items()]
+              + [f"{knob} flagged {stage['flagged']} of {stage['configurations']} ({stage['named_right']} naming "
+                 f"{' and '.join(stage['families'])})" for knob, stage in summary.get("family_injected", {}).items()]))
     return 0
 
 

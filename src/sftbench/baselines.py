@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sftbench import kernels
 from sftbench.catalog import Row
 from sftbench.environment import gpu_slug
 from sftbench.files import write_atomically
@@ -42,6 +43,14 @@ DEFAULT_LIMITED_GPU_TIME_TOLERANCE_PCT = 4.0
 # Between hosts of one GPU model it moved up to 46%, beyond any band: it is compared only within a host.
 DEFAULT_TIME_TOLERANCE_PCT = 20.0
 DEFAULT_MEMORY_TOLERANCE_PCT = 2.0
+# A kernel family (sftbench.kernels) is judged against the rest of its step: its GPU-minutes over the rest's.
+# A whole GPU running faster or slower moves both alike; a change confined to the family moves the ratio by
+# its full size, however small the family's share of the step. Between clean runs on one H200 the ratio moved
+# by up to DEFAULT_FAMILY_TOLERANCE_PCT / 3 (docs/measurements.md section 11). A family counts only where it
+# also moved by FAMILY_MIN_STEP_PCT of the step, so that a family of a few microseconds does not fail a row on
+# its own jitter.
+DEFAULT_FAMILY_TOLERANCE_PCT = 3.0
+FAMILY_MIN_STEP_PCT = 0.5
 SIGNIFICANCE = 0.01  # two-sided p-value below which step samples differ
 MIN_PAIRED_STEPS = 8  # fewer timed steps cannot reach SIGNIFICANCE: wall time is then judged by its band alone
 # metric name -> (how to read it from a Result, its kind: which tolerance applies)
@@ -149,6 +158,8 @@ def unusable_metrics(result: Result) -> list[str]:
         problems.append(f"machine.host is {host!r}, not a list of names")  # a string would match by its letters
     checks += [(f"kernel_clock_limits[{name!r}]", value, True, None)
                for name, value in (limits.items() if isinstance(limits, dict) else [])]
+    problems += _kernel_table_problems(result)
+    checks += [(f"kernel_step_weights[{i}]", value, True, None) for i, value in enumerate(result.kernel_step_weights)]
     for name, value, required, above in checks:
         if value is None:
             if required:
@@ -160,12 +171,38 @@ def unusable_metrics(result: Result) -> list[str]:
     return problems
 
 
+def _at(values: list, index: int):
+    """values[index], None where the list is shorter (a result from before the values were recorded)."""
+    return values[index] if index < len(values) else None
+
+
+def _kernel_table_problems(result: Result) -> list[str]:
+    """What makes a result's kernel names and per-step kernel tables unusable for family verdicts: a name that is
+    not a string, an entry that is not [index of a name, count >= 0, nanoseconds >= 0], or a table or weight per
+    traced step that is missing (results without kernel names have neither)."""
+    names, steps = result.kernel_names, result.kernel_step_kernels
+    if not names and not steps:
+        return []
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        return ["kernel_names is not a list of names"]
+    traced = len(result.kernel_step_tokens)
+    if len(steps) != traced or len(result.kernel_step_weights) != traced:
+        return [f"{traced} traced steps but {len(steps)} kernel tables and {len(result.kernel_step_weights)} weights"]
+    for i, step in enumerate(steps):
+        for entry in step:
+            if not (isinstance(entry, list) and len(entry) == 3 and all(type(v) is int for v in entry)
+                    and 0 <= entry[0] < len(names) and entry[1] >= 0 and entry[2] >= 0):
+                return [f"kernel_step_kernels[{i}] has {entry!r}, not [name index, count, nanoseconds]"]
+    return []
+
+
 @dataclass(frozen=True)
 class Tolerances:
     gpu_time_pct: float = DEFAULT_GPU_TIME_TOLERANCE_PCT  # GPU-minutes per 1000 samples
     time_pct: float = DEFAULT_TIME_TOLERANCE_PCT  # wall minutes: the least noise band
     memory_pct: float = DEFAULT_MEMORY_TOLERANCE_PCT
     limited_gpu_time_pct: float = DEFAULT_LIMITED_GPU_TIME_TOLERANCE_PCT  # clock held down, another GPU
+    family_pct: float = DEFAULT_FAMILY_TOLERANCE_PCT  # a kernel family against the rest of the step
 
     def of(self, kind: str) -> float:
         return {"gpu": self.gpu_time_pct, "wall": self.time_pct, "memory": self.memory_pct}[kind]
@@ -201,6 +238,70 @@ class MetricChange:
 
 
 @dataclass
+class FamilyChange:
+    """A kernel family's projected epoch seconds in the baseline and now, beside the whole step's, and the
+    kernels of the family whose time moved most, appeared or vanished (epoch seconds by short name)."""
+
+    family: str
+    baseline: float
+    now: float
+    baseline_step: float
+    now_step: float
+    tolerance_pct: float
+    kernels: tuple[dict[str, float], dict[str, float]] = ({}, {})  # (baseline, now)
+    micro_steps: float = 1.0  # the epoch's micro-steps, to show kernels in ms per micro-step
+
+    @property
+    def delta_pct(self) -> float:
+        return 100 * (self.now / self.baseline - 1) if self.baseline else math.inf
+
+    @property
+    def step_pct(self) -> float:
+        """The family's change in % of the baseline's step."""
+        return 100 * (self.now - self.baseline) / self.baseline_step
+
+    @property
+    def against_rest_pct(self) -> float:
+        """The change of the family's seconds over the rest of the step's: what is judged."""
+        before = self.baseline / (self.baseline_step - self.baseline)
+        now = self.now / (self.now_step - self.now)
+        return 100 * (now / before - 1) if before else math.inf
+
+    @property
+    def excess_step_pct(self) -> float:
+        """What the family moved beyond the rest of the step's pace, in % of the step now."""
+        pace = (self.now_step - self.now) / (self.baseline_step - self.baseline)
+        return 100 * (self.now - self.baseline * pace) / self.now_step
+
+    @property
+    def verdict(self) -> str:
+        if self.against_rest_pct > self.tolerance_pct and self.excess_step_pct > FAMILY_MIN_STEP_PCT:
+            return "worse"
+        if self.against_rest_pct < -self.tolerance_pct and self.excess_step_pct < -FAMILY_MIN_STEP_PCT:
+            return "better"
+        return "same"
+
+    def describe(self) -> str:
+        before, now = self.kernels
+        ms = 1000 / self.micro_steps
+        moved = sorted((name for name in before.keys() & now.keys()),
+                       key=lambda name: -abs(now[name] - before[name]))[:3]
+        parts = [f"{kernel_label(name)} {before[name] * ms:.3g} -> {now[name] * ms:.3g} ms/step" for name in moved
+                 if abs(now[name] - before[name]) >= 0.01 * before[name]]
+        parts += [f"new {kernel_label(name)} {now[name] * ms:.3g} ms/step" for name in sorted(now.keys() - before.keys())]
+        parts += [f"gone {kernel_label(name)} ({before[name] * ms:.3g} ms/step)"
+                  for name in sorted(before.keys() - now.keys())]
+        text = (f"{self.family} {self.delta_pct:+.1f}% ({self.step_pct:+.1f}% of the step; "
+                f"{self.against_rest_pct:+.1f}% against the rest of the step, tolerance {self.tolerance_pct:g}%)")
+        return text + (": " + "; ".join(parts) if parts else "")
+
+
+def kernel_label(name: str) -> str:
+    """A kernel's name in a message: without its template arguments."""
+    return name.split("<", 1)[0]
+
+
+@dataclass
 class Comparison:
     """regression | improvement | pass | no-baseline | not-comparable, with what led to it."""
 
@@ -210,6 +311,7 @@ class Comparison:
     version_changes: dict[str, tuple] = field(default_factory=dict)
     setting_changes: dict[str, tuple] = field(default_factory=dict)  # driver, CUDA, environment variables
     wall_across_hosts: bool = False  # both measured wall time, not on one known host: it was not judged
+    families: list[FamilyChange] = field(default_factory=list)  # every kernel family of both runs
 
     @property
     def label(self) -> str:
@@ -219,19 +321,24 @@ class Comparison:
             return self.verdict
         worse = {c.kind for c in self.changes if c.verdict == "worse"}
         has_gpu = any(c.kind == "gpu" for c in self.changes)
+        families = [f.family for f in self.families if f.verdict == "worse"]
         kinds = []
-        if "gpu" in worse:
+        if "gpu" in worse or families:
             kinds.append("kernel and host-side" if "wall" in worse else "kernel")
         elif "wall" in worse:
             kinds.append("host-side" if has_gpu else "wall-time")
         if "memory" in worse:
             kinds.append("memory")
-        return ", ".join(f"{kind} regression" for kind in kinds)
+        text = ", ".join(f"{kind} regression" for kind in kinds)
+        return text.replace("kernel", f"kernel ({', '.join(families)})", 1) if families else text
 
     def explain(self, case: str) -> str:
         lines = [f"{case}: {self.label}"]
         lines += [f"  {reason}" for reason in self.reasons]
         lines += [f"  {c.describe()}" for c in self.changes if c.verdict != "same"]
+        # A family that grew makes the others shrink against the rest of the step: name only the grown ones then.
+        shown = [f for f in self.families if f.verdict == "worse"] or [f for f in self.families if f.verdict != "same"]
+        lines += [f"  {f.describe()}" for f in shown]
         if self.version_changes:
             lines.append("  versions that differ from the baseline's: " + ", ".join(
                 f"{name} {old} -> {new}" for name, (old, new) in sorted(self.version_changes.items())))
@@ -271,13 +378,56 @@ def compare(result: Result, baseline: Baseline | None, tolerances: Tolerances) -
             change.tolerance_pct = max(change.tolerance_pct, old.wall_noise_pct or 0.0)
             change.p_value = step_samples_p_value(old, result)
         changes.append(change)
-    verdicts = {c.verdict for c in changes}
+    families, family_reasons = compare_families(old, result, tolerances.family_pct, limited)
+    verdicts = {c.verdict for c in changes} | {f.verdict for f in families}
     verdict = "regression" if "worse" in verdicts else "improvement" if "better" in verdicts else "pass"
     wall_unjudged = _wall_not_judged(old, result, same_host)
     reasons = _missing_gpu_time(old, result, same_host) + wall_unjudged + _clock_change(old, result)
     if limited and any(c.kind == "gpu" for c in changes):
         reasons.append(_clock_limits(old, result))
-    return Comparison(verdict, changes, reasons=reasons, wall_across_hosts=bool(wall_unjudged), **differ)
+    reasons += family_reasons + host_work_changes(old, result)
+    return Comparison(verdict, changes, reasons=reasons, wall_across_hosts=bool(wall_unjudged), families=families,
+                      **differ)
+
+
+def compare_families(old: Result, new: Result, tolerance_pct: float, limited: bool) -> tuple[list[FamilyChange], list[str]]:
+    """Each kernel family of either run against the baseline's, both classified by the current rules
+    (kernel_families.toml), and why families were not judged where they were not."""
+    before, now = kernels.epoch_families(old), kernels.epoch_families(new)
+    if now is None:
+        return [], []
+    if before is None:
+        return [], [("the baseline has no kernel families (written before sftbench recorded them): GPU time is "
+                     "judged on the step total")]
+    if limited:
+        return [], [("kernel families are not judged: the GPU held its clock down and the runs' GPUs differ (or the "
+                     "baseline's is not recorded), where families have not been measured against each other")]
+    old_step, new_step = sum(before.values()), sum(now.values())
+    return [FamilyChange(family, before.get(family, 0.0), now.get(family, 0.0), old_step, new_step, tolerance_pct,
+                         (kernels.epoch_kernels(old, family), kernels.epoch_kernels(new, family)),
+                         kernels.micro_steps(new))
+            for family in kernels.families() if family in before or family in now], []
+
+
+def host_work_changes(old: Result, new: Result) -> list[str]:
+    """The torch operators and CUDA API calls whose counts per micro-step changed, in the longest micro-step both
+    traced: exact counts, shown as host-side evidence beside the verdict, never a verdict of their own."""
+    common = set(old.kernel_step_tokens) & set(new.kernel_step_tokens) - {0}
+    if not common or not old.kernel_step_operators or not new.kernel_step_operators:
+        return []
+    tokens = max(common)
+    lines = []
+    for what, field_name in (("torch operators", "kernel_step_operators"), ("CUDA API calls", "kernel_step_api_calls")):
+        before, now = (_at(getattr(r, field_name), r.kernel_step_tokens.index(tokens)) for r in (old, new))
+        if before is None or now is None:
+            continue
+        delta = {name: now.get(name, 0) - before.get(name, 0) for name in before.keys() | now.keys()}
+        moved = sorted((name for name, d in delta.items() if d), key=lambda name: (-abs(delta[name]), name))
+        if moved:
+            shown = ", ".join(f"{delta[name]:+d} {name}" for name in moved[:8])
+            lines.append(f"{what} per micro-step ({tokens} tokens): {shown}"
+                         + (f" and {len(moved) - 8} more" if len(moved) > 8 else ""))
+    return lines
 
 
 def step_samples_p_value(old: Result, new: Result) -> float | None:
@@ -380,9 +530,21 @@ def listing(baselines: list[Baseline]) -> list[dict]:
                 "gpu": r.machine.get("gpu"), "outcome": r.outcome, "mode": r.mode,
                 "max_reserved_mib": r.memory.max_reserved_mib, "max_allocated_mib": r.memory.max_allocated_mib,
                 "nvml_peak_mib": r.memory.nvml_peak_mib, "minutes_per_1000_samples": r.minutes_per_1000_samples,
+                "gpu_minutes_per_1000_samples": r.gpu_minutes_per_1000_samples, "gpu_busy_pct": r.gpu_busy_pct,
+                "gpu_minutes_by_family": r.gpu_minutes_by_family, "largest_family": largest_family(r),
+                "host": r.machine.get("host"), "gpu_uuid": r.machine.get("gpu_uuid"),
                 "tokens_per_s": r.tokens_per_s, "attention": r.attention, "quantization": r.case["quantization"],
                 "quantization_backend": r.quantization_backend, "trainable_params": r.trainable_params,
                 "versions": r.versions, "written": baseline.metadata.get("written"),
                 "commit": baseline.metadata.get("commit"),
             })
     return entries
+
+
+def largest_family(result: Result) -> dict | None:
+    """The kernel family with the most GPU-minutes and its share of the step, where the result has families."""
+    families = result.gpu_minutes_by_family
+    if not families or not sum(families.values()):
+        return None
+    name = max(families, key=families.get)
+    return {"family": name, "share_pct": 100 * families[name] / sum(families.values())}

@@ -13,6 +13,7 @@ from pytest_benchmark.logger import PytestBenchmarkWarning
 
 from sftbench import environment, workers
 from sftbench.baselines import (
+    DEFAULT_FAMILY_TOLERANCE_PCT,
     DEFAULT_GPU_TIME_TOLERANCE_PCT,
     DEFAULT_LIMITED_GPU_TIME_TOLERANCE_PCT,
     DEFAULT_MEMORY_TOLERANCE_PCT,
@@ -46,6 +47,9 @@ def pytest_addoption(parser):
                     help="allowed growth of GPU kernel time in %% where the GPU held its clock down (power cap, "
                          "thermal) in either run's traced steps and the two runs used different GPUs "
                          "(default %(default)s)")
+    group.addoption("--sftbench-family-tolerance", type=_percent, default=DEFAULT_FAMILY_TOLERANCE_PCT,
+                    metavar="PCT", help="allowed growth in %% of a GPU kernel family's time against the rest of the "
+                                        "step before a case fails (default %(default)s)")
     group.addoption("--sftbench-time-tolerance", type=_percent, default=DEFAULT_TIME_TOLERANCE_PCT, metavar="PCT",
                     help="wall time: the least noise band in %%; a slow-down beyond it (or the baseline's own "
                          "spread, if larger) that the step samples also show fails (default %(default)s)")
@@ -136,7 +140,8 @@ def pytest_configure(config):
         tolerances=Tolerances(gpu_time_pct=config.getoption("sftbench_gpu_time_tolerance"),
                               time_pct=config.getoption("sftbench_time_tolerance"),
                               memory_pct=config.getoption("sftbench_memory_tolerance"),
-                              limited_gpu_time_pct=config.getoption("sftbench_limited_gpu_time_tolerance")),
+                              limited_gpu_time_pct=config.getoption("sftbench_limited_gpu_time_tolerance"),
+                              family_pct=config.getoption("sftbench_family_tolerance")),
         weights=weights, timeout_s=config.getoption("sftbench_timeout"), shard=config.getoption("sftbench_shard"),
         worker=getattr(config, "workerinput", {}).get("workerid"))
     config._sftbench = BenchSession(options, write_line=lambda line: _write_line(config, line))

@@ -53,6 +53,19 @@ class Result:
     # In how many traced steps NVML reported each reason that held the clock down ("power cap": 7); {} where it
     # reported none, None where it was not read.
     kernel_clock_limits: dict[str, int] | None = None
+    # What the traced steps' GPU time went to (sftbench.kernels): the kernels' short names, and per traced step
+    # its kernels as [index into kernel_names, count, nanoseconds] (longest first) and its seconds per family; the
+    # number of the epoch's steps each traced step stands for in the projection (an optimizer step: the
+    # epoch's optimizer steps), so any per-step quantity projects over the epoch; the projected GPU-minutes per
+    # 1000 samples of each family. And the host's work in each traced step: the torch operators it dispatched
+    # and the CUDA API calls it made (launches, copies, synchronizations; None where CUPTI could not count them).
+    kernel_names: list[str] = field(default_factory=list)
+    kernel_step_kernels: list[list[list[int]]] = field(default_factory=list)
+    kernel_step_families: list[dict[str, float]] = field(default_factory=list)
+    kernel_step_weights: list[float] = field(default_factory=list)
+    gpu_minutes_by_family: dict[str, float] | None = None
+    kernel_step_operators: list[dict[str, int]] = field(default_factory=list)
+    kernel_step_api_calls: list[dict[str, int] | None] = field(default_factory=list)
     optimizer_kernel_s: float | None = None
     gpu_epoch_seconds: float | None = None
     gpu_minutes_per_1000_samples: float | None = None

@@ -98,7 +98,8 @@ class RowOutcome:
 
 # What a run record keeps of each result and baseline: the compared metrics, and what explains wall time.
 RECORDED_METRICS = {**{name: read for name, (read, _) in METRICS.items()},
-                    "gpu_busy_pct": lambda r: r.gpu_busy_pct, "wall_noise_pct": lambda r: r.wall_noise_pct}
+                    "gpu_busy_pct": lambda r: r.gpu_busy_pct, "wall_noise_pct": lambda r: r.wall_noise_pct,
+                    "gpu_minutes_by_family": lambda r: r.gpu_minutes_by_family}
 
 
 def metrics_of(result: Result) -> dict:

@@ -13,12 +13,20 @@ selftest RECORD...` summarizes run records (each run's <results>/history/*.json)
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 from sftbench.history import read_record
-from sftbench.injection import GPU_PCT, HOST_MS, MEMORY_PCT, injected
+from sftbench.injection import (
+    GPU_PCT,
+    HOST_MS,
+    KERNEL_TARGETS,
+    KERNELS,
+    MEMORY_PCT,
+    injected,
+)
 
 # Stage name -> the knobs it sets; "update" writes the baselines.
 STAGES = {
@@ -27,16 +35,19 @@ STAGES = {
     "clean2": {},
     "gpu5-memory3": {GPU_PCT: "5", MEMORY_PCT: "3"},
     "host60ms": {HOST_MS: "60"},
+    "attention10": {KERNELS: "attention:10"},
+    "gemm5": {KERNELS: "gemm:5"},
 }
 SPEED_METRICS = {"gpu": "gpu_minutes_per_1000_samples", "wall": "minutes_per_1000_samples"}
 MEMORY_METRICS = ("max_reserved_mib", "max_allocated_mib")
 
 
-def run_stages(pytest_args: list[str], results_root: Path, log=print) -> list[Path]:
-    """Run every stage as `python -m pytest tests/benchmarks ARGS`, each into results_root/<stage>; return the
+def run_stages(pytest_args: list[str], results_root: Path, stages=tuple(STAGES), log=print) -> list[Path]:
+    """Run the stages as `python -m pytest tests/benchmarks ARGS`, each into results_root/<stage>; return the
     folders of their run records."""
     folders = []
-    for stage, knobs in STAGES.items():
+    for stage in stages:
+        knobs = STAGES[stage]
         results = results_root / stage
         command = [sys.executable, "-m", "pytest", "tests/benchmarks", *pytest_args, "--sftbench-results", str(results)]
         if stage == "update":
@@ -91,6 +102,9 @@ def summarize(records: list[dict]) -> dict:
                 "knobs": knobs, "of": len(configurations),
                 "flagged": sum("memory" in label for label in labels.values()), "verdicts": labels,
                 **{f"{metric}_change_pct": _changes(configurations, metric) for metric in MEMORY_METRICS}}
+        if KERNELS in knobs:
+            target = knobs[KERNELS].partition(":")[0]
+            summary.setdefault("family_injected", {})[knobs[KERNELS]] = family_stage(configurations, target)
         if HOST_MS in knobs:
             host_side = sum("host-side" in label for label in labels.values())
             summary["injected"]["host_time"] = {
@@ -99,6 +113,24 @@ def summarize(records: list[dict]) -> dict:
                 "wall_time_change_pct": _changes(configurations, SPEED_METRICS["wall"]),
                 "gpu_time_change_pct": _changes(configurations, SPEED_METRICS["gpu"])}
     return summary
+
+
+def family_stage(configurations: list[dict], target: str) -> dict:
+    """A family-injection run: of the configurations whose baseline has the target's kernel families (an eager
+    configuration has no flash-attn kernels to slow), how many failed with a kernel regression, how many of those
+    named the target's families and no other, and how many had their step's GPU time move by less than 2%."""
+    families = set(KERNEL_TARGETS[target].values())
+    applicable = [c for c in configurations
+                  if any(((c.get("baseline") or {}).get("gpu_minutes_by_family") or {}).get(f) for f in families)]
+    named = {c["key"]: set(re.findall(r"kernel \(([^)]*)\)", c["label"])[0].split(", "))
+             if "kernel (" in c["label"] else set() for c in applicable}
+    step = _changes(applicable, SPEED_METRICS["gpu"])
+    return {"families": sorted(families), "configurations": len(applicable),
+            "flagged": sum("kernel" in c["label"] for c in applicable),
+            "named_right": sum(bool(n) and n <= families for n in named.values()),
+            "step_under_2pct": sum(v is not None and v < 2 for v in step.values()),
+            "verdicts": {c["key"]: c["label"] for c in applicable}, "gpu_time_change_pct": step,
+            "not_applicable": sorted(c["key"] for c in configurations if c not in applicable)}
 
 
 def markdown(summary: dict) -> str:
@@ -111,6 +143,10 @@ def markdown(summary: dict) -> str:
     for i, rerun in enumerate(summary["clean_reruns"], 1):
         lines.append(f"| clean rerun {i} | {rerun['failures']} failures | {len(rerun['verdicts'])} | "
                      f"{_counts(rerun['verdicts'])} |")
+    for knob, stage in summary.get("family_injected", {}).items():
+        lines.append(f"| {KERNELS}={knob} | {stage['flagged']} ({stage['named_right']} naming "
+                     f"{' and '.join(stage['families'])}; {stage['step_under_2pct']} with the step under 2%) | "
+                     f"{stage['configurations']} | {_counts(stage['verdicts'])} |")
     for name, stage in summary["injected"].items():
         lines.append(f"| {name} ({', '.join(f'{k}={v}' for k, v in stage['knobs'].items())}) | {stage['flagged']} | "
                      f"{stage['of']} | {_counts(stage['verdicts'])} |")

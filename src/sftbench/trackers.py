@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import operator
+import re
 import resource
 import threading
 import time
@@ -23,7 +24,9 @@ from importlib import metadata
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from sftbench.kernels import OTHER, family_of, short_name
 from sftbench.result import MemoryPeaks
 
 MIB = 2**20
@@ -54,13 +57,18 @@ class StepTimer:
 
 @dataclass
 class KernelSteps:
-    """GPU kernel time of each traced step: seconds summed over its kernels, their count, its tokens."""
+    """GPU kernel time of each traced step: seconds summed over its kernels, their count, its tokens; its
+    kernels by name, the torch operators it dispatched and the CUDA API calls it made."""
 
     seconds: list[float] = field(default_factory=list)
     kernels: list[int] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
     sm_mhz: list[int | None] = field(default_factory=list)  # the GPU's mean SM clock through the step
     clock_limits: list[int | None] = field(default_factory=list)  # NVML clocks-event reasons seen in the step (bits)
+    names: list[str] = field(default_factory=list)  # kernels.short_name of every kernel seen, in order of appearance
+    by_name: list[list[list[int]]] = field(default_factory=list)  # per step: [name index, count, nanoseconds]
+    operators: list[dict[str, int]] = field(default_factory=list)  # per step: torch operator -> calls
+    api_calls: list[dict[str, int] | None] = field(default_factory=list)  # per step: CUDA API function -> calls
 
 
 def kernel_clock_unavailable(device: torch.device) -> str | None:
@@ -74,13 +82,41 @@ def kernel_clock_unavailable(device: torch.device) -> str | None:
     return None
 
 
+class OperatorCounter(TorchDispatchMode):
+    """Counts the torch operators dispatched while active, by name (aten::mm, flash_attn::_flash_attn_forward,
+    ...: custom operators included), the backward pass's too (autograd's threads inherit the mode). Each
+    operator passes through this Python method, so it is active only in traced steps, never in a wall-timed
+    one. `after`, where given, is called with each operator's name once it has run (the self-test's injected
+    work, sftbench.injection)."""
+
+    def __init__(self, after=None):
+        super().__init__()
+        self.counts: Counter[str] = Counter()
+        self._after = after
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.name() if callable(getattr(func, "name", None)) else str(func)  # an OpOverload; else a HOP
+        self.counts[name] += 1
+        out = func(*args, **(kwargs or {}))
+        if self._after is not None:
+            self._after(name)
+        return out
+
+
+# The CUDA runtime and driver functions whose calls a traced step counts: launches, copies, fills,
+# synchronizations and allocations (the host-side work between kernels); queries such as cudaGetDevice are left out.
+COUNTED_API = re.compile(r"Launch|Memcpy|Memset|Synchronize|Malloc|Free|EventRecord|EventQuery|StreamWaitEvent")
+
+
 class KernelTimer:
-    """GPU kernel time of each step, from CUPTI's kernel activity records.
+    """GPU kernel time of each step, from CUPTI's kernel activity records, with the kernels' names, the torch
+    operators the step dispatched and the CUDA API calls it made.
 
     Kernel activity is recorded only inside `step()`, and a step's kernels are those that start between
     its synchronized start and end. Records wait in CUPTI's buffers; `collect()` flushes and sums them
     (37-90 us a kernel on H200 hosts, a 7B step launching ~6000): call it between steps, never
-    inside a timed one.
+    inside a timed one. API calls are counted by CUPTI callbacks on the functions COUNTED_API names, enabled
+    only inside `step()`.
     """
 
     BUFFER_BYTES = 32 * 2**20
@@ -92,9 +128,13 @@ class KernelTimer:
         self._cupti = cupti
         self._kernel_kind = int(cupti.ActivityKind.CONCURRENT_KERNEL)
         self._windows: list[tuple[int, int, int]] = []  # (start, end, tokens) of steps not yet collected
-        self._records: list[tuple[int, int]] = []  # (start, end) of kernels not yet collected
+        self._records: list[tuple[int, int, str]] = []  # (start, end, name) of kernels not yet collected
         self._clocks: list[tuple[int | None, int | None]] = []  # (SM clock, clock limits) of steps not yet collected
+        self._operators: list[dict[str, int]] = []
+        self._api_calls: list[dict[str, int] | None] = []
         self._clock = ClockSampler(_nvml_handle(device))
+        self.after_operator = None  # called after each traced operator: the self-test's kernel spins (trainer)
+        self._api = ApiCounter(cupti)
         self.steps = KernelSteps()
         self.version = f"cupti-python {metadata.version('cupti-python')}"
 
@@ -102,49 +142,140 @@ class KernelTimer:
         self._cupti.activity_register_callbacks(lambda: (self.BUFFER_BYTES, 0), self._completed)
 
     def _completed(self, activities) -> None:
-        self._records += [(a.start, a.end) for a in activities if a.kind == self._kernel_kind]
+        self._records += [(a.start, a.end, a.name) for a in activities if a.kind == self._kernel_kind]
 
     @contextmanager
     def step(self, tokens: int):
         """Trace the kernels of this step only: CUPTI records nothing outside the timer's steps."""
         synchronize(self.device)
+        counter = OperatorCounter(self.after_operator)
         self._cupti.activity_enable(self._kernel_kind)
+        self._api.begin()
         start = self._cupti.get_timestamp()
         self._clock.begin()
         try:
-            yield
+            with counter:
+                yield
             synchronize(self.device)
         finally:
             clock = self._clock.end()
             end = self._cupti.get_timestamp()
+            calls = self._api.end()
             self._cupti.activity_disable(self._kernel_kind)
         self._windows.append((start, end, tokens))
         self._clocks.append(clock)
+        self._operators.append(dict(counter.counts))
+        self._api_calls.append(calls)
 
     def collect(self) -> None:
         """Flush CUPTI's buffers and add the finished steps to `steps`."""
         self._cupti.activity_flush_all(1)
-        add_kernel_steps(self.steps, self._windows, self._records)
+        add_kernel_steps(self.steps, self._windows, self._records, injected=self.after_operator is not None)
         self.steps.sm_mhz += [clock for clock, _ in self._clocks]
         self.steps.clock_limits += [limits for _, limits in self._clocks]
-        self._windows.clear()
-        self._records.clear()
-        self._clocks.clear()
+        self.steps.operators += self._operators
+        self.steps.api_calls += self._api_calls
+        for pending in (self._windows, self._records, self._clocks, self._operators, self._api_calls):
+            pending.clear()
 
     def stop(self) -> KernelSteps:
         self.collect()
+        self._api.close()
         return self.steps
 
 
-def add_kernel_steps(steps: KernelSteps, windows: list[tuple[int, int, int]], records: list[tuple[int, int]]) -> None:
-    """Sum the kernels (start, end in ns) that start inside each step's window (start, end, tokens)."""
-    kernels = np.array(sorted(records), dtype=np.int64).reshape(-1, 2)
-    durations = np.concatenate([[0], np.cumsum(kernels[:, 1] - kernels[:, 0])])
+class ApiCounter:
+    """Calls of the CUDA runtime and driver functions COUNTED_API names, counted by a CUPTI callback between
+    begin() and end(). CUPTI allows one callback subscriber per process: where another holds it (a profiler),
+    nothing is counted and end() returns None."""
+
+    def __init__(self, cupti):
+        self._cupti = cupti
+        self._counts: Counter[tuple[int, int]] = Counter()
+        self._names: dict[tuple[int, int], str] = {}
+        self._enter = int(cupti.ApiCallbackSite.API_ENTER)
+        try:
+            self._subscriber = cupti.subscribe(self._called, None)
+        except Exception:  # noqa: BLE001 - another subscriber: counts are missing, kernel time is not
+            self._subscriber = None
+            return
+        for domain in (cupti.CallbackDomain.RUNTIME_API, cupti.CallbackDomain.DRIVER_API):
+            for cbid, name in _callback_names(cupti, int(domain)):
+                if COUNTED_API.search(name):
+                    self._names[(int(domain), cbid)] = name
+
+    def _called(self, userdata, domain, cbid, cbdata) -> None:
+        if cbdata.callback_site == self._enter:
+            self._counts[(domain, cbid)] += 1
+
+    def _enable(self, enable: int) -> None:
+        for domain, cbid in self._names:
+            self._cupti.enable_callback(enable, self._subscriber, domain, cbid)
+
+    def begin(self) -> None:
+        self._counts.clear()
+        if self._subscriber is not None:
+            self._enable(1)
+
+    def end(self) -> dict[str, int] | None:
+        if self._subscriber is None:
+            return None
+        self._enable(0)
+        calls: Counter[str] = Counter()
+        for key, count in self._counts.items():
+            calls[self._names[key]] += count
+        return dict(sorted(calls.items()))
+
+    def close(self) -> None:
+        if self._subscriber is not None:
+            self._cupti.unsubscribe(self._subscriber)
+            self._subscriber = None
+
+
+def _callback_names(cupti, domain: int, last: int = 2000):
+    """(cbid, function name without its version suffix) of the functions of a CUPTI callback domain (CUDA 13's
+    runtime and driver have fewer than `last`)."""
+    for cbid in range(1, last):
+        if name := _callback_name(cupti, domain, cbid):
+            yield cbid, re.sub(r"_v\d+$", "", str(name))
+
+
+def _callback_name(cupti, domain: int, cbid: int) -> str | None:
+    try:
+        return cupti.get_callback_name(domain, cbid)
+    except Exception:  # noqa: BLE001 - not a function of this domain
+        return None
+
+
+def add_kernel_steps(steps: KernelSteps, windows: list[tuple[int, int, int]], records: list[tuple[int, int, str]],
+                     injected: bool = False) -> None:
+    """Sum the kernels (start, end in ns, raw name) that start inside each step's window (start, end, tokens),
+    in all and by name (kernels.short_name). With `injected` (SFTBENCH_INJECT_KERNELS), each spin kernel is
+    named as the self-test's work in the family of the kernel before it (sftbench.kernels.INJECTED)."""
+    records = sorted(records)
+    starts = np.array([start for start, _, _ in records], dtype=np.int64)
+    durations = np.array([end - start for start, end, _ in records], dtype=np.int64)
+    cumulative = np.concatenate([[0], np.cumsum(durations)])
+    index = {name: i for i, name in enumerate(steps.names)}
     for start, end, tokens in windows:
-        first, last = np.searchsorted(kernels[:, 0], [start, end])
-        steps.seconds.append(float(durations[last] - durations[first]) / 1e9)
+        first, last = np.searchsorted(starts, [start, end])
+        steps.seconds.append(float(cumulative[last] - cumulative[first]) / 1e9)
         steps.kernels.append(int(last - first))
         steps.tokens.append(tokens)
+        by_name: dict[int, list[int]] = {}
+        family = OTHER
+        for (_, _, raw), duration in zip(records[first:last], durations[first:last]):
+            name = short_name(raw)
+            if injected and "spin_kernel" in name:
+                name = f"self-test spin ({family})"
+            family = family_of(name)
+            if name not in index:
+                index[name] = len(steps.names)
+                steps.names.append(name)
+            entry = by_name.setdefault(index[name], [index[name], 0, 0])
+            entry[1] += 1
+            entry[2] += int(duration)
+        steps.by_name.append(sorted(by_name.values(), key=lambda e: -e[2]))
 
 
 class MemoryTracker:

@@ -36,8 +36,9 @@ from statistics import mean, median
 import numpy as np
 import torch
 
+from sftbench import kernels
 from sftbench.data import Batch, collate
-from sftbench.injection import Injection
+from sftbench.injection import KERNEL_TARGETS, Injection
 from sftbench.spec import RunOptions
 from sftbench.trackers import KernelSteps, KernelTimer, StepTimer
 
@@ -59,6 +60,7 @@ class EpochTiming:
     optimizer_steps: int = 0
     warmup_s: float = 0.0
     kernels: KernelSteps | None = None  # traced micro-steps; None without a kernel clock
+    kernel_weights: list[float] = field(default_factory=list)  # the epoch's steps each traced step stands for
     optimizer_kernel_s: float | None = None
     gpu_epoch_seconds: float | None = None  # kernel time of the epoch, projected (quick) or summed (full)
     kernel_trace_s: float = 0.0  # reading CUPTI's records, outside every timed step
@@ -73,9 +75,11 @@ class Trainer:
         self.model, self.corpus, self.batches = model, corpus, batches
         self.kernel_timer, self.injection = kernel_timer, injection
         self._spin_cycles = None  # tokens -> GPU cycles of the injected spin (SFTBENCH_INJECT_GPU_PCT)
+        self._tokens = 0  # of the micro-step running: SFTBENCH_INJECT_KERNELS sizes its spins by them
         self._ballast = None  # the injected allocation (SFTBENCH_INJECT_MEMORY_PCT)
-        if injection.gpu_pct and kernel_timer is None:
-            raise RuntimeError("SFTBENCH_INJECT_GPU_PCT needs the GPU kernel clock (CUDA and cupti-python)")
+        if (injection.gpu_pct or injection.kernels) and kernel_timer is None:
+            raise RuntimeError("SFTBENCH_INJECT_GPU_PCT and SFTBENCH_INJECT_KERNELS need the GPU kernel clock "
+                               "(CUDA and cupti-python)")
         self.max_length, self.accumulation, self.device = max_length, accumulation, device
         self.amp_dtype = amp_dtype
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -91,6 +95,7 @@ class Trainer:
     def micro_step(self, batch: Batch) -> None:
         if self.injection.host_ms:
             time.sleep(self.injection.host_ms / 1000)
+        self._tokens = batch.tokens
         inputs = collate(self.corpus, batch, self.max_length, self.device)
         with torch.autocast(self.device.type, dtype=self.amp_dtype):
             loss = self.model(**inputs).loss
@@ -146,7 +151,7 @@ class Trainer:
         if self.injection.memory_pct and self.device.type == "cuda":
             size = int(self.injection.memory_pct / 100 * torch.cuda.max_memory_reserved(self.device))
             self._ballast = torch.empty(size, dtype=torch.uint8, device=self.device)
-        if self.injection.gpu_pct:
+        if self.injection.gpu_pct or self.injection.kernels:
             timer = self.kernel_timer
             for batch in (ordered[-1], ordered[0]):
                 with timer.step(batch.tokens):
@@ -154,11 +159,15 @@ class Trainer:
             with timer.step(0):
                 torch.cuda._sleep(CALIBRATION_CYCLES)
             timer.collect()
-            (short, long, spin), tokens = timer.steps.seconds, timer.steps.tokens
-            timer.steps = KernelSteps()
-            per_token = (long - short) / max(tokens[1] - tokens[0], 1)
-            share = self.injection.gpu_pct / 100 * CALIBRATION_CYCLES / spin
-            self._spin_cycles = lambda n: int(share * (short + per_token * (n - tokens[0])))
+            calibration, timer.steps = timer.steps, KernelSteps()
+            (short, long, spin), tokens = calibration.seconds, calibration.tokens
+            cycles_per_s = CALIBRATION_CYCLES / spin
+            if self.injection.gpu_pct:
+                per_token = (long - short) / max(tokens[1] - tokens[0], 1)
+                share = self.injection.gpu_pct / 100 * cycles_per_s
+                self._spin_cycles = lambda n: int(share * (short + per_token * (n - tokens[0])))
+            else:
+                timer.after_operator = kernel_spins(calibration, self.injection, cycles_per_s, lambda: self._tokens)
 
     def _kernel_steps(self, ordered: list[Batch], count: int, timing: EpochTiming, progress) -> None:
         """Kernel time of the batch shapes among `count` representative micro-steps, one step each, and of
@@ -181,15 +190,15 @@ class Trainer:
         timing.kernel_steps_s = time.perf_counter() - started - reading_s
 
     def _gpu_epoch_seconds(self, timing: EpochTiming, full_epoch: bool) -> float:
-        """The epoch's kernel time: summed over a traced full epoch, else projected like the wall time."""
+        """The epoch's kernel time: summed over a traced full epoch, else projected like the wall time, as the
+        traced steps' seconds times their weights (projection_weights), so that families and kernels project
+        alike."""
         steps = timing.kernels
-        micro = [(t, s) for t, s in zip(steps.tokens, steps.seconds) if t > 0]
         optimizer = [s for t, s in zip(steps.tokens, steps.seconds) if t == 0]
         timing.optimizer_kernel_s = median(optimizer) if optimizer else 0.0
-        if full_epoch:
-            return sum(s for _, s in micro) + len(optimizer) * timing.optimizer_kernel_s
-        return project_epoch([t for t, _ in micro], [s for _, s in micro], [b.tokens for b in self.batches],
-                             self.optimizer_steps, timing.optimizer_kernel_s)
+        timing.kernel_weights = ([1.0] * len(steps.tokens) if full_epoch else
+                                 projection_weights(steps.tokens, [b.tokens for b in self.batches], self.optimizer_steps))
+        return float(np.dot(timing.kernel_weights, steps.seconds))
 
     def _full_epoch(self, timer: StepTimer, timing: EpochTiming, progress) -> None:
         optimizer_timer = StepTimer(self.device)
@@ -232,6 +241,27 @@ class Trainer:
                                                       self.optimizer_steps, timing.optimizer_step_s)
 
 
+def kernel_spins(calibration: KernelSteps, injection: Injection, cycles_per_s: float, tokens_now):
+    """SFTBENCH_INJECT_KERNELS's hook after each traced operator: for an operator of the target, a GPU spin of
+    the knob's share of its family's seconds per such operator, linear in the micro-step's tokens between the
+    two calibration steps (the shortest and the longest batch, traced without spins)."""
+    targets = KERNEL_TARGETS[injection.kernels]
+    points = {}  # family -> [(tokens, seconds per target operator)] at the two calibration steps
+    for step in range(2):
+        seconds = kernels.step_families(calibration.names, calibration.by_name[step])
+        for family in set(targets.values()):
+            calls = sum(n for name, n in calibration.operators[step].items() if targets.get(name) == family)
+            points.setdefault(family, []).append((calibration.tokens[step], seconds.get(family, 0.0) / max(calls, 1)))
+
+    def spin(name: str) -> None:
+        family = targets.get(name)
+        if family is not None:
+            (x0, y0), (x1, y1) = points[family]
+            per_call = y0 + (y1 - y0) * (tokens_now() - x0) / max(x1 - x0, 1)
+            torch.cuda._sleep(max(int(injection.kernels_pct / 100 * per_call * cycles_per_s), 1))
+    return spin
+
+
 def _traced(kernels: KernelTimer | None, tokens: int):
     return contextlib.nullcontext() if kernels is None else kernels.step(tokens)
 
@@ -264,6 +294,18 @@ def project_epoch(step_tokens: list[int], step_durations: list[float], epoch_tok
     xs = sorted(by_tokens)
     ys = [mean(by_tokens[x]) for x in xs]
     return float(np.interp(epoch_tokens, xs, ys).sum()) + optimizer_steps * optimizer_step_s
+
+
+def projection_weights(step_tokens: list[int], epoch_tokens: list[int], optimizer_steps: int) -> list[float]:
+    """How many of the epoch's steps each traced step stands for in project_epoch, which is linear in the step
+    times: a micro-step (tokens > 0) its share of the interpolated batches, an optimizer step (tokens 0) its
+    share of the epoch's optimizer steps."""
+    micro = [i for i, tokens in enumerate(step_tokens) if tokens > 0]
+    optimizer = [i for i, tokens in enumerate(step_tokens) if tokens == 0]
+    weights = [optimizer_steps / len(optimizer) if tokens == 0 else 0.0 for tokens in step_tokens]
+    for i in micro:
+        weights[i] = project_epoch([step_tokens[j] for j in micro], [float(j == i) for j in micro], epoch_tokens, 0, 0.0)
+    return weights
 
 
 def half_split_spread_pct(step_tokens: list[int], step_durations: list[float], epoch_tokens: list[int],

@@ -19,7 +19,7 @@ import traceback
 import torch
 import transformers  # noqa: F401 - imported here so the forkserver preloads it
 
-from sftbench import environment, faults
+from sftbench import environment, faults, kernels
 from sftbench.data import SyntheticCorpus, epoch_batches
 from sftbench.injection import Injection
 from sftbench.models import build_model, get_model, lora_target_modules
@@ -174,4 +174,11 @@ def _record_timing(result: Result, timing, corpus, spec: CaseSpec, micro_batches
         result.kernel_step_sm_mhz, result.kernel_clock_limits = steps.sm_mhz, clock_limit_counts(steps.clock_limits)
         result.optimizer_kernel_s, result.gpu_epoch_seconds = timing.optimizer_kernel_s, timing.gpu_epoch_seconds
         result.gpu_minutes_per_1000_samples = minutes_per_1000_samples(timing.gpu_epoch_seconds, spec.samples)
+        result.kernel_names, result.kernel_step_kernels = steps.names, steps.by_name
+        result.kernel_step_families = [kernels.step_families(steps.names, step) for step in steps.by_name]
+        result.kernel_step_weights = timing.kernel_weights
+        result.gpu_minutes_by_family = {
+            family: minutes_per_1000_samples(seconds, spec.samples)
+            for family, seconds in kernels.projected(result.kernel_step_families, timing.kernel_weights).items()}
+        result.kernel_step_operators, result.kernel_step_api_calls = steps.operators, steps.api_calls
         result.gpu_busy_pct = 100 * timing.gpu_epoch_seconds / timing.epoch_seconds

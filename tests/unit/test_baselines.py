@@ -434,3 +434,83 @@ def test_without_gpu_time_or_a_shared_host_speed_is_not_judged(result_factory):
     assert "the baseline has no GPU kernel time (it predates that metric): speed is not judged" in comparison.reasons
     now.machine = {**old.machine}
     assert "speed is judged on wall time alone" in compare(now, baseline_of(old), Tolerances()).reasons[0]
+
+
+# --- kernel families: each against the rest of its step ----------------------------------------------------------
+
+FAMILY_NAMES = ["flash_bwd_dq_dk_dv_loop_seqk_parallel_kernel<128>", "flash_fwd_kernel<128>", "nvjet_tst_a",
+                "at::native::vectorized_elementwise_kernel<4, at::native::silu_kernel>", "multi_tensor_apply_kernel<Adam>"]
+
+
+def with_families(result_factory, bwd=10.0, fwd=5.0, gemm=60.0, elementwise=25.0, scale=1.0, machine=None,
+                  operators=None, **fields):
+    """A result whose one traced micro-step (2048 tokens, weight 1000) has these milliseconds per family (an
+    optimizer step 1 ms, weight 63), all scaled by `scale` as a faster or slower GPU would; GPU-minutes to match."""
+    ms = [bwd, fwd, gemm, elementwise]
+    step = [[i, 32, round(v * scale * 1e6)] for i, v in enumerate(ms)]
+    seconds = 1000 * sum(ms) * scale / 1000 + 63 * 0.001 * scale
+    values = {"kernel_names": list(FAMILY_NAMES), "kernel_step_kernels": [step, [[4, 4, round(1e6 * scale)]]],
+              "kernel_step_tokens": [2048, 0], "kernel_step_weights": [1000.0, 63.0],
+              "kernel_step_operators": operators or [{}, {}],
+              "machine": machine or {"gpu": "NVIDIA H200", "gpu_uuid": "GPU-a"}}
+    return timed(result_factory, gpu=seconds / 60, **{**values, **fields})
+
+
+def test_a_family_that_grew_fails_its_row_though_the_step_stayed_within_tolerance(result_factory):
+    old = baseline_of(with_families(result_factory))
+    comparison = compare(with_families(result_factory, bwd=11.5), old, Tolerances())  # +15% of a tenth: step +1.5%
+    [gpu] = [c for c in comparison.changes if c.kind == "gpu"]
+    assert gpu.verdict == "same" and comparison.verdict == "regression"
+    assert comparison.label == "kernel (attention backward) regression"
+    [line] = [line for line in comparison.explain("case").splitlines() if line.startswith("  attention backward")]
+    assert line == ("  attention backward +15.0% (+1.5% of the step; +15.0% against the rest of the step, tolerance 3%): "
+                    "flash_bwd_dq_dk_dv_loop_seqk_parallel_kernel 10 -> 11.5 ms/step")
+
+
+def test_a_whole_gpu_faster_or_slower_moves_no_family(result_factory):
+    old = baseline_of(with_families(result_factory))
+    comparison = compare(with_families(result_factory, scale=1.015), old, Tolerances())
+    assert comparison.verdict == "pass" and all(f.verdict == "same" for f in comparison.families)
+    assert max(abs(f.against_rest_pct) for f in comparison.families) < 1e-6
+
+
+def test_a_small_family_moves_no_verdict_below_its_share_of_the_step(result_factory):
+    # +40% of a family of 1% of the step: beyond the tolerance against the rest, but 0.4% of the step.
+    old = baseline_of(with_families(result_factory, fwd=1.0))
+    comparison = compare(with_families(result_factory, fwd=1.4), old, Tolerances())
+    [fwd] = [f for f in comparison.families if f.family == "attention forward"]
+    assert fwd.against_rest_pct > 3 and fwd.verdict == "same" and comparison.verdict == "pass"
+
+
+def test_families_are_not_judged_where_a_baseline_has_none_or_power_capped_gpus_differ(result_factory):
+    comparison = compare(with_families(result_factory, bwd=13.0), baseline_of(timed(result_factory)), Tolerances())
+    assert comparison.families == [] and ("the baseline has no kernel families (written before sftbench recorded "
+                                          "them): GPU time is judged on the step total") in comparison.reasons
+    capped = with_families(result_factory, bwd=13.0, machine={"gpu": "NVIDIA H200", "gpu_uuid": "GPU-b"},
+                           kernel_clock_limits={"power cap": 1})
+    comparison = compare(capped, baseline_of(with_families(result_factory)), Tolerances())
+    assert comparison.families == [] and any(r.startswith("kernel families are not judged") for r in comparison.reasons)
+
+
+def test_operator_and_api_count_changes_are_named_beside_a_passing_verdict(result_factory):
+    before = [{"flash_attn::_flash_attn_forward": 64, "aten::mm": 400}, {}]
+    now = [{"aten::mm": 400, "aten::empty_like": 64}, {}]
+    comparison = compare(with_families(result_factory, operators=now, kernel_step_api_calls=[{"cudaLaunchKernel": 10}, {}]),
+                         baseline_of(with_families(result_factory, operators=before,
+                                                   kernel_step_api_calls=[{"cudaLaunchKernel": 12}, {}])), Tolerances())
+    assert comparison.verdict == "pass"
+    assert ("torch operators per micro-step (2048 tokens): +64 aten::empty_like, -64 flash_attn::_flash_attn_forward"
+            in comparison.reasons)
+    assert "CUDA API calls per micro-step (2048 tokens): -2 cudaLaunchKernel" in comparison.reasons
+
+
+def test_a_baseline_with_a_broken_kernel_table_is_unusable(store, result_factory):
+    from sftbench.baselines import unusable_metrics
+
+    good = with_families(result_factory)
+    assert unusable_metrics(good) == []
+    broken = with_families(result_factory)
+    broken.kernel_step_kernels[0][0] = [99, 1, 5]
+    assert unusable_metrics(broken) == ["kernel_step_kernels[0] has [99, 1, 5], not [name index, count, nanoseconds]"]
+    broken = with_families(result_factory, kernel_step_weights=[1000.0])
+    assert unusable_metrics(broken) == ["2 traced steps but 2 kernel tables and 1 weights"]

@@ -56,15 +56,29 @@ def test_cli_lists_baselines_as_json(store, written, capsys):
     assert len(entries) == 1
     assert {"case_id", "tables", "gpu", "outcome", "max_reserved_mib", "max_allocated_mib",
             "minutes_per_1000_samples", "tokens_per_s", "attention", "quantization", "trainable_params",
-            "versions"} <= set(entries[0])
+            "versions", "gpu_minutes_per_1000_samples", "gpu_busy_pct", "gpu_minutes_by_family", "largest_family",
+            "host", "gpu_uuid"} <= set(entries[0])
     assert entries[0]["case_id"] == "qwen-7b-chat-4096"
     assert entries[0]["commit"] == "abc1234"
 
 
-def test_cli_lists_baselines_for_people(store, written, capsys):
+def test_cli_lists_baselines_for_people_in_aligned_columns_under_a_header(store, written, result_factory, capsys):
+    spec = CaseSpec("qwen-7b-chat", max_length=8192)  # a longer row name, with GPU time and families
+    store.write(result_factory(spec, gpu_minutes_per_1000_samples=6.1234, gpu_busy_pct=82.4,
+                               gpu_minutes_by_family={"GEMM": 4.0, "attention backward": 1.5, "other": 0.6}),
+                rows_of(spec), {"commit": "abc1234", "mode": "quick"})
     assert main(["baselines", "--dir", str(store.root)]) == 0
-    out = capsys.readouterr().out
-    assert "test_lora_max_length[qwen-7b-chat-4096]" in out and "10.00 min" in out and "1000 MiB" in out
+    header, rule, *lines = capsys.readouterr().out.splitlines()
+    titles = ("GPU", "row", "outcome", "GPU-min", "busy %", "wall min", "max reserved MiB", "host",
+              "largest kernel family")
+    assert [header.index(title) for title in titles] == sorted(header.index(title) for title in titles)
+    assert set(rule) == {"-", " "} and len(lines) == 2
+    row_8192 = next(line for line in lines if "qwen-7b-chat-8192]" in line)
+    assert "6.123" in row_8192 and " 82 " in row_8192 and row_8192.endswith("GEMM 66%")
+    for line in lines:  # numbers end under their title, text starts under it
+        assert line[:header.index("max reserved MiB") + len("max reserved MiB")].endswith("1000")
+        assert line[:header.index("wall min") + len("wall min")].endswith("10.00")
+        assert line[header.index("host"):].startswith("GPU-host-a-0 +1")
 
 
 def test_cli_exits_2_on_a_corrupt_baseline(store, written, capsys):

@@ -5,6 +5,7 @@ import sys
 import threading
 import time
 from types import SimpleNamespace
+from typing import ClassVar
 
 import pytest
 import torch
@@ -145,13 +146,23 @@ def test_stop_reads_the_peaks_after_an_exception_in_the_tracked_block(monkeypatc
 
 
 class FakeCupti:
-    """cupti.cupti as KernelTimer uses it: a clock, enable/disable, and buffers handed over on flush."""
+    """cupti.cupti as KernelTimer uses it: a clock, enable/disable, buffers handed over on flush, and API callbacks
+    (two runtime functions: cudaLaunchKernel, counted, and cudaGetDevice, not)."""
 
     class ActivityKind:
         CONCURRENT_KERNEL = 10
 
-    def __init__(self, kernels_per_step):
-        self.kernels_per_step, self.now, self.enabled, self.buffer, self.completed = kernels_per_step, 0, False, [], None
+    class ApiCallbackSite:
+        API_ENTER, API_EXIT = 0, 1
+
+    class CallbackDomain:
+        RUNTIME_API, DRIVER_API = 3, 2
+
+    API: ClassVar = {(3, 1): "cudaLaunchKernel_v7000", (3, 2): "cudaGetDevice_v3020", (3, 3): "cudaMemcpyAsync_v3020"}
+
+    def __init__(self, kernels_per_step, names=("_Z16flash_fwd_kernelILi128EEv6Params", "nvjet_tst_128x256")):
+        self.kernels_per_step, self.names, self.now, self.enabled, self.buffer = kernels_per_step, names, 0, False, []
+        self.completed, self.callback, self.callbacks_on, self.subscribed = None, None, set(), False
 
     def activity_register_callbacks(self, requested, completed):
         self.completed = completed
@@ -165,13 +176,38 @@ class FakeCupti:
     def get_timestamp(self):
         return self.now
 
+    def subscribe(self, callback, userdata):
+        self.callback, self.subscribed = callback, True
+        return "subscriber"
+
+    def unsubscribe(self, subscriber):
+        self.subscribed = False
+
+    def get_callback_name(self, domain, cbid):
+        if (domain, cbid) not in self.API:
+            raise RuntimeError("CUPTI_ERROR_INVALID_PARAMETER")
+        return self.API[(domain, cbid)]
+
+    def enable_callback(self, enable, subscriber, domain, cbid):
+        (self.callbacks_on.add if enable else self.callbacks_on.discard)((domain, cbid))
+
+    def api(self, cbid):
+        """A runtime API call: both callback sites, where CUPTI calls back for it."""
+        if (3, cbid) in self.callbacks_on:
+            for site in (0, 1):
+                self.callback(None, 3, cbid, SimpleNamespace(callback_site=site))
+
     def launch(self):
-        """One step's kernels: each 1000 ns long, 500 ns apart; recorded only while enabled."""
-        for _ in range(self.kernels_per_step):
+        """One step's kernels: each 1000 ns long, 500 ns apart, named in turn; recorded only while enabled."""
+        for i in range(self.kernels_per_step):
+            self.api(1)
+            self.api(2)
             if self.enabled:
-                self.buffer.append(SimpleNamespace(kind=10, start=self.now, end=self.now + 1000))
+                self.buffer.append(SimpleNamespace(kind=10, start=self.now, end=self.now + 1000,
+                                                   name=self.names[i % len(self.names)]))
             self.now += 1500
-        self.buffer.append(SimpleNamespace(kind=99, start=self.now, end=self.now + 10**9))  # not a kernel
+        self.api(3)
+        self.buffer.append(SimpleNamespace(kind=99, start=self.now, end=self.now + 10**9, name="memcpy"))  # not a kernel
         self.now += 10
 
     def activity_flush_all(self, flag):
@@ -179,10 +215,15 @@ class FakeCupti:
         self.buffer = []
 
 
-def test_kernel_timer_sums_each_steps_kernels_and_records_nothing_between_steps(monkeypatch):
+@pytest.fixture
+def cupti(monkeypatch):
     cupti = FakeCupti(kernels_per_step=3)
     monkeypatch.setitem(sys.modules, "cupti", SimpleNamespace(cupti=cupti))
     monkeypatch.setattr(trackers.metadata, "version", lambda name: "13.0.1")
+    return cupti
+
+
+def test_kernel_timer_sums_each_steps_kernels_and_records_nothing_between_steps(cupti, monkeypatch):
     clocks = iter([(1980, 0), (1755, 0x4), (1980, None)])
     monkeypatch.setattr(trackers, "clock_reading", lambda handle: next(clocks))
     timer = trackers.KernelTimer(CPU)
@@ -202,11 +243,53 @@ def test_kernel_timer_sums_each_steps_kernels_and_records_nothing_between_steps(
     assert timer.version == "cupti-python 13.0.1" and not cupti.enabled
 
 
+def test_each_traced_step_records_its_kernels_by_demangled_name_operators_and_api_calls(cupti):
+    timer = trackers.KernelTimer(CPU)
+    timer.start()
+    cupti.launch()  # untraced: no API calls counted, no operators
+    with timer.step(2048):
+        torch.ones(3).mul(2).sum()
+        cupti.launch()
+    steps = timer.stop()
+    assert steps.names == ["flash_fwd_kernel<128>", "nvjet_tst_128x256"]  # demangled, without the parameters
+    assert steps.by_name == [[[0, 2, 2000], [1, 1, 1000]]]  # [name index, count, ns], longest first
+    assert steps.operators == [{"aten::ones": 1, "aten::mul.Tensor": 1, "aten::sum": 1}]
+    assert steps.api_calls == [{"cudaLaunchKernel": 3, "cudaMemcpyAsync": 1}]  # entries counted, queries not
+    assert not cupti.callbacks_on and not cupti.subscribed  # callbacks only inside steps; released at the end
+
+
+def test_api_calls_are_not_counted_where_another_profiler_holds_cuptis_callbacks(cupti):
+    def taken(callback, userdata):
+        raise RuntimeError("CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED")
+
+    cupti.subscribe = taken
+    timer = trackers.KernelTimer(CPU)
+    timer.start()
+    with timer.step(512):
+        cupti.launch()
+    steps = timer.stop()
+    assert steps.api_calls == [None] and steps.kernels == [3]
+
+
 def test_kernels_are_assigned_by_their_start_inside_a_window():
     steps = trackers.KernelSteps()
-    trackers.add_kernel_steps(steps, [(100, 200, 7), (200, 300, 8)], [(250, 290), (100, 150), (199, 260), (300, 310)])
+    trackers.add_kernel_steps(steps, [(100, 200, 7), (200, 300, 8)],
+                              [(250, 290, "b"), (100, 150, "a"), (199, 260, "a"), (300, 310, "c")])
     assert steps.kernels == [2, 1] and steps.tokens == [7, 8]
     assert steps.seconds == pytest.approx([(50 + 61) / 1e9, 40 / 1e9])
+    assert steps.names == ["a", "b"] and steps.by_name == [[[0, 2, 111]], [[1, 1, 40]]]
+
+
+def test_an_injected_spin_is_named_as_self_test_work_of_the_family_before_it():
+    spin = "_ZN2at4cuda12_GLOBAL__N_111spin_kernelEl"
+    records = [(0, 10, "flash_bwd_dq_dk_dv_loop_seqk_parallel_kernel"), (10, 12, spin), (20, 30, "nvjet_x"),
+               (30, 31, spin)]
+    steps = trackers.KernelSteps()
+    trackers.add_kernel_steps(steps, [(0, 100, 64)], records, injected=True)
+    assert steps.names[1] == "self-test spin (attention backward)" and steps.names[3] == "self-test spin (GEMM)"
+    plain = trackers.KernelSteps()
+    trackers.add_kernel_steps(plain, [(0, 100, 64)], records)
+    assert plain.names[1] == "at::cuda::(anonymous namespace)::spin_kernel"  # SFTBENCH_INJECT_GPU_PCT's: other
 
 
 def test_the_cpu_has_no_kernel_clock_and_no_gpu_uuid(monkeypatch):

@@ -224,3 +224,32 @@ def test_injected_host_time_lengthens_every_micro_step(trainer):
 def test_kernel_time_is_traced_once_per_batch_shape():
     batches = [Batch((0,), 2048), Batch((1,), 2048), Batch((2, 3), 1024), Batch((4,), 2048), Batch((5,), 107)]
     assert distinct_shapes(batches) == [batches[0], batches[2], batches[4]]  # (2, 1024) is not (1, 2048)
+
+
+def test_the_traced_steps_weights_reproduce_the_projection_of_any_per_step_quantity():
+    from sftbench.trainer import project_epoch, projection_weights
+
+    tokens, epoch = [2048, 1024, 1024, 300, 0], [2048, 2048, 1500, 1024, 700, 300, 300]
+    seconds = [0.4, 0.21, 0.19, 0.05, 0.002]
+    weights = projection_weights(tokens, epoch, optimizer_steps=3)
+    assert weights[4] == 3.0 and sum(weights[:4]) == pytest.approx(len(epoch))
+    micro = [i for i, t in enumerate(tokens) if t]
+    assert sum(w * s for w, s in zip(weights, seconds)) == pytest.approx(
+        project_epoch([tokens[i] for i in micro], [seconds[i] for i in micro], epoch, 3, 0.002))
+
+
+def test_the_kernel_injection_spins_after_its_targets_own_operators_by_their_familys_time(monkeypatch):
+    from sftbench.trainer import kernel_spins
+
+    calibration = KernelSteps(tokens=[512, 2048, 0], names=["flash_fwd_kernel<1>", "nvjet_a"],
+                              by_name=[[[0, 32, 2_000_000], [1, 100, 8_000_000]], [[0, 32, 8_000_000], [1, 100, 30_000_000]]],
+                              operators=[{"flash_attn::_flash_attn_forward": 32, "aten::mm": 100},
+                                         {"flash_attn::_flash_attn_forward": 32, "aten::mm": 100}])
+    spins = []
+    monkeypatch.setattr(torch.cuda, "_sleep", spins.append)
+    tokens = [1280]
+    spin = kernel_spins(calibration, Injection(kernels="attention", kernels_pct=10), 1e9, lambda: tokens[0])
+    spin("aten::mm")  # not the target's
+    spin("flash_attn::_flash_attn_forward")
+    # 10% of the attention forward's seconds per call, halfway between 2 ms / 32 and 8 ms / 32 per step: 156.25 us
+    assert spins == [15625]

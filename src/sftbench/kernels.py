@@ -1,0 +1,104 @@
+"""What a traced step's GPU time was spent on: kernels by name, names by family, and the epoch by family.
+
+A traced step records each kernel it launched by name, with its count and summed duration
+(Result.kernel_step_kernels, names in Result.kernel_names). The rules of kernel_families.toml give each
+name its family; Result.kernel_step_weights give each traced step's share of the projected epoch, so any
+per-step quantity (a family's seconds, one kernel's) projects over the epoch as the step total does. No
+torch here: reports and comparisons read results without it.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections import defaultdict
+from functools import cache
+from importlib import resources
+
+OTHER = "other"
+# The self-test's injected work (sftbench.injection): a spin kernel that stands for extra time of a family.
+INJECTED = re.compile(r"^self-test spin \((?P<family>.+)\)$")
+
+
+@cache
+def rules() -> tuple[tuple[str, ...], tuple[tuple[re.Pattern, str], ...]]:
+    """(the families in the order they are shown, the (pattern, family) rules in the order they apply)."""
+    data = tomllib.loads(resources.files("sftbench").joinpath("kernel_families.toml").read_text(encoding="utf-8"))
+    families = tuple(data["families"])
+    unknown = sorted({rule["family"] for rule in data["rule"]} - set(families))
+    if unknown or OTHER not in families:
+        raise ValueError(f"kernel_families.toml: rules name families it does not list ({', '.join(unknown)}), "
+                         f"or it lacks {OTHER!r}")
+    return families, tuple((re.compile(rule["pattern"]), rule["family"]) for rule in data["rule"])
+
+
+def families() -> tuple[str, ...]:
+    return rules()[0]
+
+
+@cache
+def family_of(name: str) -> str:
+    """The family of a kernel's short name: the first rule that matches, else "other"."""
+    injected = INJECTED.match(name)
+    if injected:
+        return injected["family"]
+    return next((family for pattern, family in rules()[1] if pattern.search(name)), OTHER)
+
+
+@cache
+def short_name(raw: str) -> str:
+    """A kernel's name as recorded: demangled (CUPTI gives the mangled symbol), without `void ` and without its
+    parameter list, which repeats what the template arguments say; cut to 300 characters."""
+    try:
+        import cxxfilt
+
+        name = cxxfilt.demangle(raw)
+    except Exception:  # noqa: BLE001 - not a mangled C++ name (Triton, nvjet), or no cxxfilt: keep it as it is
+        name = raw
+    name = name.removeprefix("void ")
+    if name.endswith(")"):
+        depth = 0
+        for i in range(len(name) - 1, -1, -1):
+            depth += {")": 1, "(": -1}.get(name[i], 0)
+            if depth == 0:
+                name = name[:i] if not name[:i].endswith("operator") else name
+                break
+    return name[:300]
+
+
+def step_families(names: list[str], kernels: list[list[int]]) -> dict[str, float]:
+    """Seconds per family of one traced step: `kernels` are its [name index, count, nanoseconds] entries."""
+    seconds: dict[str, float] = defaultdict(float)
+    for index, _, nanoseconds in kernels:
+        seconds[family_of(names[index])] += nanoseconds / 1e9
+    return {family: seconds[family] for family in families() if family in seconds}
+
+
+def projected(per_step: list[dict[str, float]], weights: list[float]) -> dict[str, float]:
+    """Epoch seconds per key (family or kernel name): each traced step's values times its weight, summed."""
+    total: dict[str, float] = defaultdict(float)
+    for values, weight in zip(per_step, weights):
+        for key, seconds in values.items():
+            total[key] += weight * seconds
+    return dict(total)
+
+
+def epoch_families(result) -> dict[str, float] | None:
+    """The epoch's kernel seconds per family, classified by the current rules; None without kernel names."""
+    if not result.kernel_names or not result.kernel_step_weights:
+        return None
+    steps = [step_families(result.kernel_names, kernels) for kernels in result.kernel_step_kernels]
+    return projected(steps, result.kernel_step_weights)
+
+
+def epoch_kernels(result, family: str) -> dict[str, float]:
+    """The epoch's seconds of each kernel of `family`, by short name."""
+    names = result.kernel_names
+    steps = [{names[i]: ns / 1e9 for i, _, ns in kernels if family_of(names[i]) == family}
+             for kernels in result.kernel_step_kernels]
+    return projected(steps, result.kernel_step_weights)
+
+
+def micro_steps(result) -> float:
+    """How many micro-steps the epoch's projection stands for (the traced micro-steps' weights)."""
+    return sum(w for w, tokens in zip(result.kernel_step_weights, result.kernel_step_tokens) if tokens > 0)

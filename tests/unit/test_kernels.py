@@ -1,0 +1,64 @@
+"""Kernels by name, names by family, families over the epoch (sftbench.kernels and kernel_families.toml)."""
+
+import pytest
+
+from sftbench import kernels
+from sftbench.result import Result
+
+# Names as CUPTI records them (mangled where C++), and as a traced step keeps them.
+NAMES = {
+    "_Z44flash_bwd_dq_dk_dv_loop_seqk_parallel_kernelI23Flash_bwd_kernel_traitsILi128EN7cutlass10bfloat16_tEELb1EEv16"
+    "Flash_bwd_params": "flash_bwd_dq_dk_dv_loop_seqk_parallel_kernel<Flash_bwd_kernel_traits<128, cutlass::bfloat16_t>, "
+                        "true>",
+    "_ZN2at6native29vectorized_elementwise_kernelILi4ENS0_11FillFunctorIfEESt5arrayIPcLm1EEEEviT0_T1_":
+        "at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>, std::array<char*, 1ul> >",
+    "nvjet_tst_192x192_64x4_2x1_v_bz_coopA_TNT": "nvjet_tst_192x192_64x4_2x1_v_bz_coopA_TNT",  # not C++: as it is
+}
+
+
+@pytest.mark.parametrize("raw", NAMES)
+def test_a_kernel_is_kept_demangled_without_its_parameter_list(raw):
+    assert kernels.short_name(raw) == NAMES[raw]
+
+
+@pytest.mark.parametrize("name, family", [
+    ("flash_bwd_dq_dk_dv_loop_seqk_parallel_kernel<Flash_bwd_kernel_traits<128, cutlass::bfloat16_t> >",
+     "attention backward"),  # cutlass in its template arguments, yet attention
+    ("flash_fwd_kernel<Flash_fwd_kernel_traits<128, 128, 64, 4, false, false, cutlass::bfloat16_t> >",
+     "attention forward"),
+    ("nvjet_tst_192x192_64x4_2x1_v_bz_coopA_TNT", "GEMM"),
+    ("kgemm_4bit_inference_naive<__nv_bfloat16, 128, 16>", "quantized matmul / dequantization"),
+    ("at::native::(anonymous namespace)::multi_tensor_apply_kernel<at::native::(anonymous namespace)::TensorListMetadata<1>, "
+     "at::native::(anonymous namespace)::LpNormFunctor<float, 2, float, float>, float*, int>", "optimizer"),
+    ("at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>, std::array<char*, 1ul> >",
+     "copies / casts / fills"),
+    ("at::native::vectorized_elementwise_kernel<4, at::native::silu_kernel(at::TensorIteratorBase&)::{lambda()#1}>",
+     "activation and elementwise"),
+    ("at::native::reduce_kernel<512, 1, at::native::ReduceOp<float, at::native::MeanOps<float, float, float, float>, "
+     "unsigned int, float, 4, 4> >", "reductions"),
+    ("self-test spin (attention forward)", "attention forward"),
+    ("at::cuda::(anonymous namespace)::spin_kernel", "other"),
+])
+def test_each_kernel_gets_the_family_of_the_first_rule_that_matches(name, family):
+    assert kernels.family_of(name) == family
+
+
+def test_the_rules_name_only_listed_families_and_other_comes_last():
+    families, rules = kernels.rules()
+    assert families[-1] == kernels.OTHER and {family for _, family in rules} < set(families)
+
+
+def result(names, steps, weights, tokens):
+    return Result(case={}, key="k", kernel_names=names, kernel_step_kernels=steps, kernel_step_weights=weights,
+                  kernel_step_tokens=tokens)
+
+
+def test_families_and_kernels_project_over_the_epoch_by_the_traced_steps_weights():
+    names = ["flash_fwd_kernel<1>", "nvjet_a", "nvjet_b", "multi_tensor_apply_kernel<Adam>"]
+    steps = [[[1, 10, 3_000_000], [0, 64, 1_000_000]], [[2, 10, 1_000_000], [0, 64, 500_000]], [[3, 5, 2_000_000]]]
+    r = result(names, steps, [100.0, 400.0, 63.0], [2048, 1024, 0])
+    assert kernels.step_families(names, steps[0]) == {"attention forward": 0.001, "GEMM": 0.003}  # in shown order
+    assert kernels.epoch_families(r) == pytest.approx({"attention forward": 0.3, "GEMM": 0.7, "optimizer": 0.126})
+    assert kernels.epoch_kernels(r, "GEMM") == pytest.approx({"nvjet_a": 0.3, "nvjet_b": 0.4})
+    assert kernels.micro_steps(r) == 500.0
+    assert kernels.epoch_families(result([], [], [], [])) is None  # a result from before kernel names
