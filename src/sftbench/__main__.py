@@ -71,6 +71,13 @@ def main(argv: list[str] | None = None) -> int:
                                  "representatives (the epoch's micro-batches or more: every shape once)")
     projection.add_argument("--out", type=Path, required=True)
 
+    kernels_command = commands.add_parser("kernels", help="what each configuration's GPU time went to: kernel families "
+                                                            "and the largest kernels")
+    kernels_command.add_argument("folder", type=Path, help="a results/<gpu>/ or baselines/<gpu>/ folder")
+    kernels_command.add_argument("--top", type=int, default=5, help="kernels shown per configuration")
+    kernels_command.add_argument("--json", action="store_true",
+                                 help="every kernel of every configuration: names once, then [name index, GPU-seconds]")
+
     attention = commands.add_parser("attention", help="flash-attn's kernels alone at results' own shapes, projected "
                                                       "over their epochs (a diagnostic)")
     attention.add_argument("results", nargs="+", type=Path, help="results or baselines of batch-1 flash-attn rows")
@@ -91,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     commands = {"models": _models, "baselines": _baselines, "report": _report, "history": _history, "run": _run,
-                "profile": _profile, "projection": _projection, "attention": _attention, "selftest": _selftest}
+                "profile": _profile, "projection": _projection, "kernels": _kernels, "attention": _attention,
+                "selftest": _selftest}
     return commands[args.command](args)
 
 
@@ -284,6 +292,31 @@ def _projection(args) -> int:
                              samples=args.samples, kernel_steps=args.kernel_steps,
                              log=lambda line: print(line, flush=True))
     print("\n" + markdown_table(table))
+    return 0
+
+
+def _kernels(args) -> int:
+    from sftbench import kernels
+    from sftbench.report import scan_results
+
+    results, problems = scan_results(args.folder) if args.folder.is_dir() else ({}, [f"{args.folder} is not a folder"])
+    for problem in problems:
+        print(f"sftbench: skipped {problem}", file=sys.stderr)
+    traced = [r for r in results.values() if kernels.epoch_families(r)]
+    if not traced:
+        print(f"sftbench: no results with kernel names in {args.folder}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(kernels.kernel_table(traced), indent=1))
+        return 0
+    for result in traced:
+        families = kernels.epoch_families(result)
+        total = sum(families.values())
+        print(f"{result.key}: " + ", ".join(f"{family} {100 * seconds / total:.1f}%" for family, seconds in families.items()))
+        table = kernels.kernel_table([result])
+        for index, seconds in table["configurations"][result.key][:args.top]:
+            name = table["names"][index]
+            print(f"  {100 * seconds / total:5.1f}%  {kernels.family_of(name):28} {name[:110]}")
     return 0
 
 

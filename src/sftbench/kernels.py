@@ -102,3 +102,16 @@ def epoch_kernels(result, family: str) -> dict[str, float]:
 def micro_steps(result) -> float:
     """How many micro-steps the epoch's projection stands for (the traced micro-steps' weights)."""
     return sum(w for w, tokens in zip(result.kernel_step_weights, result.kernel_step_tokens) if tokens > 0)
+
+
+def kernel_table(results) -> dict:
+    """The kernels of results as compact data (`python -m sftbench kernels --json`): every short name once, and
+    per configuration its kernels as [name index, GPU-seconds of the epoch], largest first."""
+    names: dict[str, int] = {}
+    configurations = {}
+    for result in results:
+        seconds = projected([{result.kernel_names[i]: ns / 1e9 for i, _, ns in step} for step in result.kernel_step_kernels],
+                            result.kernel_step_weights)
+        configurations[result.key] = [[names.setdefault(name, len(names)), round(value, 6)]
+                                      for name, value in sorted(seconds.items(), key=lambda item: -item[1])]
+    return {"names": list(names), "configurations": configurations}

@@ -68,8 +68,9 @@ def _changes(configurations: list[dict], metric: str) -> dict[str, float | None]
 
 
 def summarize(records: list[dict]) -> dict:
-    """One JSON of the self-test from its comparing runs' records (baseline-writing runs are left out)."""
-    comparing = [r for r in records if not r.get("update_baselines")]
+    """One JSON of the self-test from its comparing runs' records (baseline-writing runs are left out): the newest
+    run's commit, GPU and stack; each clean rerun and family injection with its own start and commit."""
+    comparing = sorted((r for r in records if not r.get("update_baselines")), key=lambda r: r["started"], reverse=True)
     if not comparing:
         raise ValueError("no comparing run among the records")
     clean = [r for r in comparing if not injected(r.get("settings", {}))]
@@ -79,7 +80,7 @@ def summarize(records: list[dict]) -> dict:
         "versions": comparing[0]["versions"], "configurations": len(keys),
         "rows": sorted({row for r in comparing for c in r["configurations"] for row in c["rows"]}),
         "clean_reruns": [{
-            "started": r["started"], "failures": sum(c["verdict"] == "regression" for c in r["configurations"]),
+            "started": r["started"], "commit": r["commit"], "failures": sum(c["verdict"] == "regression" for c in r["configurations"]),
             "verdicts": {c["key"]: c["label"] for c in r["configurations"]},
             "gpu_time_change_pct": _changes(r["configurations"], SPEED_METRICS["gpu"]),
             "wall_time_change_pct": _changes(r["configurations"], SPEED_METRICS["wall"]),
@@ -104,7 +105,8 @@ def summarize(records: list[dict]) -> dict:
                 **{f"{metric}_change_pct": _changes(configurations, metric) for metric in MEMORY_METRICS}}
         if KERNELS in knobs:
             target = knobs[KERNELS].partition(":")[0]
-            summary.setdefault("family_injected", {})[knobs[KERNELS]] = family_stage(configurations, target)
+            summary.setdefault("family_injected", {})[knobs[KERNELS]] = {
+                "started": record["started"], "commit": record["commit"], **family_stage(configurations, target)}
         if HOST_MS in knobs:
             host_side = sum("host-side" in label for label in labels.values())
             summary["injected"]["host_time"] = {

@@ -463,7 +463,7 @@ def test_a_family_that_grew_fails_its_row_though_the_step_stayed_within_toleranc
     assert gpu.verdict == "same" and comparison.verdict == "regression"
     assert comparison.label == "kernel (attention backward) regression"
     [line] = [line for line in comparison.explain("case").splitlines() if line.startswith("  attention backward")]
-    assert line == ("  attention backward +15.0% (+1.5% of the step; +15.0% against the rest of the step, tolerance 2%): "
+    assert line == ("  attention backward +15.0% (+1.5% of the step; +15.0% against the rest of the step, tolerance 2.5%): "
                     "flash_bwd_dq_dk_dv_loop_seqk_parallel_kernel 10 -> 11.5 ms/step")
 
 
@@ -479,7 +479,7 @@ def test_a_small_family_moves_no_verdict_below_its_share_of_the_step(result_fact
     old = baseline_of(with_families(result_factory, fwd=1.0))
     comparison = compare(with_families(result_factory, fwd=1.08), old, Tolerances())
     [fwd] = [f for f in comparison.families if f.family == "attention forward"]
-    assert fwd.against_rest_pct > 2 and fwd.verdict == "same" and comparison.verdict == "pass"
+    assert fwd.against_rest_pct > 2.5 and fwd.verdict == "same" and comparison.verdict == "pass"
     comparison = compare(with_families(result_factory, fwd=1.12), old, Tolerances())  # 0.12% of the step: judged
     assert comparison.label == "kernel (attention forward) regression"
 

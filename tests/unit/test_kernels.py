@@ -1,4 +1,12 @@
-"""Kernels by name, names by family, families over the epoch (sftbench.kernels and kernel_families.toml)."""
+"""Kernels by name, names by family, families over the epoch (sftbench.kernels and kernel_families.toml).
+
+fixtures/kernel-names-h200.json holds the kernels that the 19 qwen-7b-chat bf16 configurations ran on an H200
+(torch 2.11, flash-attn 2.8.3.post2, 2026-12-04): `python -m sftbench kernels baselines/nvidia-h200 --json` over
+their committed baselines, each kernel with its GPU-seconds of the epoch.
+"""
+
+import json
+from pathlib import Path
 
 import pytest
 
@@ -62,3 +70,41 @@ def test_families_and_kernels_project_over_the_epoch_by_the_traced_steps_weights
     assert kernels.epoch_kernels(r, "GEMM") == pytest.approx({"nvjet_a": 0.3, "nvjet_b": 0.4})
     assert kernels.micro_steps(r) == 500.0
     assert kernels.epoch_families(result([], [], [], [])) is None  # a result from before kernel names
+
+
+H200 = json.loads((Path(__file__).parent / "fixtures" / "kernel-names-h200.json").read_text())
+
+
+def shares(configuration: str) -> dict[str, float]:
+    """% of the configuration's GPU time per family, the fixture's kernels classified by today's rules."""
+    seconds: dict[str, float] = {}
+    for index, value in H200["configurations"][configuration]:
+        family = kernels.family_of(H200["names"][index])
+        seconds[family] = seconds.get(family, 0.0) + value
+    return {family: 100 * value / sum(seconds.values()) for family, value in seconds.items()}
+
+
+@pytest.mark.parametrize("configuration", sorted(H200["configurations"]))
+def test_the_rules_leave_under_5_percent_of_a_recorded_step_to_other(configuration):
+    assert shares(configuration).get(kernels.OTHER, 0.0) < 5.0
+
+
+def test_the_recorded_h200_kernels_fall_in_their_families():
+    families = {name: kernels.family_of(name) for name in H200["names"]}
+    assert len(H200["configurations"]) == 19 and len(families) > 250
+    expected = {"flash::flash_bwd": "attention backward", "flash::flash_fwd": "attention forward", "nvjet_sm90": "GEMM",
+                "cutlass::Kernel2": "GEMM", "cublasLt::splitKreduce": "GEMM", "multi_tensor_apply_kernel": "optimizer",
+                "nll_loss_forward": "softmax and loss", "softmax_warp": "softmax and loss",
+                "CatArrayBatchedCopy": "copies / casts / fills", "embedding_backward": "embedding and indexing"}
+    for part, family in expected.items():
+        named = [name for name in families if part in name]
+        assert named and {families[name] for name in named} == {family}, part
+
+
+def test_attention_is_a_tenth_of_a_lora_step_at_2048_tokens_and_a_sixth_at_8192():
+    lora = "qwen-7b-chat.lora.bf16.len{}.bs1.gc.flash_attention_2.r8-DEFAULT"
+    at_2048, at_8192 = (shares(lora.format(n)) for n in (2048, 8192))
+    assert 8 < at_2048["attention forward"] + at_2048["attention backward"] < 12
+    assert 15 < at_8192["attention forward"] + at_8192["attention backward"] < 20
+    eager = shares("qwen-7b-chat.lora.bf16.len2048.bs1.gc.eager.r8-DEFAULT")
+    assert "attention forward" not in eager and eager["softmax and loss"] > 5  # eager attention: GEMMs and softmax

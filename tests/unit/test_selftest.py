@@ -65,6 +65,25 @@ def test_records_without_a_comparing_run_are_one_clear_error(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == "sftbench: selftest: no comparing run among the records"
 
 
+def test_a_family_injection_counts_the_configurations_it_could_slow_and_the_families_they_named():
+    def family(key, label, gpu, attention):
+        c = configuration(key, label, "regression" if "regression" in label else "pass", gpu=gpu)
+        c["baseline"]["gpu_minutes_by_family"] = {"GEMM": 2.0, **({"attention backward": 0.3} if attention else {})}
+        return c
+
+    injected = record({"SFTBENCH_INJECT_KERNELS": "attention:10"},
+                      family("a", "kernel (attention forward, attention backward) regression", (3.0, 3.03), True),
+                      family("b", "kernel (attention backward) and host-side regression", (3.0, 3.09), True),
+                      family("c", "kernel (GEMM) regression", (3.0, 3.01), True),  # the wrong family
+                      family("d", "pass", (3.0, 3.0), True),
+                      family("e", "pass", (3.0, 3.0), False))  # eager: no flash-attn kernels to slow
+    stage = summarize([RECORDS[1], injected])["family_injected"]["attention:10"]
+    assert (stage["configurations"], stage["flagged"], stage["named_right"], stage["step_under_2pct"]) == (4, 3, 2, 3)
+    assert stage["not_applicable"] == ["e"] and stage["commit"] == "abc1234"
+    assert "| SFTBENCH_INJECT_KERNELS=attention:10 | 3 (2 naming attention backward and attention forward; 3 with the " \
+           "step under 2%) | 4 |" in markdown(summarize([RECORDS[1], injected]))
+
+
 @pytest.mark.parametrize("stage", ["clean1", "gpu5-memory3"])
 def test_run_stages_runs_pytest_with_each_stages_knobs(tmp_path, monkeypatch, stage):
     from sftbench import selftest
@@ -77,3 +96,8 @@ def test_run_stages_runs_pytest_with_each_stages_knobs(tmp_path, monkeypatch, st
     assert command[-2:] == ["--sftbench-results", str(tmp_path / stage)] and "-k" in command
     assert all(env[name] == value for name, value in selftest.STAGES[stage].items())
     assert "--sftbench-update-baselines" in calls[0][0] and "--sftbench-update-baselines" not in command
+
+
+def test_an_unknown_stage_is_one_clear_error(tmp_path, capsys):
+    assert main(["selftest", "--run", "-k x", "--stages", "clean1,nope", "--out", str(tmp_path / "s.json")]) == 2
+    assert capsys.readouterr().err.startswith("sftbench: selftest: unknown stages nope; stages: update, clean1")
