@@ -71,6 +71,16 @@ def main(argv: list[str] | None = None) -> int:
                                  "representatives (the epoch's micro-batches or more: every shape once)")
     projection.add_argument("--out", type=Path, required=True)
 
+    upgrade = commands.add_parser("upgrade", help="runs of a candidate stack against the baselines: step, kernel "
+                                                  "families, memory, operators; flash-attn's kernels alone beside them")
+    upgrade.add_argument("--baselines", type=Path, required=True, help="the baselines folder the runs are judged against")
+    upgrade.add_argument("--run", action="append", required=True, metavar="NAME=DIR",
+                         help="a run's results/<gpu>/ folder, named (repeatable)")
+    upgrade.add_argument("--attention", action="append", default=[], metavar="NAME=JSON",
+                         help="`sftbench attention` output of a version, the baselines' version first (repeatable)")
+    upgrade.add_argument("--title", default="Upgrade report")
+    upgrade.add_argument("--out", type=Path, help="write here instead of standard output")
+
     kernels_command = commands.add_parser("kernels", help="what each configuration's GPU time went to: kernel families "
                                                             "and the largest kernels")
     kernels_command.add_argument("folder", type=Path, help="a results/<gpu>/ or baselines/<gpu>/ folder")
@@ -98,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     commands = {"models": _models, "baselines": _baselines, "report": _report, "history": _history, "run": _run,
-                "profile": _profile, "projection": _projection, "kernels": _kernels, "attention": _attention,
+                "profile": _profile, "projection": _projection, "kernels": _kernels, "upgrade": _upgrade, "attention": _attention,
                 "selftest": _selftest}
+    args.command_line = "python -m sftbench " + " ".join(sys.argv[1:] if argv is None else argv)
     return commands[args.command](args)
 
 
@@ -292,6 +303,39 @@ def _projection(args) -> int:
                              samples=args.samples, kernel_steps=args.kernel_steps,
                              log=lambda line: print(line, flush=True))
     print("\n" + markdown_table(table))
+    return 0
+
+
+def _upgrade(args) -> int:
+    from sftbench.baselines import BaselineStore
+    from sftbench.report import scan_results
+    from sftbench.report.upgrade import upgrade_markdown
+
+    named = {}
+    for option, values in (("--run", args.run), ("--attention", args.attention)):
+        for value in values:
+            name, sep, path = value.partition("=")
+            if not sep or not name or not Path(path).exists():
+                print(f"sftbench: {option} takes NAME=PATH of an existing path, got {value!r}", file=sys.stderr)
+                return 2
+            named.setdefault(option, {})[name] = Path(path)
+    runs = {}
+    for name, folder in named["--run"].items():
+        runs[name], problems = scan_results(folder)
+        if problems or not runs[name]:
+            print(f"sftbench: --run {name}: " + ("; ".join(problems) or f"no results in {folder}"), file=sys.stderr)
+            return 2
+    try:
+        attention = {name: json.loads(path.read_text(encoding="utf-8"))
+                     for name, path in named.get("--attention", {}).items()}
+        text = upgrade_markdown(args.title, BaselineStore(args.baselines), runs, attention, args.command_line)
+    except (OSError, ValueError, KeyError) as error:
+        print(f"sftbench: upgrade: {type(error).__name__}: {error}", file=sys.stderr)
+        return 2
+    if not args.out:
+        print(text)
+    elif not _write_output(args.out, text):
+        return 2
     return 0
 
 

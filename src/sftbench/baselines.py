@@ -283,23 +283,31 @@ class FamilyChange:
         return "same"
 
     def describe(self) -> str:
-        before, now = self.kernels
+        before, now = (_by_label(seconds) for seconds in self.kernels)
         ms = 1000 / self.micro_steps
         moved = sorted((name for name in before.keys() & now.keys()),
                        key=lambda name: -abs(now[name] - before[name]))[:3]
-        parts = [f"{kernel_label(name)} {before[name] * ms:.3g} -> {now[name] * ms:.3g} ms/step" for name in moved
+        parts = [f"{name} {before[name] * ms:.3g} -> {now[name] * ms:.3g} ms/step" for name in moved
                  if abs(now[name] - before[name]) >= 0.01 * before[name]]
-        parts += [f"new {kernel_label(name)} {now[name] * ms:.3g} ms/step" for name in sorted(now.keys() - before.keys())]
-        parts += [f"gone {kernel_label(name)} ({before[name] * ms:.3g} ms/step)"
-                  for name in sorted(before.keys() - now.keys())]
+        parts += [f"new {name} {now[name] * ms:.3g} ms/step" for name in sorted(now.keys() - before.keys())]
+        parts += [f"gone {name} ({before[name] * ms:.3g} ms/step)" for name in sorted(before.keys() - now.keys())]
         text = (f"{self.family} {self.delta_pct:+.1f}% ({self.step_pct:+.1f}% of the step; "
                 f"{self.against_rest_pct:+.1f}% against the rest of the step, tolerance {self.tolerance_pct:g}%)")
         return text + (": " + "; ".join(parts) if parts else "")
 
 
 def kernel_label(name: str) -> str:
-    """A kernel's name in a message: without its template arguments."""
-    return name.split("<", 1)[0]
+    """A kernel's name in a message: without its template arguments and namespaces (flash-attn 2.6 and 2.8 name
+    the same kernels with and without `flash::`)."""
+    return name.split("<", 1)[0].rsplit("::", 1)[-1]
+
+
+def _by_label(seconds: dict[str, float]) -> dict[str, float]:
+    """Kernels' seconds summed by kernel_label."""
+    labelled: dict[str, float] = {}
+    for name, value in seconds.items():
+        labelled[kernel_label(name)] = labelled.get(kernel_label(name), 0.0) + value
+    return labelled
 
 
 @dataclass
