@@ -197,8 +197,9 @@ def plot(key: str, gpu: str, entries: list[tuple[int, dict]], all_runs: list[dic
     from matplotlib.lines import Line2D
 
     numbers = [number for number, _ in entries]
-    figure = Figure(figsize=(13, 4), layout="constrained")
-    for axes, (metric, title, divisor) in zip(figure.subplots(1, len(TRENDS)), TRENDS):
+    figure = Figure(figsize=(17, 4), layout="constrained")
+    *panels, by_family = figure.subplots(1, len(TRENDS) + 1)
+    for axes, (metric, title, divisor) in zip(panels, TRENDS):
         now = [_scaled(c["now"].get(metric), divisor) for _, c in entries]
         baseline = [_scaled(_baseline(c).get(metric), divisor) for _, c in entries]
         axes.plot(numbers, baseline, "--", color="grey", drawstyle="steps-mid")
@@ -208,13 +209,15 @@ def plot(key: str, gpu: str, entries: list[tuple[int, dict]], all_runs: list[dic
             axes.text(0.5, 0.5, "not recorded\n(CPU runs, or baselines older than the GPU clock)",
                       transform=axes.transAxes, ha="center", va="center", color="grey")
         axes.set_title(title, fontsize="medium")
-        step = math.ceil(len(numbers) / MAX_TICKS)
-        shown = numbers[::step]
+        axes.set_ylim(bottom=0, top=max([v for v in now + baseline if not math.isnan(v)], default=1) * 1.15)
+        axes.grid(alpha=0.3)
+    _family_panel(by_family, entries, numbers)
+    step = math.ceil(len(numbers) / MAX_TICKS)
+    shown = numbers[::step]
+    for axes in (*panels, by_family):
         axes.set_xticks(shown, [f"{datetime.fromisoformat(all_runs[n - 1]['started']):%m-%d}\n"
                                 f"{all_runs[n - 1]['commit'] or '?'}" for n in shown], fontsize="small")
         axes.set_xlim(numbers[0] - 0.5, numbers[-1] + 0.5)
-        axes.set_ylim(bottom=0, top=max([v for v in now + baseline if not math.isnan(v)], default=1) * 1.15)
-        axes.grid(alpha=0.3)
     verdicts = dict.fromkeys(c["verdict"] for _, c in entries)
     handles = [Line2D([], [], marker="o", linestyle="", color=_color(v), label=v) for v in verdicts]
     handles.append(Line2D([], [], linestyle="--", color="grey", label="baseline"))
@@ -224,6 +227,25 @@ def plot(key: str, gpu: str, entries: list[tuple[int, dict]], all_runs: list[dic
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=90)
     return path
+
+
+def _family_panel(axes, entries: list[tuple[int, dict]], numbers: list[int]) -> None:
+    """GPU-minutes per 1000 samples of each run, stacked by kernel family (runs from before families: none)."""
+    from sftbench.report.plots import family_colors
+
+    bottom = [0.0] * len(entries)
+    for family, color in family_colors().items():
+        heights = [(c["now"].get("gpu_minutes_by_family") or {}).get(family, 0.0) for _, c in entries]
+        if any(heights):
+            axes.bar(numbers, heights, bottom=bottom, color=color, label=family, width=0.7)
+            bottom = [b + h for b, h in zip(bottom, heights)]
+    if any(bottom):
+        axes.legend(fontsize="x-small", loc="lower left")
+    else:
+        axes.text(0.5, 0.5, "no kernel families recorded\n(runs from before sftbench recorded them)",
+                  transform=axes.transAxes, ha="center", va="center", color="grey")
+    axes.set_title("GPU-minutes by kernel family", fontsize="medium")
+    axes.grid(alpha=0.3, axis="y")
 
 
 def _baseline(configuration: dict) -> dict:

@@ -105,8 +105,8 @@ def summarize(records: list[dict]) -> dict:
                 **{f"{metric}_change_pct": _changes(configurations, metric) for metric in MEMORY_METRICS}}
         if KERNELS in knobs:
             target = knobs[KERNELS].partition(":")[0]
-            summary.setdefault("family_injected", {})[knobs[KERNELS]] = {
-                "started": record["started"], "commit": record["commit"], **family_stage(configurations, target)}
+            summary.setdefault("family_injected", {}).setdefault(knobs[KERNELS], {  # the newest run of a knob
+                "started": record["started"], "commit": record["commit"], **family_stage(configurations, target)})
         if HOST_MS in knobs:
             host_side = sum("host-side" in label for label in labels.values())
             summary["injected"]["host_time"] = {

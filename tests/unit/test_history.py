@@ -25,7 +25,8 @@ SHORT = Row(table="lora_max_length", id="qwen-7b-chat-2048", spec=CaseSpec("qwen
 RUNS = [
     (1, "aaa1111", True, {LONG: dict(minutes=10.0, gpu_minutes_per_1000_samples=8.0), SHORT: dict(minutes=5.0)}),
     (2, "bbb2222", False, {LONG: dict(minutes=10.1, gpu_minutes_per_1000_samples=8.0), SHORT: dict(minutes=5.0)}),
-    (3, "ccc3333", False, {LONG: dict(minutes=13.0, gpu_minutes_per_1000_samples=10.5),
+    (3, "ccc3333", False, {LONG: dict(minutes=13.0, gpu_minutes_per_1000_samples=10.5,
+                                      gpu_minutes_by_family={"GEMM": 7.5, "attention backward": 3.0}),
                            SHORT: dict(minutes=5.0, reserved=900.0)}),
 ]
 
@@ -170,3 +171,9 @@ def test_the_history_imports_no_torch(records, tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(records), str(tmp_path / "h.md"), str(tmp_path / "h")],
                          capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_a_run_record_keeps_each_configurations_gpu_minutes_by_kernel_family(records):
+    newest = json.loads(sorted(records.iterdir())[-1].read_text())
+    [long] = [c for c in newest["configurations"] if c["key"] == LONG.spec.key]
+    assert long["now"]["gpu_minutes_by_family"] == {"GEMM": 7.5, "attention backward": 3.0}

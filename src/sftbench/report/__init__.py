@@ -7,7 +7,7 @@ minutes per 1000 samples and max reserved GPU memory of LoRA and full fine-tunin
     tables   the Markdown of each seed table, seed | this run | ratio, with this run's GPU minutes
     mfu      model FLOPs utilization per case
     causes   fidelity notes: memory beyond 10%, outcomes, reversed trends and wall/GPU time disagreements
-    plots    PNG plots of the sweeps (written when a folder is given)
+    plots    PNG plots of the sweeps, and of each row's GPU time by kernel family (written when a folder is given)
     values   a row's seed and run values and a table's sweeps, shared by tables, causes and plots
 
 Reading results needs neither torch nor transformers, except for MFU of results written before
@@ -22,7 +22,7 @@ from sftbench.catalog import seed_tables
 from sftbench.report.causes import fidelity_notes
 from sftbench.report.load import load_results, scan_results
 from sftbench.report.mfu import MFU_FORMULA, mfu, model_flops_per_token, peak_bf16_flops
-from sftbench.report.plots import plot
+from sftbench.report.plots import family_plot, plot
 from sftbench.report.tables import coverage, stack, table
 from sftbench.result import Result
 
@@ -44,6 +44,6 @@ def markdown(results: dict[str, Result], plots_dir: Path | None = None,
     for t in seed_tables():
         lines += table(t, results)
         if plots_dir is not None:
-            lines += plot(t, results, Path(plots_dir))
+            lines += plot(t, results, Path(plots_dir)) + family_plot(t, results, Path(plots_dir))
     lines += fidelity_notes(results, diagnostics or {})
     return "\n".join(lines) + "\n"

@@ -9,9 +9,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from sftbench import kernels
 from sftbench.catalog import Row, Table
 from sftbench.report.values import SEED_GPU_MIB, column_text, numeric_column, run_value, seed_value, sweeps
-from sftbench.result import Result
+from sftbench.result import Result, minutes_per_1000_samples
 
 # Tables that get a plot, and how: "lines" along the table's numeric column, per model; "bars" per row.
 PLOTS = {"lora_max_length": "lines", "full_max_length": "lines", "batch_size": "lines",
@@ -135,3 +136,52 @@ def _bars(t: Table, results: dict[str, Result], memory, minutes) -> None:
         marks = minutes.plot([x + 0.2 for x in xs], _plotted(gpu_minutes, 1), "_", color="black", markersize=16,
                              markeredgewidth=2, label=GPU_KERNELS)
         minutes.legend(handles=marks, fontsize="small", loc="upper left")
+
+
+def family_colors() -> dict:
+    """One colour per kernel family, the same in every plot (the report's and the history page's): the strong
+    colours of matplotlib's tab20 first, then its light ones; "other" grey."""
+    from matplotlib import colormaps
+
+    palette = colormaps["tab20"]
+    return {family: "lightgrey" if family == kernels.OTHER else palette((2 * i) % 20 + (2 * i) // 20)
+            for i, family in enumerate(kernels.families())}
+
+
+def family_plot(t: Table, results: dict[str, Result], plots_dir: Path) -> list[str]:
+    """Write where each row's GPU time goes, a bar per row stacked by kernel family (GPU-minutes per 1000 samples,
+    the families by today's rules), and return the Markdown that links it; nothing where no row has families."""
+    runs = [(row, results.get(row.spec.key)) for row in t.rows]
+    minutes = [{family: minutes_per_1000_samples(seconds, r.case["samples"])
+                for family, seconds in (kernels.epoch_families(r) or {}).items()} if r and r.outcome == "ok" else {}
+               for _, r in runs]
+    if not any(minutes):
+        return []
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(max(6.0, 0.9 * len(runs) + 3), 4.4), layout="constrained")
+    axes = figure.subplots()
+    varying = [c for c in t.columns if len({column_text(row, c) for row in t.rows}) > 1] or list(t.columns)
+    xs = range(len(runs))
+    bottom = [0.0] * len(runs)
+    for family, color in family_colors().items():
+        heights = [m.get(family, 0.0) for m in minutes]
+        if any(heights):
+            axes.bar(xs, heights, bottom=bottom, color=color, label=family, width=0.6)
+            bottom = [b + h for b, h in zip(bottom, heights)]
+    for x, (_, result) in zip(xs, runs):
+        if not minutes[x]:
+            axes.annotate("no families" if result and result.outcome == "ok" else
+                          ("not run" if result is None else result.outcome.upper()),
+                          (x, 0), textcoords="offset points", xytext=(0, 4), ha="center", rotation=90, fontsize="x-small",
+                          color="grey")
+    axes.set_xticks(list(xs), ["\n".join(column_text(row, c) for c in varying) for row, _ in runs], rotation=45,
+                    ha="right", fontsize="small")
+    axes.set_ylabel("GPU-minutes per 1000 samples")
+    axes.grid(alpha=0.3, axis="y")
+    figure.legend(fontsize="small", loc="outside right upper")
+    gpu = next(r for _, r in runs if r is not None).machine.get("gpu")
+    figure.suptitle(f"{t.title}: where the GPU time goes, by kernel family ({gpu})")
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    figure.savefig(plots_dir / f"{t.name}-families.png", dpi=100)
+    return [f"![{t.title}: GPU time by kernel family]({plots_dir.name}/{t.name}-families.png)", ""]

@@ -50,3 +50,17 @@ def test_gpu_minutes_are_marked_on_the_bars_of_this_run(result_factory, tmp_path
     traced = result_factory(lora(lora_rank=2), minutes=4.0, gpu_minutes_per_1000_samples=2.5, gpu_busy_pct=62.5)
     markdown(results_of(traced), tmp_path)
     assert (tmp_path / "lora_rank_targets.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_where_the_gpu_time_goes_is_drawn_per_table_for_rows_with_kernel_families(result_factory, tmp_path, lora,
+                                                                                    results_of):
+    from sftbench.report.plots import family_plot
+    from sftbench.catalog import table
+
+    traced = result_factory(lora(max_length=2048), kernel_names=["flash_fwd_kernel<1>", "nvjet_a"],
+                            kernel_step_kernels=[[[0, 64, 4_000_000], [1, 300, 20_000_000]]], kernel_step_tokens=[2048],
+                            kernel_step_weights=[1000.0])
+    lines = family_plot(table("lora_max_length"), results_of(traced, result_factory(lora(max_length=512))), tmp_path)
+    assert lines == ["![Max Length (LoRA): GPU time by kernel family](" + f"{tmp_path.name}/lora_max_length-families.png)", ""]
+    assert (tmp_path / "lora_max_length-families.png").read_bytes().startswith(PNG_SIGNATURE)
+    assert family_plot(table("lora_max_length"), results_of(result_factory(lora(max_length=512))), tmp_path) == []
