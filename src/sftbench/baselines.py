@@ -47,9 +47,9 @@ DEFAULT_MEMORY_TOLERANCE_PCT = 2.0
 # A whole GPU running faster or slower moves both alike; a change confined to the family moves the ratio by
 # its full size, however small the family's share of the step. Between clean runs on H200s, every family that
 # moved by 0.1% of the step or more moved against the rest by -0.4..+0.3% on one GPU (10 pairs) and by
-# -2.0..+1.4% between two GPUs (13 pairs, a power-capped configuration among them); families beyond 2.5% were
-# all under 0.06% of the step (docs/measurements.md section 11). So a family counts only where it also moved
-# by FAMILY_MIN_STEP_PCT of the step: a family of a few microseconds jitters by several % on its own.
+# -2.0..+1.4% between two GPUs (13 pairs, a power-capped configuration among them); the families that moved
+# beyond 2.5% moved by less than 0.06% of the step (docs/measurements.md section 11). So a family counts only
+# where it also moved by FAMILY_MIN_STEP_PCT of the step: a family of a few microseconds jitters by several %.
 DEFAULT_FAMILY_TOLERANCE_PCT = 2.5
 FAMILY_MIN_STEP_PCT = 0.1
 SIGNIFICANCE = 0.01  # two-sided p-value below which step samples differ
