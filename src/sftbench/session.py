@@ -99,7 +99,8 @@ class BenchSession:
         benchmark.extra_info.update({
             "sftbench_key": result.key, "outcome": result.outcome, "attention": result.attention,
             "minutes_per_1000_samples": result.minutes_per_1000_samples, "tokens_per_s": result.tokens_per_s,
-            "max_reserved_mib": result.memory.max_reserved_mib,
+            "gpu_minutes_per_1000_samples": result.gpu_minutes_per_1000_samples, "gpu_busy_pct": result.gpu_busy_pct,
+            "gpu_minutes_by_family": result.gpu_minutes_by_family, "max_reserved_mib": result.memory.max_reserved_mib,
             "max_allocated_mib": result.memory.max_allocated_mib, "nvml_peak_mib": result.memory.nvml_peak_mib,
             "trainable_params": result.trainable_params, "seed_minutes": row.seed_minutes,
             "seed_memory_mib": row.seed_memory_mib, "seed_outcome": row.seed_outcome,

@@ -213,7 +213,9 @@ def test_pytest_benchmark_rounds_are_per_step_estimates_of_seconds_per_1000_samp
         assert bench["stats"]["max"] == pytest.approx(max(rounds), rel=1e-6)
         assert min(rounds) <= 60 * measured.minutes_per_1000_samples <= max(rounds)
         extra = bench["extra_info"]
-        assert {"max_reserved_mib", "max_allocated_mib", "minutes_per_1000_samples", "tokens_per_s"} <= set(extra)
+        assert {"max_reserved_mib", "max_allocated_mib", "minutes_per_1000_samples", "tokens_per_s",
+                "gpu_minutes_per_1000_samples", "gpu_busy_pct"} <= set(extra)
+        assert extra["gpu_minutes_per_1000_samples"] is None  # the CPU has no GPU kernel clock
         assert extra["minutes_per_1000_samples"] == pytest.approx(measured.minutes_per_1000_samples)
         assert extra["sftbench_key"] == key(row_id)
     assert sorted(p.name for p in (folder / "results" / "cpu").iterdir()) == sorted(

@@ -163,3 +163,73 @@ def test_the_publishing_steps_on_a_run_with_a_regression(pytester, monkeypatch):
     assert summary.startswith("## sftbench: ") and "1 regression, 1 pass" in summary
     assert summary.index("### Regressions") < summary.index("test_cpu_smoke[tiny-5]") \
         < summary.index("### The other configurations") < summary.index("test_cpu_smoke[tiny-6]")
+
+
+# --- the workflow as a security review reads it; the newest-releases job -------------------------------------------
+
+def zizmor(path: Path) -> subprocess.CompletedProcess:
+    """zizmor (the `test` extra: a binary wheel) at its default persona, offline: no GitHub API."""
+    binary = Path(sys.executable).parent / "zizmor"
+    return subprocess.run([str(binary if binary.exists() else "zizmor"), "--offline", str(path)],
+                          capture_output=True, text=True, cwd=ROOT)
+
+
+def test_zizmor_finds_nothing_in_the_workflows():
+    checked = zizmor(WORKFLOW.parent)
+    assert checked.returncode == 0 and "No findings" in checked.stdout + checked.stderr, checked.stdout + checked.stderr
+
+
+def test_zizmor_fails_an_action_pinned_to_a_tag_and_a_checkout_that_keeps_the_token(tmp_path):
+    workflow = WORKFLOW.read_text()
+    pinned = re.search(r"actions/checkout@([0-9a-f]{40})  # (v[\d.]+)", workflow)
+    loose = tmp_path / "loose.yml"
+    loose.write_text(workflow.replace(pinned[0], f"actions/checkout@{pinned[2]}")
+                     .replace("        with:\n          persist-credentials: false\n", ""))
+    checked = zizmor(loose)
+    assert checked.returncode != 0
+    assert "unpinned-uses" in checked.stdout and "artipacked" in checked.stdout
+
+
+def test_every_action_is_pinned_to_a_commit_and_every_job_asks_for_read_access_only():
+    import yaml
+
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    uses = re.findall(r"uses: (\S+)@(\S+)  # (v[\d.]+)", WORKFLOW.read_text())
+    assert len(uses) == WORKFLOW.read_text().count("uses: ") and all(re.fullmatch(r"[0-9a-f]{40}", sha) for _, sha, _ in uses)
+    assert workflow["permissions"] == {}
+    assert all(job["permissions"] == {"contents": "read"} for job in workflow["jobs"].values())
+    checkouts = [step for job in workflow["jobs"].values() for step in job["steps"]
+                 if step.get("uses", "").startswith("actions/checkout@")]
+    assert checkouts and all(step["with"]["persist-credentials"] is False for step in checkouts)
+
+
+def test_the_newest_releases_job_runs_the_tests_unpinned_on_a_hosted_runner_and_names_what_moved():
+    import yaml
+
+    job = yaml.safe_load(WORKFLOW.read_text())["jobs"]["newest-releases"]
+    assert job["runs-on"] == "ubuntu-latest"  # GitHub-hosted: no GPU needed
+    scripts = "\n".join(step.get("run", "") for step in job["steps"])
+    assert "constraints.txt" not in scripts.split("pytest")[0]  # installed without the pins
+    assert "--index-url https://download.pytorch.org/whl/cpu" in scripts  # torch's CPU build, not several GB of CUDA
+    assert "pytest tests/unit" in scripts and "pytest tests/benchmarks" in scripts
+    [report] = [step for step in job["steps"] if "stack-drift" in step.get("run", "")]
+    assert report["if"] == "${{ failure() }}" and "$GITHUB_STEP_SUMMARY" in report["run"]
+    assert os.access(ROOT / "scripts" / "stack-drift.py", os.X_OK)
+
+
+def test_the_drift_report_names_each_pinned_package_at_another_release(tmp_path):
+    from importlib import metadata
+
+    pytest_version = metadata.version("pytest")
+    constraints = tmp_path / "constraints.txt"
+    constraints.write_text(f"# pins\npytest=={pytest_version}\npytest-benchmark==0.0.1  # old\nno-such-package==1.0\n")
+    drift = subprocess.run([sys.executable, str(ROOT / "scripts" / "stack-drift.py"), str(constraints)],
+                           capture_output=True, text=True)
+    assert drift.returncode == 0
+    rows = [line for line in drift.stdout.splitlines() if line.startswith("| ") and not line.startswith("| package |")]
+    assert rows == [f"| pytest-benchmark | 0.0.1 | {metadata.version('pytest-benchmark')} |",
+                    "| no-such-package | 1.0 | not installed |"]
+    constraints.write_text(f"pytest=={pytest_version}\n")
+    same = subprocess.run([sys.executable, str(ROOT / "scripts" / "stack-drift.py"), str(constraints)],
+                          capture_output=True, text=True).stdout
+    assert "installed at its pinned version" in same
