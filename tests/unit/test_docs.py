@@ -1,0 +1,35 @@
+"""The README and the guide name only commands and options that exist."""
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from sftbench.__main__ import main
+
+ROOT = Path(__file__).parents[2]
+DOCS = [ROOT / "README.md", ROOT / "docs" / "guide.md"]
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda path: path.name)
+def test_every_pytest_option_the_docs_name_is_sftbenchs(doc, pytestconfig):
+    named = set(re.findall(r"--sftbench-[a-z-]+", doc.read_text()))
+    assert named
+    known = {option for option in named if pytestconfig.getoption(option.removeprefix("--").replace("-", "_"),
+                                                                  default="missing") != "missing"}
+    assert named == known, sorted(named - known)
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda path: path.name)
+def test_every_sftbench_command_line_in_the_docs_parses(doc, capsys):
+    lines = [line.split("#")[0] for line in doc.read_text().splitlines() if line.startswith("python -m sftbench ")]
+    assert lines or doc.name == "README.md"
+    for line in lines:
+        words = shlex.split(line)[3:]
+        with pytest.raises(SystemExit) as exit_:
+            main([words[0], "--help"])
+        assert exit_.value.code == 0, line
+        usage = capsys.readouterr().out
+        for option in (word.split("=")[0] for word in words if word.startswith("--")):
+            assert option in usage, f"{line}: python -m sftbench {words[0]} has no {option}"
