@@ -249,8 +249,8 @@ class FamilyChange:
     baseline_step: float
     now_step: float
     tolerance_pct: float
-    kernels: tuple[dict[str, float], dict[str, float]] = ({}, {})  # (baseline, now)
-    micro_steps: float = 1.0  # the epoch's micro-steps, to show kernels in ms per micro-step
+    kernels: tuple[dict[str, float], dict[str, float]]  # the family's kernels' epoch seconds: (baseline, now)
+    micro_steps: float  # the epoch's micro-steps, to show kernels in ms per micro-step
 
     @property
     def delta_pct(self) -> float:
@@ -548,8 +548,9 @@ def listing(baselines: list[Baseline]) -> list[dict]:
 
 
 def largest_family(result: Result) -> dict | None:
-    """The kernel family with the most GPU-minutes and its share of the step, where the result has families."""
-    families = result.gpu_minutes_by_family
+    """The kernel family with the most GPU time and its share of the step (today's rules, as verdicts and the
+    report classify), where the result has kernel names."""
+    families = kernels.epoch_families(result)
     if not families or not sum(families.values()):
         return None
     name = max(families, key=families.get)

@@ -91,10 +91,10 @@ def epoch_families(result) -> dict[str, float] | None:
     return projected(steps, result.kernel_step_weights)
 
 
-def epoch_kernels(result, family: str) -> dict[str, float]:
-    """The epoch's seconds of each kernel of `family`, by short name."""
+def epoch_kernels(result, family: str | None = None) -> dict[str, float]:
+    """The epoch's seconds of each kernel (of `family`, where given), by short name."""
     names = result.kernel_names
-    steps = [{names[i]: ns / 1e9 for i, _, ns in kernels if family_of(names[i]) == family}
+    steps = [{names[i]: ns / 1e9 for i, _, ns in kernels if family is None or family_of(names[i]) == family}
              for kernels in result.kernel_step_kernels]
     return projected(steps, result.kernel_step_weights)
 
@@ -110,8 +110,7 @@ def kernel_table(results) -> dict:
     names: dict[str, int] = {}
     configurations = {}
     for result in results:
-        seconds = projected([{result.kernel_names[i]: ns / 1e9 for i, _, ns in step} for step in result.kernel_step_kernels],
-                            result.kernel_step_weights)
+        seconds = epoch_kernels(result)
         configurations[result.key] = [[names.setdefault(name, len(names)), round(value, 6)]
                                       for name, value in sorted(seconds.items(), key=lambda item: -item[1])]
     return {"names": list(names), "configurations": configurations}

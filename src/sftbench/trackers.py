@@ -6,7 +6,8 @@ We also keep the allocator's allocated and active peaks, and the device-wide pea
 
 Wall time of a host-bound step is mostly Python and kernel launches and moves with the host; the
 summed duration of the step's GPU kernels does not. KernelTimer reads it from CUPTI's kernel activity
-records (NVIDIA's cupti-python bindings, the `gpu` extra).
+records (NVIDIA's cupti-python bindings, the `gpu` extra), kernel by kernel with their names, and counts
+what the host did in the step: the torch operators it dispatched and the CUDA API calls it made.
 """
 
 from __future__ import annotations

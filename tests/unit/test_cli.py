@@ -65,7 +65,8 @@ def test_cli_lists_baselines_as_json(store, written, capsys):
 def test_cli_lists_baselines_for_people_in_aligned_columns_under_a_header(store, written, result_factory, capsys):
     spec = CaseSpec("qwen-7b-chat", max_length=8192)  # a longer row name, with GPU time and families
     store.write(result_factory(spec, gpu_minutes_per_1000_samples=6.1234, gpu_busy_pct=82.4,
-                               gpu_minutes_by_family={"GEMM": 4.0, "attention backward": 1.5, "other": 0.6}),
+                               kernel_names=["nvjet_a", "flash_bwd_kernel<1>"], kernel_step_tokens=[8192],
+                               kernel_step_kernels=[[[0, 10, 4_000_000], [1, 5, 2_000_000]]], kernel_step_weights=[1.0]),
                 rows_of(spec), {"commit": "abc1234", "mode": "quick"})
     assert main(["baselines", "--dir", str(store.root)]) == 0
     header, rule, *lines = capsys.readouterr().out.splitlines()
@@ -74,7 +75,7 @@ def test_cli_lists_baselines_for_people_in_aligned_columns_under_a_header(store,
     assert [header.index(title) for title in titles] == sorted(header.index(title) for title in titles)
     assert set(rule) == {"-", " "} and len(lines) == 2
     row_8192 = next(line for line in lines if "qwen-7b-chat-8192]" in line)
-    assert "6.123" in row_8192 and " 82 " in row_8192 and row_8192.endswith("GEMM 66%")
+    assert "6.123" in row_8192 and " 82 " in row_8192 and row_8192.endswith("GEMM 67%")
     for line in lines:  # numbers end under their title, text starts under it
         assert line[:header.index("max reserved MiB") + len("max reserved MiB")].endswith("1000")
         assert line[:header.index("wall min") + len("wall min")].endswith("10.00")

@@ -174,6 +174,6 @@ def test_the_history_imports_no_torch(records, tmp_path):
 
 
 def test_a_run_record_keeps_each_configurations_gpu_minutes_by_kernel_family(records):
-    newest = json.loads(sorted(records.iterdir())[-1].read_text())
+    newest = json.loads(max(records.iterdir()).read_text())
     [long] = [c for c in newest["configurations"] if c["key"] == LONG.spec.key]
     assert long["now"]["gpu_minutes_by_family"] == {"GEMM": 7.5, "attention backward": 3.0}

@@ -36,14 +36,14 @@ def test_a_kernel_is_kept_demangled_without_its_parameter_list(raw):
      "attention forward"),
     ("nvjet_tst_192x192_64x4_2x1_v_bz_coopA_TNT", "GEMM"),
     ("kgemm_4bit_inference_naive<__nv_bfloat16, 128, 16>", "quantized matmul / dequantization"),
-    ("at::native::(anonymous namespace)::multi_tensor_apply_kernel<at::native::(anonymous namespace)::TensorListMetadata<1>, "
-     "at::native::(anonymous namespace)::LpNormFunctor<float, 2, float, float>, float*, int>", "optimizer"),
+    (("at::native::(anonymous namespace)::multi_tensor_apply_kernel<at::native::(anonymous namespace)::TensorListMetadata"
+      "<1>, at::native::(anonymous namespace)::LpNormFunctor<float, 2, float, float>, float*, int>"), "optimizer"),
     ("at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>, std::array<char*, 1ul> >",
      "copies / casts / fills"),
     ("at::native::vectorized_elementwise_kernel<4, at::native::silu_kernel(at::TensorIteratorBase&)::{lambda()#1}>",
      "activation and elementwise"),
-    ("at::native::reduce_kernel<512, 1, at::native::ReduceOp<float, at::native::MeanOps<float, float, float, float>, "
-     "unsigned int, float, 4, 4> >", "reductions"),
+    (("at::native::reduce_kernel<512, 1, at::native::ReduceOp<float, at::native::MeanOps<float, float, float, float>, "
+      "unsigned int, float, 4, 4> >"), "reductions"),
     ("self-test spin (attention forward)", "attention forward"),
     ("at::cuda::(anonymous namespace)::spin_kernel", "other"),
 ])

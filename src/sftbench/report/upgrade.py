@@ -31,8 +31,8 @@ def upgrade_markdown(title: str, store: BaselineStore, runs: dict[str, dict[str,
         judged[name] = {}
         lines += [f"## {name}", ""]
         first = next(iter(results.values()))
-        lines += [f"Results of {len(results)} configurations on {first.machine.get('gpu')} (GPU "
-                  f"{first.machine.get('gpu_uuid')}), against the baselines by this sftbench's rules.", ""]
+        lines += [(f"Results of {len(results)} configurations on {first.machine.get('gpu')} (GPU "
+                   f"{first.machine.get('gpu_uuid')}), against the baselines by this sftbench's rules."), ""]
         header = ["configuration", "verdict", "GPU-min", *FAMILY_COLUMNS, "max reserved", "host-side evidence"]
         lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
         versions: set[str] = set()
@@ -66,11 +66,11 @@ def _kernels_alone(runs: dict[str, dict[str, Result]], judged: dict[str, dict[st
     given (the baselines'), beside the attention families' changes in the runs of the same name."""
     base_name, base = next(iter(attention.items()))
     lines = ["## flash-attn's kernels alone beside the attention families", "",
-             f"`python -m sftbench attention` at each configuration's traced sequence lengths, projected over its "
-             f"epoch, against {base_name}; the family's change in the run of that version beside it "
-             f"(agreement: within {AGREEMENT_PP:g} percentage points).", "",
-             "| version | configuration | family | kernels alone, GPU-min | change alone | change in the run | "
-             "difference |", "|---|---|---|---|---|---|---|"]
+             (f"`python -m sftbench attention` at each configuration's traced sequence lengths, projected over its "
+              f"epoch, against {base_name}; the family's change in the run of that version beside it "
+              f"(agreement: within {AGREEMENT_PP:g} percentage points)."), "",
+             ("| version | configuration | family | kernels alone, GPU-min | change alone | change in the run | "
+              "difference |"), "|---|---|---|---|---|---|---|"]
     before = {entry["key"]: entry for entry in base}
     for name, entries in attention.items():
         for entry in entries:

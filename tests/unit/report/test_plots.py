@@ -54,8 +54,8 @@ def test_gpu_minutes_are_marked_on_the_bars_of_this_run(result_factory, tmp_path
 
 def test_where_the_gpu_time_goes_is_drawn_per_table_for_rows_with_kernel_families(result_factory, tmp_path, lora,
                                                                                     results_of):
-    from sftbench.report.plots import family_plot
     from sftbench.catalog import table
+    from sftbench.report.plots import family_plot
 
     traced = result_factory(lora(max_length=2048), kernel_names=["flash_fwd_kernel<1>", "nvjet_a"],
                             kernel_step_kernels=[[[0, 64, 4_000_000], [1, 300, 20_000_000]]], kernel_step_tokens=[2048],
