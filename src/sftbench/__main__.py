@@ -367,12 +367,13 @@ def _kernels(args) -> int:
 def _attention(args) -> int:
     from sftbench.diagnostics.attention import attention_kernels, unsupported
     from sftbench.report import load_results
+    from sftbench.report.load import read_result
 
     results = []
     for path in args.results:
         try:
-            results += load_results(path).values() if path.is_dir() else [_result_file(path)]
-        except (OSError, ValueError, KeyError) as error:
+            results += load_results(path).values() if path.is_dir() else [read_result(path)]
+        except (OSError, ValueError, KeyError, TypeError) as error:
             print(f"sftbench: {path} is not a result ({error})", file=sys.stderr)
             return 2
     problems = [problem for result in results if (problem := unsupported(result))]
@@ -386,13 +387,6 @@ def _attention(args) -> int:
         print(f"{result.key}: flash-attn {measured[-1]['flash-attn']}: " + ", ".join(
             f"{family} {value:.4f} GPU-min/1000" for family, value in minutes.items()), flush=True)
     return 0 if _write_output(args.out, json.dumps(measured, indent=1) + "\n") else 2
-
-
-def _result_file(path: Path):
-    from sftbench.result import Result
-
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return Result.from_dict(data.get("result", data))
 
 
 def _selftest(args) -> int:

@@ -151,3 +151,12 @@ def test_cli_run_checks_out_before_training(tmp_path, capsys):
     assert main(["run", "test_cpu_smoke[tiny-qwen-lora-sdpa]", "--out", str(tmp_path / "a-file")]) == 2
     assert capsys.readouterr().err == (f"sftbench: --out {tmp_path}/a-file is not a writable folder (File exists): "
                                        "nothing was trained\n")
+
+
+def test_attention_names_a_file_that_is_no_result_and_a_row_whose_shapes_it_cannot_replay(store, written, tmp_path,
+                                                                                          capsys):
+    (tmp_path / "notes.json").write_text("[1, 2]")
+    assert main(["attention", str(tmp_path / "notes.json"), "--out", str(tmp_path / "a.json")]) == 2
+    assert "notes.json is not a result" in capsys.readouterr().err
+    assert main(["attention", str(written), "--out", str(tmp_path / "a.json")]) == 2  # a baseline without weights
+    assert "the result has no traced steps' weights" in capsys.readouterr().err and not (tmp_path / "a.json").exists()

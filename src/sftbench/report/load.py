@@ -22,12 +22,17 @@ def scan_results(folder: Path) -> tuple[dict[str, Result], list[str]]:
     results, problems = {}, []
     for path in sorted(Path(folder).glob("*.json")):
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(data, dict):
-                raise ValueError("a JSON object was expected")
-            result = Result.from_dict(data["result"] if "result" in data else data)
+            result = read_result(path)
         except (OSError, ValueError, KeyError, TypeError) as error:
             problems.append(f"{path} is not a result ({type(error).__name__}: {error})")
             continue
         results[result.key] = result
     return results, problems
+
+
+def read_result(path: Path) -> Result:
+    """A result file, or a baseline file's result; ValueError, KeyError or TypeError where it is neither."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError("a JSON object was expected")
+    return Result.from_dict(data["result"] if "result" in data else data)
