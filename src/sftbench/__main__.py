@@ -139,8 +139,8 @@ def _models(args) -> int:
 
 
 def _baselines(args) -> int:
-    from sftbench.baselines import BaselineStore, listing
-    from sftbench.files import repository_root
+    from sftbench.storage.baselines import BaselineStore, listing
+    from sftbench.storage.files import repository_root
 
     folder = args.dir or repository_root() / "baselines"
     if not folder.is_dir():
@@ -184,7 +184,8 @@ def aligned(header: list[str], rows: list[list[str]]) -> str:
 
 def _report(args) -> int:
     from sftbench.diagnostics import memory_at_peak
-    from sftbench.report import markdown, scan_results
+    from sftbench.report import markdown
+    from sftbench.storage.results import scan_results
 
     if not args.folder.is_dir():
         print(f"sftbench: {args.folder} is not a folder of results (results/<gpu>/ or baselines/<gpu>/)",
@@ -208,7 +209,7 @@ def _report(args) -> int:
 
 def _write_output(path: Path, text: str) -> bool:
     """A command's output file, written atomically (its folder made); False, said in one line, where it cannot be."""
-    from sftbench.files import NotWritten, write_atomically
+    from sftbench.storage.files import NotWritten, write_atomically
 
     try:
         write_atomically(path, text)
@@ -224,7 +225,7 @@ def _history(args) -> int:
     if args.summary and args.plots:
         print("sftbench: --plots draws the history page; the --summary has no plots", file=sys.stderr)
         return 2
-    records, problems = history.read_records(args.folder) if args.folder.is_dir() else ([], [])
+    records, problems = history.records_of(args.folder) if args.folder.is_dir() else ([], [])
     for problem in problems:
         print(f"sftbench: {problem}", file=sys.stderr)
     if not records:
@@ -241,11 +242,13 @@ def _history(args) -> int:
 
 
 def _run(args) -> int:
-    from sftbench.files import NotWritten, not_writable
     from sftbench.launcher import Launcher
-    from sftbench.result import describe
-    from sftbench.runner import ResultStore, cannot_run
+    from sftbench.render import describe
+    from sftbench.result import Metrics
+    from sftbench.runner import cannot_run
     from sftbench.spec import InvalidSpec, RunOptions
+    from sftbench.storage.files import NotWritten, not_writable
+    from sftbench.storage.results import ResultStore
 
     rows = _rows(args.rows)
     if rows is None:
@@ -270,7 +273,7 @@ def _run(args) -> int:
     store = ResultStore(args.out) if args.out else None
     for name, spec in specs:
         result = launcher.run(spec, options)
-        print(f"{name} [{spec.key}]: {describe(result)}", flush=True)
+        print(f"{name} [{spec.key}]: {describe(Metrics.of(result))}", flush=True)
         failed += result.outcome == "error"
         if store is not None:
             try:
@@ -307,9 +310,9 @@ def _projection(args) -> int:
 
 
 def _upgrade(args) -> int:
-    from sftbench.baselines import BaselineStore
-    from sftbench.report import scan_results
     from sftbench.report.upgrade import upgrade_markdown
+    from sftbench.storage.baselines import BaselineStore
+    from sftbench.storage.results import scan_results
 
     named = {}
     for option, values in (("--run", args.run), ("--attention", args.attention)):
@@ -341,12 +344,12 @@ def _upgrade(args) -> int:
 
 def _kernels(args) -> int:
     from sftbench import kernels
-    from sftbench.report import scan_results
+    from sftbench.storage.results import scan_results
 
     results, problems = scan_results(args.folder) if args.folder.is_dir() else ({}, [f"{args.folder} is not a folder"])
     for problem in problems:
         print(f"sftbench: skipped {problem}", file=sys.stderr)
-    traced = [r for r in results.values() if kernels.epoch_families(r)]
+    traced = [r for r in results.values() if kernels.epoch_families(r.kernels)]
     if not traced:
         print(f"sftbench: no results with kernel names in {args.folder}", file=sys.stderr)
         return 2
@@ -354,7 +357,7 @@ def _kernels(args) -> int:
         print(json.dumps(kernels.kernel_table(traced), indent=1))
         return 0
     for result in traced:
-        families = kernels.epoch_families(result)
+        families = kernels.epoch_families(result.kernels)
         total = sum(families.values())
         print(f"{result.key}: " + ", ".join(f"{family} {100 * seconds / total:.1f}%" for family, seconds in families.items()))
         table = kernels.kernel_table([result])
@@ -366,16 +369,19 @@ def _kernels(args) -> int:
 
 def _attention(args) -> int:
     from sftbench.diagnostics.attention import attention_kernels, unsupported
-    from sftbench.report import load_results
-    from sftbench.report.load import read_result
+    from sftbench.storage.results import read_result, scan_results
+    from sftbench.storage.schema import StorageError
 
     results = []
     for path in args.results:
         try:
-            results += load_results(path).values() if path.is_dir() else [read_result(path)]
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            print(f"sftbench: {path} is not a result ({error})", file=sys.stderr)
+            found, problems = scan_results(path) if path.is_dir() else ({"": read_result(path)}, [])
+        except StorageError as error:
+            problems = [str(error)]
+        if problems:
+            print(f"sftbench: {problems[0]}", file=sys.stderr)
             return 2
+        results += found.values()
     problems = [problem for result in results if (problem := unsupported(result))]
     if problems:
         print("sftbench: attention: " + "; ".join(problems), file=sys.stderr)
@@ -393,6 +399,8 @@ def _selftest(args) -> int:
     import shlex
 
     from sftbench import selftest
+    from sftbench.storage.files import NotWritten
+    from sftbench.storage.records import read_records, write_selftest
 
     records = list(args.records)
     stages = args.stages.split(",")
@@ -402,20 +410,31 @@ def _selftest(args) -> int:
         return 2
     if args.run is not None:
         records += selftest.run_stages(shlex.split(args.run), args.results, stages)
+    read, problems = read_records(records)
+    for problem in problems:
+        print(f"sftbench: selftest: {problem}", file=sys.stderr)
+    if problems:
+        return 2
     try:
-        summary = selftest.summarize(selftest.read_records(records))
-    except (OSError, ValueError, KeyError) as error:
+        summary = selftest.summarize(read)
+    except ValueError as error:
         print(f"sftbench: selftest: {error}", file=sys.stderr)
         return 2
-    if not _write_output(args.out, json.dumps(summary, indent=1) + "\n") or (
-            args.markdown and not _write_output(args.markdown, selftest.markdown(summary))):
+    try:
+        write_selftest(args.out, summary)
+    except NotWritten as error:
+        print(f"sftbench: {error}", file=sys.stderr)
+        return 2
+    if args.markdown and not _write_output(args.markdown, selftest.markdown(summary)):
         return 2
     failures = sum(rerun["failures"] for rerun in summary["clean_reruns"])
-    print(f"sftbench: selftest: {summary['configurations']} configurations, {failures} failures in "
-          f"{len(summary['clean_reruns'])} clean reruns; " + ", ".join(
-              [f"{name} flagged {stage['flagged']} of {stage['of']}" for name, stage in summary["injected"].items()]
-              + [f"{knob} flagged {stage['flagged']} of {stage['configurations']} ({stage['named_right']} naming "
-                 f"{' and '.join(stage['families'])})" for knob, stage in summary.get("family_injected", {}).items()]))
+    print(f"sftbench: selftest: {failures} failures in {len(summary['clean_reruns'])} clean reruns of "
+          f"{', '.join(str(len(r['configurations'])) for r in summary['clean_reruns']) or 'no'} configurations; "
+          + ", ".join([f"{name} flagged {stage['flagged']} of {len(stage['configurations'])}"
+                       for name, stage in summary["injected"].items()]
+                      + [f"{knob} flagged {stage['flagged']} of {len(stage['configurations'])} ({stage['named_right']} "
+                         f"naming {' and '.join(stage['families'])})"
+                         for knob, stage in summary["family_injected"].items()]))
     return 0
 
 

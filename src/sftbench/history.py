@@ -1,8 +1,8 @@
 """python -m sftbench history: the run records of a results/history folder as trends, and the newest run
 as a job summary.
 
-Each pytest run of the benchmarks writes one run record (sftbench.runner.Runner.write_record): when it
-ran, the commit, GPU and stack, and per configuration its verdict and metrics beside its baseline's.
+Each pytest run of the benchmarks writes one run record (sftbench.recorder, sftbench.storage.records): when
+it ran, the commit, GPU and stack, and per configuration its verdict and metrics beside its baseline's.
 This module reads those records without torch: the page lists the runs and, per configuration, its
 values per run with a PNG of GPU-minutes, wall minutes and max reserved memory over the runs, the
 baseline drawn as a line; the summary puts the newest run's regressions first, then its improvements.
@@ -10,15 +10,17 @@ baseline drawn as a line; the summary puts the newest run's regressions first, t
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
+from sftbench import render
 from sftbench.environment import gpu_slug
+from sftbench.result import Metrics
+from sftbench.storage.records import Configuration, RunRecord, read_records
 
-RECORD_SCHEMA = 1
 # The packages a run's stack is named by, where installed.
 STACK = ("torch", "transformers", "peft", "accelerate", "flash-attn", "bitsandbytes", "gptqmodel", "optimum")
 # What is drawn and tabled per configuration: (metric of the record, column title, divisor to the plotted unit).
@@ -29,86 +31,60 @@ VERDICT_COLORS = {"regression": "tab:red", "improvement": "tab:green", "pass": "
 MAX_TICKS = 12  # labelled runs on a plot's x axis; more runs label every k-th
 
 
-class BadRecord(ValueError):
-    """A file in the history folder that is not a run record sftbench can read."""
-
-
-def read_records(folder: Path) -> tuple[list[dict], list[str]]:
+def records_of(folder: Path) -> tuple[list[RunRecord], list[str]]:
     """(the run records of `folder`, oldest first; one line per file that could not be read)."""
-    records, problems = [], []
-    for path in sorted(Path(folder).glob("*.json")):
-        try:
-            records.append(read_record(path))
-        except (OSError, BadRecord) as error:
-            problems.append(f"skipped {path}: {error}")
-    return sorted(records, key=lambda r: r["started"]), problems
+    records, problems = read_records([folder])
+    return [record for _, record in records], [f"skipped {problem}" for problem in problems]
 
 
-def read_record(path: Path) -> dict:
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise BadRecord(f"not JSON ({error})") from None
-    if not isinstance(record, dict) or record.get("schema") != RECORD_SCHEMA:
-        raise BadRecord(f"not a run record of schema {RECORD_SCHEMA}")
-    missing = [name for name in ("started", "finished", "commit", "gpu", "configurations") if name not in record]
-    if missing:
-        raise BadRecord(f"missing {', '.join(missing)}")
-    try:
-        for moment in ("started", "finished"):
-            datetime.fromisoformat(record[moment])
-    except (TypeError, ValueError) as error:
-        raise BadRecord(f"a start or finish that is not an ISO time ({error})") from None
-    configurations = record["configurations"]
-    if not isinstance(configurations, list) or not all(
-            isinstance(c, dict) and {"key", "verdict", "label", "now"} <= c.keys() for c in configurations):
-        raise BadRecord("a configuration without its key, verdict, label or values")
-    return record
-
-
-def runs(records: list[dict]) -> list[dict]:
+def runs(records: list[RunRecord]) -> list[RunRecord]:
     """The records as runs, oldest first: the records of the shards of one run (one pytest process per GPU,
     same commit, GPU model and settings, overlapping in time, each with its own configurations) merged into
     one, their configurations together. Runs made side by side with other settings stay apart."""
-    merged: list[dict] = []
-    for record in sorted(records, key=lambda r: r["started"]):
+    merged: list[RunRecord] = []
+    for record in sorted(records, key=lambda r: r.started):
         last = merged[-1] if merged else None
-        same = ("commit", "gpu", "update_baselines", "settings", "versions")
-        keys = {c["key"] for c in record["configurations"]}
-        if last and all(last.get(k) == record.get(k) for k in same) and record["started"] < last["finished"] \
-                and not keys & {c["key"] for c in last["configurations"]}:
-            last["finished"] = max(last["finished"], record["finished"])
-            last["configurations"] = last["configurations"] + record["configurations"]
-            last["lost_parts"] = last.get("lost_parts", []) + record.get("lost_parts", [])
+        if last and _same_stack(last, record) and record.started < last.finished \
+                and not {c.key for c in record.configurations} & {c.key for c in last.configurations}:
+            merged[-1] = dataclasses.replace(
+                last, finished=max(last.finished, record.finished),
+                configurations=last.configurations + record.configurations,
+                lost_parts=last.lost_parts + record.lost_parts)
         else:
-            merged.append(dict(record))
+            merged.append(record)
     return merged
 
 
-def trends(all_runs: list[dict]) -> dict[tuple[str, str], list[tuple[int, dict]]]:
+def _same_stack(a: RunRecord, b: RunRecord) -> bool:
+    return (a.commit, a.gpu, a.update_baselines, a.machine.get("settings"), a.versions) == \
+        (b.commit, b.gpu, b.update_baselines, b.machine.get("settings"), b.versions)
+
+
+def trends(all_runs: list[RunRecord]) -> dict[tuple[str, str], list[tuple[int, Configuration]]]:
     """{(GPU, configuration key): [(run number, the configuration's entry in that run)]}, in run order."""
-    found: dict[tuple[str, str], list[tuple[int, dict]]] = {}
+    found: dict[tuple[str, str], list[tuple[int, Configuration]]] = {}
     for number, run in enumerate(all_runs, start=1):
-        for configuration in run["configurations"]:
-            found.setdefault((run["gpu"], configuration["key"]), []).append((number, configuration))
+        for configuration in run.configurations:
+            found.setdefault((run.gpu, configuration.key), []).append((number, configuration))
     return found
 
 
-def page(all_runs: list[dict], plots_dir: Path | None = None) -> str:
+def page(all_runs: list[RunRecord], plots_dir: Path | None = None) -> str:
     """The history page's Markdown; each configuration's PNG is written to plots_dir where given."""
     lines = ["# sftbench run history", "",
              f"{len(all_runs)} runs, {when(all_runs[0])} to {when(all_runs[-1])} (UTC).", "",
              "## Runs", "",
              "| run | started (UTC) | commit | GPU | stack | mode, settings | verdicts |", "|---|---|---|---|---|---|---|"]
     for number, run in enumerate(all_runs, start=1):
-        gpu = ", ".join(str(v) for v in (run["gpu"], run.get("driver") and f"driver {run['driver']}",
-                                         run.get("cuda") and f"CUDA {run['cuda']}") if v)
-        lines.append(f"| {number} | {when(run)} | {run['commit'] or '?'} | {gpu} | {stack(run)} | "
-                     f"{run.get('mode', '')}{' (baselines written)' if run.get('update_baselines') else ''}"
-                     f"{''.join(f', {k}={v}' for k, v in sorted(run.get('settings', {}).items()))} | "
-                     f"{verdict_counts(run['configurations'])}{lost_text(run)} |")
+        machine = run.machine
+        gpu = ", ".join(str(v) for v in (run.gpu, machine.get("driver") and f"driver {machine['driver']}",
+                                         machine.get("cuda") and f"CUDA {machine['cuda']}") if v)
+        lines.append(f"| {number} | {when(run)} | {run.commit or '?'} | {gpu} | {stack(run)} | "
+                     f"{run.mode}{' (baselines written)' if run.update_baselines else ''}"
+                     f"{''.join(f', {k}={v}' for k, v in sorted((machine.get('settings') or {}).items()))} | "
+                     f"{verdict_counts(run.configurations)}{lost_text(run)} |")
     for (gpu, key), entries in sorted(trends(all_runs).items()):
-        lines += ["", f"## {key}", "", f"{gpu}; rows: " + ", ".join(entries[-1][1]["rows"]), ""]
+        lines += ["", f"## {key}", "", f"{gpu}; rows: " + ", ".join(entries[-1][1].rows), ""]
         if plots_dir is not None:
             path = plot(key, gpu, entries, all_runs, plots_dir)
             lines += [f"![{key}: GPU-minutes, wall minutes and memory per run]"
@@ -118,69 +94,72 @@ def page(all_runs: list[dict], plots_dir: Path | None = None) -> str:
                   "|---|---|---|---|---|---|---|"]
         for number, configuration in entries:
             run = all_runs[number - 1]
-            values = " | ".join(number_text(configuration["now"].get(metric)) for metric, _, _ in TRENDS)
-            lines.append(f"| {number} | {when(run)} | {run['commit'] or '?'} | {configuration['label']} | {values} |")
+            values = " | ".join(number_text(getattr(configuration.now, metric)) for metric, _, _ in TRENDS)
+            lines.append(f"| {number} | {when(run)} | {run.commit or '?'} | {render.status(configuration)} | "
+                         f"{values} |")
         number, last = entries[-1]
-        if last.get("baseline"):
-            values = " | ".join(number_text(last["baseline"].get(metric)) for metric, _, _ in TRENDS)
+        if last.baseline is not None:
+            values = " | ".join(number_text(getattr(last.baseline, metric)) for metric, _, _ in TRENDS)
             lines.append(f"| baseline | | | as of run {number} | {values} |")
     return "\n".join(lines) + "\n"
 
 
-def summary(run: dict) -> str:
+def summary(run: RunRecord) -> str:
     """The run's Markdown for a CI job summary: regressions first, then improvements, then the rest."""
-    configurations = run["configurations"]
-    lines = [f"## sftbench: {when(run)} UTC, commit {run['commit'] or '?'}, {run['gpu']}", "",
+    configurations = run.configurations
+    lines = [f"## sftbench: {when(run)} UTC, commit {run.commit or '?'}, {run.gpu}", "",
              f"{verdict_counts(configurations)}{lost_text(run)}. Stack: {stack(run)}.", ""]
-    if unjudged := sum(bool(c.get("wall_across_hosts")) for c in configurations):
+    if run.interrupted:
+        lines += [f"The run was interrupted; baselines it rewrote: {', '.join(run.baselines_written) or 'none'}.", ""]
+    if unjudged := sum(c.verdict is not None and not c.verdict.wall_judged for c in configurations):
         lines += [(f"Wall time not judged in {unjudged} of {len(configurations)} configurations: their baselines "
                    "ran on another host or do not name theirs."), ""]
     for verdict, title in (("regression", "Regressions"), ("improvement", "Improvements")):
-        chosen = [c for c in configurations if c["verdict"] == verdict]
+        chosen = [c for c in configurations if c.status == verdict]
         if chosen:
             lines += [f"### {title}", ""]
             for c in chosen:
-                lines += [f"- **{name(c)}**: {c['label']} (`{c['key']}`)", "", "  ```",
-                          *(f"  {line.strip()}" for line in c.get("explanation", [])), "  ```", ""]
-    rest = [c for c in configurations if c["verdict"] not in ("regression", "improvement")]
+                lines += [f"- **{name(c)}**: {render.status(c)} (`{c.key}`)", "", "  ```",
+                          *(f"  {line}" for line in render.explain(c.verdict)), "  ```", ""]
+    rest = [c for c in configurations if c.status not in ("regression", "improvement")]
     if rest:
         lines += ["### The other configurations", "",
                   "| configuration | verdict | GPU-min | wall min | max reserved MiB |", "|---|---|---|---|---|"]
         for c in rest:
             values = " | ".join(now_and_baseline(c, metric) for metric, _, _ in TRENDS)
-            lines.append(f"| {name(c)} | {c['label']} | {values} |")
+            lines.append(f"| {name(c)} | {render.status(c)} | {values} |")
     return "\n".join(lines).rstrip() + "\n"
 
 
-def name(configuration: dict) -> str:
+def name(configuration: Configuration) -> str:
     """The configuration by its first row's test id, and how many other rows it stands for."""
-    rows = configuration.get("rows") or [configuration["key"]]
+    rows = configuration.rows or [configuration.key]
     return rows[0] + (f" (+{len(rows) - 1} rows)" if len(rows) > 1 else "")
 
 
-def now_and_baseline(configuration: dict, metric: str) -> str:
-    now = number_text(configuration["now"].get(metric))
-    baseline = configuration.get("baseline") or {}
-    return now if baseline.get(metric) is None else f"{now} (baseline {number_text(baseline[metric])})"
+def now_and_baseline(configuration: Configuration, metric: str) -> str:
+    now = number_text(getattr(configuration.now, metric))
+    baseline = None if configuration.baseline is None else getattr(configuration.baseline, metric)
+    return now if baseline is None else f"{now} (baseline {number_text(baseline)})"
 
 
-def when(run: dict) -> str:
-    return datetime.fromisoformat(run["started"]).strftime("%Y-%m-%d %H:%M")
+def when(run: RunRecord) -> str:
+    return datetime.fromisoformat(run.started).strftime("%Y-%m-%d %H:%M")
 
 
-def stack(run: dict) -> str:
-    versions = run.get("versions") or {}
+def stack(run: RunRecord) -> str:
+    versions = run.versions
     return ", ".join(f"{package} {versions[package]}" for package in STACK if versions.get(package)) or "unknown"
 
 
-def verdict_counts(configurations: list[dict]) -> str:
-    counts = Counter(c["verdict"] for c in configurations)
-    return ", ".join(f"{n} {verdict}" for verdict, n in counts.most_common()) or "no configurations"
+def verdict_counts(configurations: list[Configuration]) -> str:
+    counts = Counter(c.status for c in configurations)
+    return ", ".join(f"{n} {status}" for status, n in counts.most_common()) or "no configurations"
 
 
-def lost_text(run: dict) -> str:
+def lost_text(run: RunRecord) -> str:
     """'; incomplete: <part> ended without its report' for each part the run lost (a crashed pytest-xdist worker)."""
-    return "".join(f"; incomplete: {part} ended without its report" for part in run.get("lost_parts", []))
+    return "".join(f"; incomplete: {part} ended without its report" for part in run.lost_parts)
 
 
 def number_text(value: float | None) -> str:
@@ -189,7 +168,8 @@ def number_text(value: float | None) -> str:
     return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
-def plot(key: str, gpu: str, entries: list[tuple[int, dict]], all_runs: list[dict], plots_dir: Path) -> Path:
+def plot(key: str, gpu: str, entries: list[tuple[int, Configuration]], all_runs: list[RunRecord],
+         plots_dir: Path) -> Path:
     """One configuration's PNG: a panel per trend over the runs, each point coloured by its verdict, each
     run's baseline a dashed line (flat while the baseline stays); returns its path."""
     # A bare Figure renders with the Agg canvas: no pyplot, no global backend state.
@@ -200,11 +180,11 @@ def plot(key: str, gpu: str, entries: list[tuple[int, dict]], all_runs: list[dic
     figure = Figure(figsize=(17, 4), layout="constrained")
     *panels, by_family = figure.subplots(1, len(TRENDS) + 1)
     for axes, (metric, title, divisor) in zip(panels, TRENDS):
-        now = [_scaled(c["now"].get(metric), divisor) for _, c in entries]
-        baseline = [_scaled(_baseline(c).get(metric), divisor) for _, c in entries]
+        now = [_scaled(getattr(c.now, metric), divisor) for _, c in entries]
+        baseline = [_scaled(getattr(_baseline(c), metric), divisor) for _, c in entries]
         axes.plot(numbers, baseline, "--", color="grey", drawstyle="steps-mid")
         axes.plot(numbers, now, "-", color="lightsteelblue", zorder=1)
-        axes.scatter(numbers, now, c=[_color(c["verdict"]) for _, c in entries], zorder=2)
+        axes.scatter(numbers, now, c=[_color(c.status) for _, c in entries], zorder=2)
         if all(math.isnan(v) for v in now):
             axes.text(0.5, 0.5, "not recorded\n(CPU runs, or baselines older than the GPU clock)",
                       transform=axes.transAxes, ha="center", va="center", color="grey")
@@ -215,10 +195,10 @@ def plot(key: str, gpu: str, entries: list[tuple[int, dict]], all_runs: list[dic
     step = math.ceil(len(numbers) / MAX_TICKS)
     shown = numbers[::step]
     for axes in (*panels, by_family):
-        axes.set_xticks(shown, [f"{datetime.fromisoformat(all_runs[n - 1]['started']):%m-%d}\n"
-                                f"{all_runs[n - 1]['commit'] or '?'}" for n in shown], fontsize="small")
+        axes.set_xticks(shown, [f"{datetime.fromisoformat(all_runs[n - 1].started):%m-%d}\n"
+                                f"{all_runs[n - 1].commit or '?'}" for n in shown], fontsize="small")
         axes.set_xlim(numbers[0] - 0.5, numbers[-1] + 0.5)
-    verdicts = dict.fromkeys(c["verdict"] for _, c in entries)
+    verdicts = dict.fromkeys(c.status for _, c in entries)
     handles = [Line2D([], [], marker="o", linestyle="", color=_color(v), label=v) for v in verdicts]
     handles.append(Line2D([], [], linestyle="--", color="grey", label="baseline"))
     figure.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize="small")
@@ -229,13 +209,13 @@ def plot(key: str, gpu: str, entries: list[tuple[int, dict]], all_runs: list[dic
     return path
 
 
-def _family_panel(axes, entries: list[tuple[int, dict]], numbers: list[int]) -> None:
+def _family_panel(axes, entries: list[tuple[int, Configuration]], numbers: list[int]) -> None:
     """GPU-minutes per 1000 samples of each run, stacked by kernel family (runs from before families: none)."""
     from sftbench.report.plots import family_colors
 
     bottom = [0.0] * len(entries)
     for family, color in family_colors().items():
-        heights = [(c["now"].get("gpu_minutes_by_family") or {}).get(family, 0.0) for _, c in entries]
+        heights = [(c.now.gpu_minutes_by_family or {}).get(family, 0.0) for _, c in entries]
         if any(heights):
             axes.bar(numbers, heights, bottom=bottom, color=color, label=family, width=0.7)
             bottom = [b + h for b, h in zip(bottom, heights)]
@@ -248,11 +228,11 @@ def _family_panel(axes, entries: list[tuple[int, dict]], numbers: list[int]) -> 
     axes.grid(alpha=0.3, axis="y")
 
 
-def _baseline(configuration: dict) -> dict:
+def _baseline(configuration: Configuration) -> Metrics:
     """The baseline a configuration was judged against; a run that wrote the baselines is its own."""
-    if configuration["verdict"] == "baseline written":
-        return configuration["now"]
-    return configuration.get("baseline") or {}
+    if configuration.status == "baseline written":
+        return configuration.now
+    return configuration.baseline or Metrics()
 
 
 def _scaled(value: float | None, divisor: int) -> float:

@@ -1,4 +1,5 @@
-"""Self-test knobs: deliberate extra GPU work, host time and memory in every micro-step of a case.
+"""Self-test knobs: deliberate extra GPU work, host time and memory in every micro-step of a case, and the
+Injector that applies them inside the case's trainer.
 
 They exist to prove that the suite flags what it should (`python -m sftbench selftest`), never to
 measure anything: the variables are recorded in each result's settings, a comparison names them as
@@ -18,6 +19,7 @@ settings that differ, and `--sftbench-update-baselines` refuses a run made with 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 GPU_PCT, HOST_MS, MEMORY_PCT = "SFTBENCH_INJECT_GPU_PCT", "SFTBENCH_INJECT_HOST_MS", "SFTBENCH_INJECT_MEMORY_PCT"
@@ -52,7 +54,12 @@ class Injection:
             target, _, pct = text.partition(":")
             if target not in KERNEL_TARGETS:
                 raise ValueError(f"{KERNELS}={text!r}: the target is one of {', '.join(KERNEL_TARGETS)} (e.g. attention:10)")
-            values["kernels"], values["kernels_pct"] = target, _percentage(KERNELS, pct)
+            try:
+                values["kernels"], values["kernels_pct"] = target, float(pct)
+            except ValueError:
+                raise ValueError(f"{KERNELS}={text!r}: the percentage is not a number (e.g. attention:10)") from None
+            if not values["kernels_pct"] >= 0:
+                raise ValueError(f"{KERNELS}={text!r}: the percentage must be >= 0")
             if values["gpu_pct"]:
                 raise ValueError(f"{KERNELS} and {GPU_PCT} cannot be set together: both are GPU spins")
         return cls(**values)
@@ -79,3 +86,79 @@ def _set(text: str) -> bool:
         return float(text.rpartition(":")[2].strip() or 0) != 0  # SFTBENCH_INJECT_KERNELS: TARGET:X
     except ValueError:
         return True
+
+
+CALIBRATION_CYCLES = 20_000_000  # GPU clock cycles of the spin that sizes the GPU spins
+
+
+class Injector:
+    """The knobs applied in a trainer's micro-steps: host sleep before each, a GPU spin after each
+    (SFTBENCH_INJECT_GPU_PCT), a spin after each traced operator of a family's target (SFTBENCH_INJECT_KERNELS,
+    through the kernel timer's `after_operator`), and the memory ballast held from `prepare` on."""
+
+    def __init__(self, injection: Injection, kernel_timer, device):
+        if (injection.gpu_pct or injection.kernels) and kernel_timer is None:
+            raise RuntimeError(f"{GPU_PCT} and {KERNELS} need the GPU kernel clock (CUDA and cupti-python)")
+        self.injection, self.kernel_timer, self.device = injection, kernel_timer, device
+        self._spin_cycles = None  # tokens -> GPU cycles of the spin after each micro-step (SFTBENCH_INJECT_GPU_PCT)
+        self._tokens = 0  # of the micro-step running: SFTBENCH_INJECT_KERNELS sizes its spins by them
+        self._ballast = None  # the allocation of SFTBENCH_INJECT_MEMORY_PCT
+
+    def before_micro_step(self, tokens: int) -> None:
+        if self.injection.host_ms:
+            time.sleep(self.injection.host_ms / 1000)
+        self._tokens = tokens
+
+    def after_micro_step(self, tokens: int) -> None:
+        if self._spin_cycles is not None:
+            import torch
+
+            torch.cuda._sleep(self._spin_cycles(tokens))
+
+    def prepare(self, micro_step, shortest, longest) -> None:
+        """Once the case is warm: allocate the ballast, and size the GPU spins from the kernel time of the shortest
+        and the longest batch (`micro_step(batch)`) and of a calibration spin, traced and then discarded."""
+        import torch
+
+        if self.injection.memory_pct and self.device.type == "cuda":
+            size = int(self.injection.memory_pct / 100 * torch.cuda.max_memory_reserved(self.device))
+            self._ballast = torch.empty(size, dtype=torch.uint8, device=self.device)
+        if not (self.injection.gpu_pct or self.injection.kernels):
+            return
+        timer = self.kernel_timer
+        for batch in (shortest, longest):
+            with timer.step(batch.tokens):
+                micro_step(batch)
+        with timer.step(0):
+            torch.cuda._sleep(CALIBRATION_CYCLES)
+        *calibration, spin = timer.collect(keep=False)
+        cycles_per_s = CALIBRATION_CYCLES / spin.seconds
+        if self.injection.gpu_pct:
+            (short, long), tokens = (s.seconds for s in calibration), [s.tokens for s in calibration]
+            per_token = (long - short) / max(tokens[1] - tokens[0], 1)
+            share = self.injection.gpu_pct / 100 * cycles_per_s
+            self._spin_cycles = lambda n: int(share * (short + per_token * (n - tokens[0])))
+        else:
+            timer.after_operator = kernel_spins(calibration, self.injection, cycles_per_s, lambda: self._tokens)
+
+
+def kernel_spins(calibration, injection: Injection, cycles_per_s: float, tokens_now):
+    """SFTBENCH_INJECT_KERNELS's hook after each traced operator: for an operator of the target, a GPU spin of
+    the knob's share of its family's seconds per such operator, linear in the micro-step's tokens between the
+    two calibration steps (TracedSteps of the shortest and the longest batch, traced without spins)."""
+    import torch
+
+    targets = KERNEL_TARGETS[injection.kernels]
+    points = {}  # family -> [(tokens, seconds per target operator)] at the two calibration steps
+    for step in calibration:
+        for family in set(targets.values()):
+            calls = sum(n for name, n in step.operators.items() if targets.get(name) == family)
+            points.setdefault(family, []).append((step.tokens, step.families.get(family, 0.0) / max(calls, 1)))
+
+    def spin(name: str) -> None:
+        family = targets.get(name)
+        if family is not None:
+            (x0, y0), (x1, y1) = points[family]
+            per_call = y0 + (y1 - y0) * (tokens_now() - x0) / max(x1 - x0, 1)
+            torch.cuda._sleep(max(int(injection.kernels_pct / 100 * per_call * cycles_per_s), 1))
+    return spin

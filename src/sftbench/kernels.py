@@ -1,29 +1,44 @@
 """What a traced step's GPU time was spent on: kernels by name, names by family, and the epoch by family.
 
-A traced step records each kernel it launched by name, with its count and summed duration
-(Result.kernel_step_kernels, names in Result.kernel_names). The rules of kernel_families.toml give each
-name its family; Result.kernel_step_weights give each traced step's share of the projected epoch, so any
-per-step quantity (a family's seconds, one kernel's) projects over the epoch as the step total does. No
-torch here: reports and comparisons read results without it.
+A traced step (result.TracedStep) records each kernel it launched by name, with its count and summed duration,
+and its seconds per family by the rules of kernel_families.toml, whose version (a digest) the result keeps:
+families are stored once, and read again from the names only where the rules have changed since. Each traced
+step's weight is its share of the projected epoch, so any per-step quantity (a family's seconds, one kernel's)
+projects over the epoch as the step total does; repeats of a step (weight 0) measure how much each family's
+time repeats. No torch here: reports and comparisons read results without it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import re
 import tomllib
 from collections import defaultdict
 from functools import cache
 from importlib import resources
 
+from sftbench.result import Kernels, TracedStep
+
 OTHER = "other"
 # The self-test's injected work (sftbench.injection): a spin kernel that stands for extra time of a family.
 INJECTED = re.compile(r"^self-test spin \((?P<family>.+)\)$")
 
 
+def _rules_text() -> str:
+    return resources.files("sftbench").joinpath("kernel_families.toml").read_text(encoding="utf-8")
+
+
+@cache
+def rules_version() -> str:
+    """The version of the rules, stored with the families they made (Kernels.rules): a digest of the file."""
+    return hashlib.sha256(_rules_text().encode()).hexdigest()[:12]
+
+
 @cache
 def rules() -> tuple[tuple[str, ...], tuple[tuple[re.Pattern, str], ...]]:
     """(the families in the order they are shown, the (pattern, family) rules in the order they apply)."""
-    data = tomllib.loads(resources.files("sftbench").joinpath("kernel_families.toml").read_text(encoding="utf-8"))
+    data = tomllib.loads(_rules_text())
     families = tuple(data["families"])
     unknown = sorted({rule["family"] for rule in data["rule"]} - set(families))
     if unknown or OTHER not in families:
@@ -66,12 +81,18 @@ def short_name(raw: str) -> str:
     return name[:300]
 
 
-def step_families(names: list[str], kernels: list[list[int]]) -> dict[str, float]:
+def classify(names: list[str], kernels: list[list[int]]) -> dict[str, float]:
     """Seconds per family of one traced step: `kernels` are its [name index, count, nanoseconds] entries."""
     seconds: dict[str, float] = defaultdict(float)
     for index, _, nanoseconds in kernels:
         seconds[family_of(names[index])] += nanoseconds / 1e9
     return {family: seconds[family] for family in families() if family in seconds}
+
+
+def step_families(record: Kernels, step: TracedStep) -> dict[str, float]:
+    """A traced step's seconds per family: as stored where today's rules made them, else classified again (a
+    result from before a change of kernel_families.toml is judged by today's rules, never by its own)."""
+    return step.families if record.rules == rules_version() else classify(record.names, step.kernels)
 
 
 def projected(per_step: list[dict[str, float]], weights: list[float]) -> dict[str, float]:
@@ -83,25 +104,52 @@ def projected(per_step: list[dict[str, float]], weights: list[float]) -> dict[st
     return dict(total)
 
 
-def epoch_families(result) -> dict[str, float] | None:
-    """The epoch's kernel seconds per family, classified by the current rules; None without kernel names."""
-    if not result.kernel_names or not result.kernel_step_weights:
+def epoch_families(record: Kernels) -> dict[str, float] | None:
+    """The epoch's kernel seconds per family, by today's rules; None without kernel names."""
+    steps = record.projected_steps
+    if not record.names or not steps:
         return None
-    steps = [step_families(result.kernel_names, kernels) for kernels in result.kernel_step_kernels]
-    return projected(steps, result.kernel_step_weights)
+    return projected([step_families(record, step) for step in steps], [step.weight for step in steps])
 
 
-def epoch_kernels(result, family: str | None = None) -> dict[str, float]:
+def epoch_kernels(record: Kernels, family: str | None = None) -> dict[str, float]:
     """The epoch's seconds of each kernel (of `family`, where given), by short name."""
-    names = result.kernel_names
-    steps = [{names[i]: ns / 1e9 for i, _, ns in kernels if family is None or family_of(names[i]) == family}
-             for kernels in result.kernel_step_kernels]
-    return projected(steps, result.kernel_step_weights)
+    names, steps = record.names, record.projected_steps
+    per_step = [{names[i]: ns / 1e9 for i, _, ns in step.kernels if family is None or family_of(names[i]) == family}
+                for step in steps]
+    return projected(per_step, [step.weight for step in steps])
 
 
-def micro_steps(result) -> float:
-    """How many micro-steps the epoch's projection stands for (the traced micro-steps' weights)."""
-    return sum(w for w, tokens in zip(result.kernel_step_weights, result.kernel_step_tokens) if tokens > 0)
+def family_noise_pct(record: Kernels) -> dict[str, float]:
+    """How much each family's share of its step repeats, in %: the pooled standard deviation of the share's
+    relative deviations from their mean among the traced steps of one batch (a step and its repeats, each
+    group of the same kernels). {} where no step was repeated. A family's share, not its seconds: a GPU whose
+    clock moves between repeats moves the whole step, not the share."""
+    groups: dict[int, list[TracedStep]] = defaultdict(list)
+    for step in record.steps:
+        if step.repeat_of is not None:
+            groups[step.repeat_of].append(step)
+    squares: dict[str, float] = defaultdict(float)
+    freedom = 0
+    for original, repeats in groups.items():
+        members = [record.steps[original], *repeats]
+        shares = [{family: seconds / step.seconds for family, seconds in step_families(record, step).items()}
+                  for step in members]
+        freedom += len(members) - 1
+        for family in set().union(*shares):
+            values = [share.get(family, 0.0) for share in shares]
+            center = sum(values) / len(values)
+            squares[family] += sum((value / center - 1) ** 2 for value in values) if center else 0.0
+    return {family: 100 * math.sqrt(total / freedom) for family, total in squares.items()} if freedom else {}
+
+
+def largest_family(record: Kernels) -> dict | None:
+    """The family with the most GPU time and its share of the step (today's rules), where there are kernel names."""
+    families = epoch_families(record)
+    if not families or not sum(families.values()):
+        return None
+    name = max(families, key=families.get)
+    return {"family": name, "share_pct": 100 * families[name] / sum(families.values())}
 
 
 def kernel_table(results) -> dict:
@@ -110,7 +158,7 @@ def kernel_table(results) -> dict:
     names: dict[str, int] = {}
     configurations = {}
     for result in results:
-        seconds = epoch_kernels(result)
+        seconds = epoch_kernels(result.kernels)
         configurations[result.key] = [[names.setdefault(name, len(names)), round(value, 6)]
                                       for name, value in sorted(seconds.items(), key=lambda item: -item[1])]
     return {"names": list(names), "configurations": configurations}

@@ -118,7 +118,7 @@ class Launcher:
             process = self._spawn(_case_main, (spec, options, sender, started_wall))
             sender.close()
             if receiver.poll(self.timeout_s):
-                result = Result.from_dict(receiver.recv())
+                result = receiver.recv()
             else:
                 process.kill()
                 result = _died(spec, options, f"timed out after {self.timeout_s:g} s")

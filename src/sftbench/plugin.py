@@ -12,19 +12,22 @@ import pytest
 from pytest_benchmark.logger import PytestBenchmarkWarning
 
 from sftbench import environment, workers
-from sftbench.baselines import (
-    DEFAULT_FAMILY_TOLERANCE_PCT,
-    DEFAULT_GPU_TIME_TOLERANCE_PCT,
-    DEFAULT_LIMITED_GPU_TIME_TOLERANCE_PCT,
-    DEFAULT_MEMORY_TOLERANCE_PCT,
-    DEFAULT_TIME_TOLERANCE_PCT,
-    Tolerances,
-)
 from sftbench.catalog import Row, all_rows
 from sftbench.launcher import DEFAULT_TIMEOUT_S
 from sftbench.runner import RunConfig
 from sftbench.session import BenchmarkStandIn, BenchSession, CompareFailVerdict
 from sftbench.spec import RunOptions
+from sftbench.verdicts import (
+    DEFAULT_FAMILY_TOLERANCE_PCT,
+    DEFAULT_GPU_TIME_TOLERANCE_PCT,
+    DEFAULT_LIMITED_GPU_TIME_TOLERANCE_PCT,
+    DEFAULT_MEMORY_TOLERANCE_PCT,
+    DEFAULT_OTHER_GPU_FAMILY_TOLERANCE_PCT,
+    DEFAULT_TIME_TOLERANCE_PCT,
+    Tolerances,
+)
+
+SESSION = pytest.StashKey[BenchSession]()
 
 
 def pytest_addoption(parser):
@@ -48,8 +51,12 @@ def pytest_addoption(parser):
                          "thermal) in either run's traced steps and the two runs used different GPUs "
                          "(default %(default)s)")
     group.addoption("--sftbench-family-tolerance", type=_percent, default=DEFAULT_FAMILY_TOLERANCE_PCT,
-                    metavar="PCT", help="allowed growth in %% of a GPU kernel family's time against the rest of the "
-                                        "step before a case fails (default %(default)s)")
+                    metavar="PCT", help="allowed growth in %% of a GPU kernel family's time against the GPU's pace in "
+                                        "the other families, against a baseline of the same GPU; a family whose own "
+                                        "repeats spread more is judged by its noise (default %(default)s)")
+    group.addoption("--sftbench-other-gpu-family-tolerance", type=_percent,
+                    default=DEFAULT_OTHER_GPU_FAMILY_TOLERANCE_PCT, metavar="PCT",
+                    help="the same against a baseline of another GPU of the model (default %(default)s)")
     group.addoption("--sftbench-time-tolerance", type=_percent, default=DEFAULT_TIME_TOLERANCE_PCT, metavar="PCT",
                     help="wall time: the least noise band in %%; a slow-down beyond it (or the baseline's own "
                          "spread, if larger) that the step samples also show fails (default %(default)s)")
@@ -141,10 +148,11 @@ def pytest_configure(config):
                               time_pct=config.getoption("sftbench_time_tolerance"),
                               memory_pct=config.getoption("sftbench_memory_tolerance"),
                               limited_gpu_time_pct=config.getoption("sftbench_limited_gpu_time_tolerance"),
-                              family_pct=config.getoption("sftbench_family_tolerance")),
+                              family_pct=config.getoption("sftbench_family_tolerance"),
+                              other_gpu_family_pct=config.getoption("sftbench_other_gpu_family_tolerance")),
         weights=weights, timeout_s=config.getoption("sftbench_timeout"), shard=config.getoption("sftbench_shard"),
         worker=getattr(config, "workerinput", {}).get("workerid"))
-    config._sftbench = BenchSession(options, write_line=lambda line: _write_line(config, line))
+    config.stash[SESSION] = BenchSession(options, write_line=lambda line: _write_line(config, line))
 
 
 def _nested(a: Path, b: Path) -> bool:
@@ -186,7 +194,7 @@ def pytest_itemcollected(item):
     if "check_row" not in getattr(item, "fixturenames", ()):
         return
     # Our clock replays the case's per-step estimates (session.per_step_estimates) into pytest-benchmark's stats.
-    item.add_marker(pytest.mark.benchmark(timer=item.config._sftbench.clock, group=item.originalname))
+    item.add_marker(pytest.mark.benchmark(timer=item.config.stash[SESSION].clock, group=item.originalname))
     item.add_marker(pytest.mark.sftbench)
     # pytest-xdist's loadgroup keeps a configuration's rows in one worker, so it trains once.
     row = getattr(item, "callspec", None) and item.callspec.params.get("row")
@@ -242,7 +250,7 @@ def shard_keys(rows: list[Row], shard: str) -> set[str]:
 @pytest.fixture
 def check_row(request, benchmark):
     """Call with a catalog Row: trains it (once per run), records it and checks it against its baseline."""
-    session: BenchSession = request.config._sftbench
+    session = request.config.stash[SESSION]
 
     def check(row: Row) -> None:
         session.check(row, benchmark)
@@ -256,35 +264,30 @@ def pytest_benchmark_update_machine_info(config, machine_info):
 
 
 def pytest_sessionstart(session):
-    session.config._sftbench.pytest_session = session  # pytest-xdist's controller replays its workers' rounds for it
+    session.config.stash[SESSION].start(session, collect_only=session.config.option.collectonly)
 
 
-def pytest_sessionfinish(session):
-    bench: BenchSession = session.config._sftbench
-    bench.runner.close()
+def pytest_sessionfinish(session, exitstatus):
+    bench = session.config.stash[SESSION]
+    bench.finish(exitstatus)
     if hasattr(session.config, "workeroutput"):  # a pytest-xdist worker: the controller reports and records
         session.config.workeroutput["sftbench"] = bench.part()
-        return
-    bench.record_path = bench.runner.write_record()  # named in the terminal summary, below pytest's progress
 
 
 @pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook, on the controller as each worker ends
 def pytest_testnodedown(node, error):
+    bench = node.config.stash[SESSION]
     part = getattr(node, "workeroutput", {}).get("sftbench")
     if part is not None:
-        bench: BenchSession = node.config._sftbench
-        bench.merge(part, bench.pytest_session, getattr(node.config, "_benchmarksession", None))
+        bench.merge(part, getattr(node.config, "_benchmarksession", None))
     else:  # the worker died before its pytest_sessionfinish
-        node.config._sftbench.runner.lose(f"pytest-xdist worker {node.gateway.id}")
+        bench.lose(f"pytest-xdist worker {node.gateway.id}")
 
 
 def pytest_terminal_summary(terminalreporter, config):
-    session: BenchSession = config._sftbench
     skipped = [r for r in terminalreporter.stats.get("skipped", []) if "sftbench" in getattr(r, "keywords", {})]
-    lines = session.summary_lines(skipped=len(skipped))
-    if session.record_path is not None:
-        lines.append(f"run record: {session.record_path}")
-    if session.runner.summary_entries() or skipped or session.runner.lost_parts:
+    lines = config.stash[SESSION].summary_lines(skipped=len(skipped))
+    if lines:
         terminalreporter.section("sftbench")
         for line in lines:
             terminalreporter.write_line(line)

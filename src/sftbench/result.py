@@ -1,12 +1,20 @@
-"""Result: what one case measured, as a plain dataclass that round-trips through JSON."""
+"""Result: what one case measured, each tracker's record nested in it, as plain dataclasses.
+
+A Result holds the case and its outcome, then one record per tracker (sftbench.trackers): `timing` (the
+step timer's wall time and the epoch projected from it), `kernels` (the kernel timer's GPU kernel time, by
+kernel and family, with the host's work in each traced step) and `memory` (the memory tracker's peaks).
+Reading and writing them as files, with the schema's checks and migrations, is sftbench.storage's job.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
+from typing import Literal
 
-OUTCOMES = ("ok", "oom", "error")
+from typing_extensions import (
+    TypedDict,  # pydantic reads typing's TypedDict only from Python 3.12
+)
 
 
 def minutes_per_1000_samples(epoch_seconds: float, samples: int) -> float:
@@ -24,100 +32,137 @@ class MemoryPeaks:
 
 
 @dataclass
-class Result:
-    case: dict  # CaseSpec.to_dict()
-    key: str  # CaseSpec.key
-    outcome: str = "ok"  # ok | oom | error
-    message: str = ""
-    mode: str = "quick"  # quick: timed representative steps, projected; full: the whole epoch
-    attention: str | None = None  # the kernel that actually ran (model.config._attn_implementation)
-    quantization_backend: str | None = None
-    # Timed micro-steps (forward + backward of one batch) and the padded tokens of each.
+class Timing:
+    """Wall time: the timed micro-steps (forward + backward of one batch), device-synchronized, with the padded
+    tokens of each; the epoch they project to (quick mode) or that was trained (full mode)."""
+
     step_durations_s: list[float] = field(default_factory=list)
     step_tokens: list[int] = field(default_factory=list)
     optimizer_step_s: float | None = None  # median of clip + AdamW step + zero_grad
     epoch_micro_batches: int = 0
     epoch_optimizer_steps: int = 0
     epoch_tokens: int = 0  # tokens of the whole epoch after truncation, padding not counted
-    epoch_seconds: float | None = None  # projected (quick) or measured (full)
+    epoch_seconds: float | None = None
     minutes_per_1000_samples: float | None = None
     tokens_per_s: float | None = None
     samples_per_s: float | None = None
-    # GPU kernel time (CUPTI): the clock ("cupti-python 13.0.1", or "unavailable: why"), the traced micro-steps'
-    # summed kernel seconds, kernel counts and tokens, the optimizer step's kernel seconds, and the epoch's.
-    kernel_clock: str | None = None
-    kernel_step_s: list[float] = field(default_factory=list)
-    kernel_step_counts: list[int] = field(default_factory=list)
-    kernel_step_tokens: list[int] = field(default_factory=list)
-    kernel_step_sm_mhz: list[int | None] = field(default_factory=list)  # mean SM clock (NVML) of each traced step
+    # How far the projections from the two interleaved halves of the timed steps differ, in % of the whole's:
+    # the run's own wall-time spread, stored with a baseline as its noise band (bounded: sftbench.verdicts).
+    wall_noise_pct: float | None = None
+
+
+@dataclass
+class TracedStep:
+    """One step traced with CUPTI: its kernels' summed GPU time, by kernel and by family, and the host's work."""
+
+    tokens: int  # padded tokens of the micro-step; 0 for an optimizer step
+    seconds: float
+    # How many of the epoch's steps it stands for in the projection (an optimizer step: its share of the epoch's
+    # optimizer steps); 0.0 for a repeat, traced only to measure how much each family's time repeats; None in
+    # results from before sftbench recorded it.
+    weight: float | None = None
+    repeat_of: int | None = None  # the index of the traced step of the same batch that this one repeats
+    kernels: list[list[int]] = field(default_factory=list)  # [index into Kernels.names, count, nanoseconds]
+    families: dict[str, float] = field(default_factory=dict)  # seconds per family, by Kernels.rules
+    sm_mhz: int | None = None  # the GPU's mean SM clock through the step (NVML)
+    operators: dict[str, int] = field(default_factory=dict)  # torch operator -> calls
+    api_calls: dict[str, int] | None = None  # CUDA API function -> calls; None where CUPTI could not count them
+
+
+@dataclass
+class Kernels:
+    """GPU kernel time (CUPTI): the traced steps, the kernels' short names they index, the version of the family
+    rules that classified them, and the epoch's GPU time projected from the steps' weights."""
+
+    clock: str | None = None  # "cupti-python 13.0.1", "unavailable: why", None where the case never trained
+    names: list[str] = field(default_factory=list)
+    steps: list[TracedStep] = field(default_factory=list)
+    rules: str | None = None  # sftbench.kernels.rules_version() of the families stored; None: classify again
     # In how many traced steps NVML reported each reason that held the clock down ("power cap": 7); {} where it
     # reported none, None where it was not read.
-    kernel_clock_limits: dict[str, int] | None = None
-    # What the traced steps' GPU time went to (sftbench.kernels): the kernels' short names, and per traced step
-    # its kernels as [index into kernel_names, count, nanoseconds] (longest first) and its seconds per family; the
-    # number of the epoch's steps each traced step stands for in the projection (an optimizer step: the
-    # epoch's optimizer steps), so any per-step quantity projects over the epoch; the projected GPU-minutes per
-    # 1000 samples of each family. And the host's work in each traced step: the torch operators it dispatched
-    # and the CUDA API calls it made (launches, copies, synchronizations; None where CUPTI could not count them).
-    kernel_names: list[str] = field(default_factory=list)
-    kernel_step_kernels: list[list[list[int]]] = field(default_factory=list)
-    kernel_step_families: list[dict[str, float]] = field(default_factory=list)
-    kernel_step_weights: list[float] = field(default_factory=list)
-    gpu_minutes_by_family: dict[str, float] | None = None
-    kernel_step_operators: list[dict[str, int]] = field(default_factory=list)
-    kernel_step_api_calls: list[dict[str, int] | None] = field(default_factory=list)
-    optimizer_kernel_s: float | None = None
-    gpu_epoch_seconds: float | None = None
+    clock_limits: dict[str, int] | None = None
+    optimizer_s: float | None = None
+    epoch_seconds: float | None = None
     gpu_minutes_per_1000_samples: float | None = None
-    gpu_busy_pct: float | None = None  # GPU-minutes / wall minutes
-    # How far the projections from the two interleaved halves of the timed steps differ, in % of the whole's:
-    # the run's own wall-time spread, stored with a baseline as its noise band (with a floor).
-    wall_noise_pct: float | None = None
+    gpu_minutes_by_family: dict[str, float] | None = None
+    busy_pct: float | None = None  # GPU-minutes / wall minutes
+
+    @property
+    def projected_steps(self) -> list[TracedStep]:
+        """The steps the projection weighs (repeats and unweighted steps left out)."""
+        return [step for step in self.steps if step.weight]
+
+    @property
+    def micro_steps(self) -> float:
+        """How many micro-steps of the epoch the projection stands for."""
+        return sum(step.weight for step in self.projected_steps if step.tokens > 0)
+
+
+class Machine(TypedDict, total=False):
+    """What a result ran on (environment.machine(), and the GPU's UUID from the case)."""
+
+    gpu: str  # its model, by NVML's name; "cpu" without one
+    driver: str | None
+    cuda: str | None
+    gpu_memory_mib: int | None
+    host: list[str]  # the UUIDs of the host's GPUs, else its hostname: wall time is judged only within a host
+    allocator: str
+    settings: dict[str, str]  # the environment variables that change speed or memory (environment.SETTINGS)
+    gpu_uuid: str | None
+
+
+@dataclass
+class Result:
+    case: dict  # CaseSpec.to_dict()
+    key: str  # CaseSpec.key
+    outcome: Literal["ok", "oom", "error"] = "ok"
+    message: str = ""
+    mode: Literal["quick", "full"] = "quick"  # quick: representative steps timed, projected; full: every step
+    attention: str | None = None  # the kernel that actually ran (model.config._attn_implementation)
+    quantization_backend: str | None = None
+    timing: Timing = field(default_factory=Timing)
+    kernels: Kernels = field(default_factory=Kernels)
+    memory: MemoryPeaks = field(default_factory=MemoryPeaks)
     trainable_params: int | None = None
     total_params: int | None = None
     # The built model's vocab_size (rows of its input embedding), hidden_size and num_layers, for MFU.
     model_shape: dict[str, int] = field(default_factory=dict)
-    memory: MemoryPeaks = field(default_factory=MemoryPeaks)
     # Where a case's wall time goes, in seconds: spawn_s (process start), build_s (CUDA context and model),
     # prepare_s (peft, LoRA, checkpointing), setup_s (those and the data), warmup_s, case_s, wall_s.
     overhead: dict[str, float] = field(default_factory=dict)
     versions: dict[str, str | None] = field(default_factory=dict)
-    machine: dict = field(default_factory=dict)  # environment.machine(): GPU, driver, CUDA, settings; gpu_uuid
+    machine: Machine = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1, sort_keys=True)
+
+@dataclass
+class Metrics:
+    """What a run record and a summary line keep of a result: its outcome and the numbers judged and shown."""
+
+    outcome: str = "ok"
+    message: str = ""  # an OOM's or error's first line
+    mode: str = "quick"
+    attention: str | None = None
+    minutes_per_1000_samples: float | None = None
+    gpu_minutes_per_1000_samples: float | None = None
+    gpu_busy_pct: float | None = None
+    tokens_per_s: float | None = None
+    wall_noise_pct: float | None = None
+    wall_s: float | None = None
+    max_reserved_mib: float | None = None
+    max_allocated_mib: float | None = None
+    max_rss_mib: float | None = None
+    gpu_minutes_by_family: dict[str, float] | None = None
 
     @classmethod
-    def from_dict(cls, data: dict) -> Result:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"unknown result fields: {', '.join(sorted(unknown))}")
-        if data.get("outcome", "ok") not in OUTCOMES:
-            raise ValueError(f"outcome must be one of {OUTCOMES}, got {data['outcome']!r}")
-        values = dict(data)
-        try:
-            values["memory"] = MemoryPeaks(**data.get("memory", {}))
-        except TypeError as error:
-            raise ValueError(f"bad memory fields: {error}") from None
-        return cls(**values)
-
-    @classmethod
-    def from_json(cls, text: str) -> Result:
-        return cls.from_dict(json.loads(text))
-
-
-def describe(result: Result) -> str:
-    """One line: the outcome, or speed and memory with the kernel that ran."""
-    if result.outcome != "ok":
-        return f"{result.outcome.upper()} ({result.message.splitlines()[0][:160] if result.message else ''})"
-    mem = result.memory
-    reserved = f"{mem.max_reserved_mib:.0f} MiB reserved" if mem.max_reserved_mib is not None else \
-        f"{mem.max_rss_mib:.0f} MiB host RSS"
-    gpu = "" if result.gpu_minutes_per_1000_samples is None else \
-        f" ({result.gpu_minutes_per_1000_samples:.2f} GPU, {result.gpu_busy_pct:.0f}% busy)"
-    return (f"{result.minutes_per_1000_samples:.2f} min/1000 samples{gpu} ({result.mode}), "
-            f"{result.tokens_per_s:.0f} tok/s, {reserved}, {result.attention}, wall {result.overhead.get('wall_s', 0):.1f} s")
+    def of(cls, result: Result) -> Metrics:
+        kernels, timing, memory = result.kernels, result.timing, result.memory
+        return cls(outcome=result.outcome, message=result.message.split("\n")[0][:300], mode=result.mode,
+                   attention=result.attention, minutes_per_1000_samples=timing.minutes_per_1000_samples,
+                   gpu_minutes_per_1000_samples=kernels.gpu_minutes_per_1000_samples, gpu_busy_pct=kernels.busy_pct,
+                   tokens_per_s=timing.tokens_per_s, wall_noise_pct=timing.wall_noise_pct,
+                   wall_s=result.overhead.get("wall_s"), max_reserved_mib=memory.max_reserved_mib,
+                   max_allocated_mib=memory.max_allocated_mib, max_rss_mib=memory.max_rss_mib,
+                   gpu_minutes_by_family=kernels.gpu_minutes_by_family)

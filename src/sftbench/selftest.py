@@ -13,12 +13,11 @@ selftest RECORD...` summarizes run records (each run's <results>/history/*.json)
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
-from sftbench.history import read_record
+from sftbench import render
 from sftbench.injection import (
     GPU_PCT,
     HOST_MS,
@@ -27,16 +26,17 @@ from sftbench.injection import (
     MEMORY_PCT,
     injected,
 )
+from sftbench.storage.records import Configuration, RunRecord
 
 # Stage name -> the knobs it sets; "update" writes the baselines.
 STAGES = {
     "update": {},
     "clean1": {},
     "clean2": {},
+    "attention3": {KERNELS: "attention:3"},
+    "gemm3": {KERNELS: "gemm:3"},
     "gpu5-memory3": {GPU_PCT: "5", MEMORY_PCT: "3"},
     "host60ms": {HOST_MS: "60"},
-    "attention10": {KERNELS: "attention:10"},
-    "gemm5": {KERNELS: "gemm:5"},
 }
 SPEED_METRICS = {"gpu": "gpu_minutes_per_1000_samples", "wall": "minutes_per_1000_samples"}
 MEMORY_METRICS = ("max_reserved_mib", "max_allocated_mib")
@@ -58,111 +58,141 @@ def run_stages(pytest_args: list[str], results_root: Path, stages=tuple(STAGES),
     return folders
 
 
-def _change_pct(configuration: dict, metric: str) -> float | None:
-    now, baseline = configuration["now"].get(metric), (configuration.get("baseline") or {}).get(metric)
+def _change_pct(configuration: Configuration, metric: str) -> float | None:
+    now = getattr(configuration.now, metric)
+    baseline = None if configuration.baseline is None else getattr(configuration.baseline, metric)
     return None if now is None or not baseline else round(100 * (now / baseline - 1), 2)
 
 
-def _changes(configurations: list[dict], metric: str) -> dict[str, float | None]:
-    return {c["key"]: _change_pct(c, metric) for c in configurations}
+def _changes(configurations: list[Configuration], metric: str) -> dict[str, float | None]:
+    return {c.key: _change_pct(c, metric) for c in configurations}
 
 
-def summarize(records: list[dict]) -> dict:
-    """One JSON of the self-test from its comparing runs' records (baseline-writing runs are left out): the newest
-    run's commit, GPU and stack; each clean rerun and family injection with its own start and commit."""
-    comparing = sorted((r for r in records if not r.get("update_baselines")), key=lambda r: r["started"], reverse=True)
+def _labels(configurations: list[Configuration]) -> dict[str, str]:
+    return {c.key: render.status(c) for c in configurations}
+
+
+def _family_margins(configurations: list[Configuration]) -> dict[str, dict | None]:
+    """Per configuration, the family that came nearest its threshold: its change against the GPU's pace, the
+    threshold and what it rests on (how far a clean rerun was from failing a row)."""
+    margins = {}
+    for c in configurations:
+        families = [f for f in (c.verdict.families if c.verdict else []) if f.before and f.after]
+        nearest = max(families, key=lambda f: abs(f.change_pct) / f.threshold_pct, default=None)
+        margins[c.key] = None if nearest is None else {
+            "family": nearest.family, "change_pct": round(nearest.change_pct, 2),
+            "threshold_pct": round(nearest.threshold_pct, 2), "basis": nearest.basis}
+    return margins
+
+
+def summarize(records: list[tuple[Path, RunRecord]]) -> dict:
+    """One JSON of the self-test from its comparing runs' records (baseline-writing runs are left out), each stage
+    with its own record, start, commit and configurations: the newest run's GPU and stack; each clean rerun; each
+    injection, the newest run of each knob."""
+    comparing = sorted(((path, r) for path, r in records if not r.update_baselines), key=lambda item: item[1].started,
+                       reverse=True)
     if not comparing:
         raise ValueError("no comparing run among the records")
-    clean = [r for r in comparing if not injected(r.get("settings", {}))]
-    keys = sorted({c["key"] for r in comparing for c in r["configurations"]})
+    for path, record in comparing:
+        if any(c.verdict is not None and c.verdict.recorded_as_text for c in record.configurations):
+            raise ValueError(f"{path} is a run record of schema 1, whose verdicts are text: the self-test reads "
+                             "verdicts as data; make its runs again")
+    newest = comparing[0][1]
     summary = {
-        "commit": comparing[0]["commit"], "gpu": comparing[0]["gpu"], "driver": comparing[0]["driver"],
-        "versions": comparing[0]["versions"], "configurations": len(keys),
-        "rows": sorted({row for r in comparing for c in r["configurations"] for row in c["rows"]}),
-        "clean_reruns": [{
-            "started": r["started"], "commit": r["commit"], "failures": sum(c["verdict"] == "regression" for c in r["configurations"]),
-            "verdicts": {c["key"]: c["label"] for c in r["configurations"]},
-            "gpu_time_change_pct": _changes(r["configurations"], SPEED_METRICS["gpu"]),
-            "wall_time_change_pct": _changes(r["configurations"], SPEED_METRICS["wall"]),
-            "max_reserved_change_pct": _changes(r["configurations"], "max_reserved_mib"),
-        } for r in clean],
-        "injected": {},
+        "gpu": newest.gpu, "driver": newest.machine.get("driver"), "versions": newest.versions,
+        "records": [str(path) for path, _ in comparing],
+        "clean_reruns": [], "family_injected": {}, "injected": {},
     }
-    for record in comparing:
-        knobs = {name: record["settings"][name] for name in injected(record.get("settings", {}))}
-        configurations = record["configurations"]
-        labels = {c["key"]: c["label"] for c in configurations}
-        if GPU_PCT in knobs:
-            summary["injected"][f"gpu_time_{knobs[GPU_PCT]}pct"] = {
-                "knobs": knobs, "of": len(configurations),
-                "flagged": sum("kernel" in label for label in labels.values()),
-                "kind": sorted(set(labels.values())), "verdicts": labels,
-                "gpu_time_change_pct": _changes(configurations, SPEED_METRICS["gpu"])}
-        if MEMORY_PCT in knobs:
-            summary["injected"][f"memory_{knobs[MEMORY_PCT]}pct"] = {
-                "knobs": knobs, "of": len(configurations),
-                "flagged": sum("memory" in label for label in labels.values()), "verdicts": labels,
-                **{f"{metric}_change_pct": _changes(configurations, metric) for metric in MEMORY_METRICS}}
-        if KERNELS in knobs:
-            target = knobs[KERNELS].partition(":")[0]
-            summary.setdefault("family_injected", {}).setdefault(knobs[KERNELS], {  # the newest run of a knob
-                "started": record["started"], "commit": record["commit"], **family_stage(configurations, target)})
-        if HOST_MS in knobs:
-            host_side = sum("host-side" in label for label in labels.values())
-            summary["injected"]["host_time"] = {
-                "knobs": knobs, "of": len(configurations), "flagged": host_side,
-                "within_noise": len(configurations) - host_side, "verdicts": labels,
+    for path, record in comparing:
+        configurations = record.configurations
+        stage = {"record": str(path), "started": record.started, "commit": record.commit,
+                 "configurations": sorted(c.key for c in configurations)}
+        knobs = {name: record.machine.get("settings", {})[name] for name in injected(record.machine.get("settings", {}))}
+        if not knobs:
+            summary["clean_reruns"].append({
+                **stage, "failures": sum(c.status == "regression" for c in configurations),
+                "verdicts": _labels(configurations),
+                "gpu_time_change_pct": _changes(configurations, SPEED_METRICS["gpu"]),
                 "wall_time_change_pct": _changes(configurations, SPEED_METRICS["wall"]),
-                "gpu_time_change_pct": _changes(configurations, SPEED_METRICS["gpu"])}
+                "max_reserved_change_pct": _changes(configurations, "max_reserved_mib"),
+                "nearest_family": _family_margins(configurations)})
+        if KERNELS in knobs:
+            summary["family_injected"].setdefault(knobs[KERNELS], {  # the newest run of a knob
+                **stage, **family_stage(configurations, knobs[KERNELS].partition(":")[0])})
+        kinds = {c.key: c.verdict.kinds if c.verdict else [] for c in configurations}
+        if GPU_PCT in knobs:
+            summary["injected"].setdefault(f"gpu_time_{knobs[GPU_PCT]}pct", {
+                **stage, "knobs": knobs, "flagged": sum("kernel" in k for k in kinds.values()),
+                "verdicts": _labels(configurations),
+                "gpu_time_change_pct": _changes(configurations, SPEED_METRICS["gpu"])})
+        if MEMORY_PCT in knobs:
+            summary["injected"].setdefault(f"memory_{knobs[MEMORY_PCT]}pct", {
+                **stage, "knobs": knobs, "flagged": sum("memory" in k for k in kinds.values()),
+                "verdicts": _labels(configurations),
+                **{f"{metric}_change_pct": _changes(configurations, metric) for metric in MEMORY_METRICS}})
+        if HOST_MS in knobs:
+            host_side = sum("host-side" in k for k in kinds.values())
+            summary["injected"].setdefault("host_time", {
+                **stage, "knobs": knobs, "flagged": host_side, "within_noise": len(configurations) - host_side,
+                "verdicts": _labels(configurations),
+                "wall_time_change_pct": _changes(configurations, SPEED_METRICS["wall"]),
+                "gpu_time_change_pct": _changes(configurations, SPEED_METRICS["gpu"])})
     return summary
 
 
-def family_stage(configurations: list[dict], target: str) -> dict:
+def family_stage(configurations: list[Configuration], target: str) -> dict:
     """A family-injection run: of the configurations whose baseline has the target's kernel families (an eager
     configuration has no flash-attn kernels to slow), how many failed with a kernel regression, how many of those
-    named the target's families and no other, and how many had their step's GPU time move by less than 2%."""
+    named the target's families and no other, how many had their step's GPU time move by less than 2%, and each
+    target family's change against the GPU's pace and its threshold."""
     families = set(KERNEL_TARGETS[target].values())
     applicable = [c for c in configurations
-                  if any(((c.get("baseline") or {}).get("gpu_minutes_by_family") or {}).get(f) for f in families)]
-    named = {c["key"]: set(re.findall(r"kernel \(([^)]*)\)", c["label"])[0].split(", "))
-             if "kernel (" in c["label"] else set() for c in applicable}
+                  if c.baseline is not None and any((c.baseline.gpu_minutes_by_family or {}).get(f) for f in families)]
+    named = {c.key: set(c.verdict.worse_families) if c.verdict else set() for c in applicable}
     step = _changes(applicable, SPEED_METRICS["gpu"])
-    return {"families": sorted(families), "configurations": len(applicable),
-            "flagged": sum("kernel" in c["label"] for c in applicable),
+    return {"families": sorted(families),
+            "flagged": sum(c.verdict is not None and "kernel" in c.verdict.kinds for c in applicable),
             "named_right": sum(bool(n) and n <= families for n in named.values()),
             "step_under_2pct": sum(v is not None and v < 2 for v in step.values()),
-            "verdicts": {c["key"]: c["label"] for c in applicable}, "gpu_time_change_pct": step,
-            "not_applicable": sorted(c["key"] for c in configurations if c not in applicable)}
+            "verdicts": _labels(applicable), "gpu_time_change_pct": step,
+            "family_change_pct": {c.key: {f.family: {"change_pct": round(f.change_pct, 2),
+                                                     "threshold_pct": round(f.threshold_pct, 2), "basis": f.basis}
+                                          for f in c.verdict.families if f.family in families}
+                                  for c in applicable if c.verdict is not None},
+            "not_applicable": sorted(c.key for c in configurations if c not in applicable),
+            "configurations": sorted(c.key for c in applicable)}
 
 
 def markdown(summary: dict) -> str:
     """A short page of the self-test: what was run, and how many configurations each stage flagged."""
-    lines = [f"# sftbench self-test: {summary['gpu']}, commit {summary['commit']}", "",
-             f"{summary['configurations']} configurations ({len(summary['rows'])} rows), torch "
-             f"{summary['versions'].get('torch')}, transformers {summary['versions'].get('transformers')}, "
-             f"driver {summary['driver']}.", "",
-             "| run | flagged | of | verdicts |", "|---|---|---|---|"]
+    lines = [f"# sftbench self-test: {summary['gpu']}", "",
+             (f"torch {summary['versions'].get('torch')}, transformers {summary['versions'].get('transformers')}, "
+              f"flash-attn {summary['versions'].get('flash-attn')}, driver {summary['driver']}; made from "
+              f"{len(summary['records'])} run records."), "",
+             "| run | commit | flagged | of | verdicts |", "|---|---|---|---|---|"]
     for i, rerun in enumerate(summary["clean_reruns"], 1):
-        lines.append(f"| clean rerun {i} | {rerun['failures']} failures | {len(rerun['verdicts'])} | "
-                     f"{_counts(rerun['verdicts'])} |")
-    for knob, stage in summary.get("family_injected", {}).items():
-        lines.append(f"| {KERNELS}={knob} | {stage['flagged']} ({stage['named_right']} naming "
+        lines.append(f"| clean rerun {i} | {rerun['commit']} | {rerun['failures']} failures | "
+                     f"{len(rerun['configurations'])} | {_counts(rerun['verdicts'])} |")
+    for knob, stage in summary["family_injected"].items():
+        lines.append(f"| {KERNELS}={knob} | {stage['commit']} | {stage['flagged']} ({stage['named_right']} naming "
                      f"{' and '.join(stage['families'])}; {stage['step_under_2pct']} with the step under 2%) | "
-                     f"{stage['configurations']} | {_counts(stage['verdicts'])} |")
+                     f"{len(stage['configurations'])} | {_counts(stage['verdicts'])} |")
     for name, stage in summary["injected"].items():
-        lines.append(f"| {name} ({', '.join(f'{k}={v}' for k, v in stage['knobs'].items())}) | {stage['flagged']} | "
-                     f"{stage['of']} | {_counts(stage['verdicts'])} |")
-    lines += ["", "Per configuration, change against its baseline (%): GPU-minutes / wall minutes.", "",
-              "| configuration | " + " | ".join(f"clean {i}" for i in range(1, len(summary["clean_reruns"]) + 1))
-              + " | GPU injected | host injected |", "|---|" + "---|" * (len(summary["clean_reruns"]) + 2)]
-    gpu_stage = next((s for n, s in summary["injected"].items() if n.startswith("gpu_time")), {})
-    host_stage = summary["injected"].get("host_time", {})
-    for key in sorted({k for rerun in summary["clean_reruns"] for k in rerun["verdicts"]}):
-        cells = [f"{_pct(r['gpu_time_change_pct'].get(key))} / {_pct(r['wall_time_change_pct'].get(key))}"
-                 for r in summary["clean_reruns"]]
-        cells.append(_pct(gpu_stage.get("gpu_time_change_pct", {}).get(key)))
-        cells.append(f"{_pct(host_stage.get('wall_time_change_pct', {}).get(key))} "
-                     f"({host_stage.get('verdicts', {}).get(key, '')})")
+        lines.append(f"| {name} ({', '.join(f'{k}={v}' for k, v in stage['knobs'].items())}) | {stage['commit']} | "
+                     f"{stage['flagged']} | {len(stage['configurations'])} | {_counts(stage['verdicts'])} |")
+    reruns = summary["clean_reruns"]
+    lines += ["", ("Per configuration, against its baseline: GPU-minutes and wall minutes (%), and the family nearest "
+                   "its threshold (change against the GPU's pace / threshold, %)."), "",
+              "| configuration | " + " | ".join(f"clean {i}" for i in range(1, len(reruns) + 1)) + " |",
+              "|---|" + "---|" * len(reruns)]
+    for key in sorted({k for rerun in reruns for k in rerun["configurations"]}):
+        cells = []
+        for rerun in reruns:
+            nearest = rerun["nearest_family"].get(key)
+            family = "" if nearest is None else \
+                f"; {nearest['family']} {nearest['change_pct']:+.2f} / {nearest['threshold_pct']:g}"
+            cells.append(f"{_pct(rerun['gpu_time_change_pct'].get(key))} / "
+                         f"{_pct(rerun['wall_time_change_pct'].get(key))}{family}")
         lines.append(f"| `{key}` | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -173,10 +203,4 @@ def _counts(verdicts: dict[str, str]) -> str:
 
 
 def _pct(value: float | None) -> str:
-    return "" if value is None else f"{value:+.1f}"
-
-
-def read_records(paths: list[Path]) -> list[dict]:
-    """Run records from files or folders of them (a folder: every *.json in it)."""
-    files = [f for p in paths for f in (sorted(Path(p).glob("*.json")) if Path(p).is_dir() else [Path(p)])]
-    return [read_record(f) for f in files]
+    return "" if value is None else f"{value:+.2f}"

@@ -1,7 +1,10 @@
-"""One pytest run of sftbench: the runner's outcomes as pytest results and pytest-benchmark stats.
+"""One pytest run of sftbench: the runner's outcomes as pytest results and pytest-benchmark stats, and the run's
+record and summary.
 
-The run flow itself (skip, train once, write or compare baselines) is sftbench.runner's; this module
-replays a case's measured steps into pytest-benchmark and turns each RowOutcome into pass, fail or skip.
+The run flow itself (skip, train once, write or compare baselines) is sftbench.runner's, the run record
+sftbench.recorder's; this module starts and finishes them with pytest's session (a SIGTERM ends the run as
+Ctrl-C does, so its record says it was interrupted), replays a case's measured steps into pytest-benchmark
+and turns each RowOutcome into pass, fail or skip.
 
 pytest-benchmark's rounds are repeats of one quantity, the run's seconds per 1000 samples: each timed
 step's duration over the duration expected at its token count, times the epoch projection
@@ -16,6 +19,7 @@ rounds as plain data, and the controller replays them into its own pytest-benchm
 from __future__ import annotations
 
 import json
+import signal
 import warnings
 from pathlib import Path
 
@@ -25,7 +29,9 @@ from pytest_benchmark.fixture import BenchmarkFixture
 from pytest_benchmark.session import PerformanceRegression
 from pytest_benchmark.utils import NameWrapper, safe_dumps
 
+from sftbench import render
 from sftbench.catalog import Row
+from sftbench.recorder import Recorder
 from sftbench.result import Result
 from sftbench.runner import RunConfig, Runner, RunRefused
 
@@ -68,19 +74,48 @@ def per_step_estimates(result: Result) -> list[float]:
     square of the length): the projection's own interpolation passes through every timed step of a quick
     run (one step per batch size) and would leave no spread.
     """
-    tokens, durations = np.asarray(result.step_tokens, float), np.asarray(result.step_durations_s)
-    degree = min(2, len(set(result.step_tokens)) - 1)
+    tokens, durations = np.asarray(result.timing.step_tokens, float), np.asarray(result.timing.step_durations_s)
+    degree = min(2, len(set(result.timing.step_tokens)) - 1)
     expected = np.polyval(np.polyfit(tokens, durations, degree), tokens)
-    return [float(x) for x in 60 * result.minutes_per_1000_samples * durations / expected]
+    return [float(x) for x in 60 * result.timing.minutes_per_1000_samples * durations / expected]
 
 
 class BenchSession:
     def __init__(self, config: RunConfig, write_line=print):
         self.runner = Runner(config, log=write_line)
+        self.recorder = Recorder(self.runner)
         self.clock = ReplayClock()
         self.worker_benchmarks: list[dict] = []  # a pytest-xdist worker's rounds, for the controller to replay
         self.record_path: Path | None = None  # the run record, once written at the end of the session
         self.pytest_session = None  # pytest's session, from its start (plugin.pytest_sessionstart)
+        self._sigterm = None  # the handler SIGTERM had before the run
+        self.final_record = None  # the run record, once the session has ended
+
+    @property
+    def is_worker(self) -> bool:
+        return self.runner.config.worker is not None
+
+    def start(self, pytest_session, collect_only: bool = False) -> None:
+        """At pytest's session start: before anything trains, the run's knobs, folders and locks are checked
+        (a worker's controller holds the locks), and a SIGTERM ends the run as Ctrl-C does."""
+        self.pytest_session = pytest_session
+        if collect_only or self.is_worker:
+            return
+        try:
+            self.runner.prepare()
+        except RunRefused as error:
+            pytest.exit(str(error), returncode=pytest.ExitCode.USAGE_ERROR)
+        self._sigterm = signal.signal(signal.SIGTERM, _interrupt)
+
+    def finish(self, exitstatus) -> None:
+        """At pytest's session end: cases ended, folders let go; a worker hands its part over, the run writes its
+        record (marked interrupted where pytest was)."""
+        self.runner.close()
+        if self._sigterm is not None:
+            signal.signal(signal.SIGTERM, self._sigterm)
+        if not self.is_worker:
+            self.final_record = self.recorder.record(interrupted=exitstatus == pytest.ExitCode.INTERRUPTED)
+            self.record_path = self.recorder.write(self.final_record)
 
     def check(self, row: Row, benchmark) -> None:
         """The body of every benchmark test."""
@@ -98,14 +133,15 @@ class BenchSession:
     def _feed_benchmark(self, benchmark, row: Row, result: Result) -> None:
         benchmark.extra_info.update({
             "sftbench_key": result.key, "outcome": result.outcome, "attention": result.attention,
-            "minutes_per_1000_samples": result.minutes_per_1000_samples, "tokens_per_s": result.tokens_per_s,
-            "gpu_minutes_per_1000_samples": result.gpu_minutes_per_1000_samples, "gpu_busy_pct": result.gpu_busy_pct,
-            "gpu_minutes_by_family": result.gpu_minutes_by_family, "max_reserved_mib": result.memory.max_reserved_mib,
-            "max_allocated_mib": result.memory.max_allocated_mib, "nvml_peak_mib": result.memory.nvml_peak_mib,
-            "trainable_params": result.trainable_params, "seed_minutes": row.seed_minutes,
-            "seed_memory_mib": row.seed_memory_mib, "seed_outcome": row.seed_outcome,
+            "minutes_per_1000_samples": result.timing.minutes_per_1000_samples,
+            "tokens_per_s": result.timing.tokens_per_s,
+            "gpu_minutes_per_1000_samples": result.kernels.gpu_minutes_per_1000_samples,
+            "gpu_busy_pct": result.kernels.busy_pct, "gpu_minutes_by_family": result.kernels.gpu_minutes_by_family,
+            "max_reserved_mib": result.memory.max_reserved_mib, "max_allocated_mib": result.memory.max_allocated_mib,
+            "nvml_peak_mib": result.memory.nvml_peak_mib, "trainable_params": result.trainable_params,
+            "seed_minutes": row.seed_minutes, "seed_memory_mib": row.seed_memory_mib, "seed_outcome": row.seed_outcome,
         })
-        if not result.step_durations_s:  # an OOM or error has no steps to time
+        if not result.timing.step_durations_s:  # an OOM or error has no steps to time
             return
         rounds = per_step_estimates(result)
         if self.runner.config.worker is not None and getattr(benchmark, "disabled", False):
@@ -115,18 +151,18 @@ class BenchSession:
         benchmark.pedantic(_step, rounds=len(rounds), iterations=1)
 
     def part(self) -> dict:
-        """What a pytest-xdist worker sends the controller, as plain data: its runner's part and its rounds."""
-        return {"runner": self.runner.part(), "benchmarks": self.worker_benchmarks}
+        """What a pytest-xdist worker sends the controller, as plain data: its configurations and its rounds."""
+        return {"configurations": self.recorder.part(), "benchmarks": self.worker_benchmarks}
 
-    def merge(self, part: dict, pytest_session=None, benchmark_session=None) -> None:
+    def merge(self, part: dict, benchmark_session=None) -> None:
         """On the controller: add a worker's `part()` to the summary and the run record, and its rounds to
         pytest-benchmark's session (unless --benchmark-disable)."""
-        self.runner.merge(part["runner"])
+        self.recorder.merge(part["configurations"])
         if benchmark_session is None or (benchmark_session.config.getoption("benchmark_disable")
                                          and not benchmark_session.config.getoption("benchmark_enable")):
             return
         for entry in part["benchmarks"]:
-            self._replay(entry, pytest_session, benchmark_session)
+            self._replay(entry, self.pytest_session, benchmark_session)
 
     def _replay(self, entry: dict, pytest_session, benchmark_session) -> None:
         """The worker's rounds through a pytest-benchmark fixture of the controller, as one process replays them.
@@ -144,8 +180,17 @@ class BenchSession:
         self.clock.load(entry["rounds"])
         fixture.pedantic(_step, rounds=len(entry["rounds"]), iterations=1)
 
+    def lose(self, name: str) -> None:
+        self.recorder.lose(name)
+
     def summary_lines(self, skipped: int = 0) -> list[str]:
-        return self.runner.summary_lines(skipped)
+        """The `sftbench` section's lines, and the run record's path; none where the run checked nothing."""
+        record = self.final_record or self.recorder.record()
+        if not (record.configurations or skipped or record.lost_parts or record.interrupted):
+            return []
+        results = self.runner.config.results_dir
+        lines = render.run_summary(record, skipped, f"{results}/" if results is not None else "no results folder")
+        return lines + ([f"run record: {self.record_path}"] if self.record_path is not None else [])
 
 
 def _benchmark_entry(benchmark, key: str, rounds: list[float]) -> dict:
@@ -191,3 +236,8 @@ class BenchmarkStandIn:
 
 def _step() -> None:
     """The benchmark target: the work happened in the case's process; ReplayClock supplies its times."""
+
+
+def _interrupt(signum, frame) -> None:
+    """SIGTERM as Ctrl-C: pytest ends the session, its record written and marked interrupted."""
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")

@@ -20,15 +20,14 @@ import threading
 import time
 from collections import Counter
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from importlib import metadata
 
 import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from sftbench.kernels import OTHER, family_of, short_name
-from sftbench.result import MemoryPeaks
+from sftbench.kernels import OTHER, classify, family_of, rules_version, short_name
+from sftbench.result import Kernels, MemoryPeaks, TracedStep
 
 MIB = 2**20
 
@@ -54,22 +53,6 @@ class StepTimer:
         synchronize(self.device)
         self.durations.append(time.perf_counter() - start)
         self.tokens.append(tokens)
-
-
-@dataclass
-class KernelSteps:
-    """GPU kernel time of each traced step: seconds summed over its kernels, their count, its tokens; its
-    kernels by name, the torch operators it dispatched and the CUDA API calls it made."""
-
-    seconds: list[float] = field(default_factory=list)
-    kernels: list[int] = field(default_factory=list)
-    tokens: list[int] = field(default_factory=list)
-    sm_mhz: list[int | None] = field(default_factory=list)  # the GPU's mean SM clock through the step
-    clock_limits: list[int | None] = field(default_factory=list)  # NVML clocks-event reasons seen in the step (bits)
-    names: list[str] = field(default_factory=list)  # kernels.short_name of every kernel seen, in order of appearance
-    by_name: list[list[list[int]]] = field(default_factory=list)  # per step: [name index, count, nanoseconds]
-    operators: list[dict[str, int]] = field(default_factory=list)  # per step: torch operator -> calls
-    api_calls: list[dict[str, int] | None] = field(default_factory=list)  # per step: CUDA API function -> calls
 
 
 def kernel_clock_unavailable(device: torch.device) -> str | None:
@@ -134,10 +117,15 @@ class KernelTimer:
         self._operators: list[dict[str, int]] = []
         self._api_calls: list[dict[str, int] | None] = []
         self._clock = ClockSampler(_nvml_handle(device))
-        self.after_operator = None  # called after each traced operator: the self-test's kernel spins (trainer)
+        self.after_operator = None  # called after each traced operator: the self-test's kernel spins (injection)
         self._api = ApiCounter(cupti)
-        self.steps = KernelSteps()
-        self.version = f"cupti-python {metadata.version('cupti-python')}"
+        self.record = Kernels(clock=f"cupti-python {metadata.version('cupti-python')}", rules=rules_version())
+        self.step_limits: list[int | None] = []  # NVML clocks-event bits seen in each collected step
+
+    @property
+    def traced(self) -> int:
+        """How many steps have been traced so far, collected or not: the index the next one will have."""
+        return len(self.record.steps) + len(self._windows)
 
     def start(self) -> None:
         self._cupti.activity_register_callbacks(lambda: (self.BUFFER_BYTES, 0), self._completed)
@@ -168,21 +156,27 @@ class KernelTimer:
         self._operators.append(dict(counter.counts))
         self._api_calls.append(calls)
 
-    def collect(self) -> None:
-        """Flush CUPTI's buffers and add the finished steps to `steps`."""
+    def collect(self, keep: bool = True) -> list[TracedStep]:
+        """Flush CUPTI's buffers and return the finished steps, added to `record` unless `keep` is False (the
+        self-test's calibration steps)."""
         self._cupti.activity_flush_all(1)
-        add_kernel_steps(self.steps, self._windows, self._records, injected=self.after_operator is not None)
-        self.steps.sm_mhz += [clock for clock, _ in self._clocks]
-        self.steps.clock_limits += [limits for _, limits in self._clocks]
-        self.steps.operators += self._operators
-        self.steps.api_calls += self._api_calls
+        names = self.record.names if keep else list(self.record.names)  # a discarded step's names go with it
+        steps = traced_steps(names, self._windows, self._records, injected=self.after_operator is not None)
+        for step, (sm_mhz, limits), operators, api_calls in zip(steps, self._clocks, self._operators, self._api_calls):
+            step.sm_mhz, step.operators, step.api_calls = sm_mhz, operators, api_calls
+            if keep:
+                self.step_limits.append(limits)
+        if keep:
+            self.record.steps += steps
         for pending in (self._windows, self._records, self._clocks, self._operators, self._api_calls):
             pending.clear()
+        return steps
 
-    def stop(self) -> KernelSteps:
+    def stop(self) -> Kernels:
         self.collect()
         self._api.close()
-        return self.steps
+        self.record.clock_limits = clock_limit_counts(self.step_limits)
+        return self.record
 
 
 class ApiCounter:
@@ -248,21 +242,20 @@ def _callback_name(cupti, domain: int, cbid: int) -> str | None:
         return None
 
 
-def add_kernel_steps(steps: KernelSteps, windows: list[tuple[int, int, int]], records: list[tuple[int, int, str]],
-                     injected: bool = False) -> None:
-    """Sum the kernels (start, end in ns, raw name) that start inside each step's window (start, end, tokens),
-    in all and by name (kernels.short_name). With `injected` (SFTBENCH_INJECT_KERNELS), each spin kernel is
-    named as the self-test's work in the family of the kernel before it (sftbench.kernels.INJECTED)."""
+def traced_steps(names: list[str], windows: list[tuple[int, int, int]], records: list[tuple[int, int, str]],
+                 injected: bool = False) -> list[TracedStep]:
+    """A TracedStep for each step's window (start, end, tokens): the kernels (start, end in ns, raw name) that start
+    inside it, summed in all, by name (kernels.short_name, indexing `names`, which grows with new ones) and by
+    family. With `injected` (SFTBENCH_INJECT_KERNELS), each spin kernel is named as the self-test's work in the
+    family of the kernel before it (sftbench.kernels.INJECTED)."""
     records = sorted(records)
     starts = np.array([start for start, _, _ in records], dtype=np.int64)
     durations = np.array([end - start for start, end, _ in records], dtype=np.int64)
     cumulative = np.concatenate([[0], np.cumsum(durations)])
-    index = {name: i for i, name in enumerate(steps.names)}
+    index = {name: i for i, name in enumerate(names)}
+    steps = []
     for start, end, tokens in windows:
         first, last = np.searchsorted(starts, [start, end])
-        steps.seconds.append(float(cumulative[last] - cumulative[first]) / 1e9)
-        steps.kernels.append(int(last - first))
-        steps.tokens.append(tokens)
         by_name: dict[int, list[int]] = {}
         family = OTHER
         for (_, _, raw), duration in zip(records[first:last], durations[first:last]):
@@ -271,12 +264,15 @@ def add_kernel_steps(steps: KernelSteps, windows: list[tuple[int, int, int]], re
                 name = f"self-test spin ({family})"
             family = family_of(name)
             if name not in index:
-                index[name] = len(steps.names)
-                steps.names.append(name)
+                index[name] = len(names)
+                names.append(name)
             entry = by_name.setdefault(index[name], [index[name], 0, 0])
             entry[1] += 1
             entry[2] += int(duration)
-        steps.by_name.append(sorted(by_name.values(), key=lambda e: -e[2]))
+        step_kernels = sorted(by_name.values(), key=lambda e: -e[2])
+        steps.append(TracedStep(tokens=tokens, seconds=float(cumulative[last] - cumulative[first]) / 1e9,
+                                kernels=step_kernels, families=classify(names, step_kernels)))
+    return steps
 
 
 class MemoryTracker:

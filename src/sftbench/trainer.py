@@ -22,7 +22,9 @@ GPU kernel time (a KernelTimer, where CUPTI is available) is traced on separate 
 the timed ones, so the wall-timed steps never pay for tracing: one micro-step of each batch shape
 among `kernel_steps` representatives and one optimizer step, projected over the epoch like the wall
 time. A full epoch traces every step (its wall time then includes CUPTI's tracing) and reads the
-records every FLUSH_EVERY micro-steps, outside the timed steps.
+records every FLUSH_EVERY micro-steps, outside the timed steps. Either way the shortest and the longest
+batch are then traced FAMILY_REPEATS more times: how much each kernel family repeats, for its verdict.
+The self-test's knobs act through an Injector (sftbench.injection) around each micro-step.
 """
 
 from __future__ import annotations
@@ -38,9 +40,10 @@ import torch
 
 from sftbench import kernels
 from sftbench.data import Batch, collate
-from sftbench.injection import KERNEL_TARGETS, Injection
+from sftbench.injection import Injection, Injector
+from sftbench.result import Kernels, Timing, minutes_per_1000_samples
 from sftbench.spec import RunOptions
-from sftbench.trackers import KernelSteps, KernelTimer, StepTimer
+from sftbench.trackers import KernelTimer, StepTimer
 
 MAX_GRAD_NORM = 0.5
 WARMUP_RATIO = 0.05
@@ -48,24 +51,19 @@ LEARNING_RATE = {"lora": 1e-4, "full": 2e-5}
 OPTIMIZER_TIMINGS = 3
 LONG_STEP_S = 1.0  # micro-steps this long time half of RunOptions.representative_steps
 FLUSH_EVERY = 50  # micro-steps of a traced full epoch between reads of CUPTI's records
-CALIBRATION_CYCLES = 20_000_000  # GPU clock cycles of the spin that sizes SFTBENCH_INJECT_GPU_PCT
+# Repeats of the shortest and the longest traced micro-step: how much each family's share of a step repeats
+# (kernels.family_noise_pct), from 2 x 3 degrees of freedom, for the family verdicts (sftbench.verdicts).
+FAMILY_REPEATS = 3
 
 
 @dataclass
-class EpochTiming:
-    step_durations_s: list[float] = field(default_factory=list)
-    step_tokens: list[int] = field(default_factory=list)
-    optimizer_step_s: float = 0.0
-    epoch_seconds: float = 0.0
-    optimizer_steps: int = 0
-    warmup_s: float = 0.0
-    kernels: KernelSteps | None = None  # traced micro-steps; None without a kernel clock
-    kernel_weights: list[float] = field(default_factory=list)  # the epoch's steps each traced step stands for
-    optimizer_kernel_s: float | None = None
-    gpu_epoch_seconds: float | None = None  # kernel time of the epoch, projected (quick) or summed (full)
-    kernel_trace_s: float = 0.0  # reading CUPTI's records, outside every timed step
-    kernel_steps_s: float = 0.0  # the traced micro-steps of the quick mode, outside every timed step
-    wall_noise_pct: float | None = None  # half_split_spread_pct of the quick mode's timed steps
+class TrainedEpoch:
+    """What Trainer.run measured: the wall-time record, the kernel record (None without a kernel clock), and
+    where the trainer's own time went (warm-up, tracing, reading CUPTI's records), in seconds."""
+
+    timing: Timing
+    kernels: Kernels | None = None
+    overhead: dict[str, float] = field(default_factory=dict)
 
 
 class Trainer:
@@ -73,13 +71,9 @@ class Trainer:
                  accumulation: int, device: torch.device, amp_dtype: torch.dtype = torch.bfloat16,
                  kernel_timer: KernelTimer | None = None, injection: Injection = Injection()):
         self.model, self.corpus, self.batches = model, corpus, batches
-        self.kernel_timer, self.injection = kernel_timer, injection
-        self._spin_cycles = None  # tokens -> GPU cycles of the injected spin (SFTBENCH_INJECT_GPU_PCT)
-        self._tokens = 0  # of the micro-step running: SFTBENCH_INJECT_KERNELS sizes its spins by them
-        self._ballast = None  # the injected allocation (SFTBENCH_INJECT_MEMORY_PCT)
-        if (injection.gpu_pct or injection.kernels) and kernel_timer is None:
-            raise RuntimeError("SFTBENCH_INJECT_GPU_PCT and SFTBENCH_INJECT_KERNELS need the GPU kernel clock "
-                               "(CUDA and cupti-python)")
+        self.kernel_timer = kernel_timer
+        self.injector = Injector(injection, kernel_timer, device)  # the self-test's knobs (sftbench.injection)
+        self._first_traced: dict[tuple[int, int], int] = {}  # batch shape -> index of its first traced step
         self.max_length, self.accumulation, self.device = max_length, accumulation, device
         self.amp_dtype = amp_dtype
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -93,15 +87,12 @@ class Trainer:
             self.optimizer, math.ceil(WARMUP_RATIO * self.optimizer_steps), self.optimizer_steps)
 
     def micro_step(self, batch: Batch) -> None:
-        if self.injection.host_ms:
-            time.sleep(self.injection.host_ms / 1000)
-        self._tokens = batch.tokens
+        self.injector.before_micro_step(batch.tokens)
         inputs = collate(self.corpus, batch, self.max_length, self.device)
         with torch.autocast(self.device.type, dtype=self.amp_dtype):
             loss = self.model(**inputs).loss
         self.scaler.scale(loss / self.accumulation).backward()
-        if self._spin_cycles is not None:
-            torch.cuda._sleep(self._spin_cycles(batch.tokens))
+        self.injector.after_micro_step(batch.tokens)
 
     def optimizer_step(self) -> None:
         self.scaler.unscale_(self.optimizer)
@@ -116,60 +107,47 @@ class Trainer:
         self.optimizer_step()
         self.micro_step(longest)
 
-    def run(self, options: RunOptions, progress=print) -> EpochTiming:
+    def run(self, options: RunOptions, progress=print) -> TrainedEpoch:
         ordered = sorted(self.batches, key=lambda b: -b.tokens)
         warmup = StepTimer(self.device)
         with warmup.step(0):
             self.warm_up(ordered[-1], ordered[0])
         if self.kernel_timer is not None:
             self.kernel_timer.start()
-        self._inject(ordered)
+        self.injector.prepare(self.micro_step, ordered[-1], ordered[0])
         for batch in representatives(ordered, options.settle_steps):
             with warmup.step(batch.tokens):
                 self.micro_step(batch)
-        timing = EpochTiming(warmup_s=sum(warmup.durations), optimizer_steps=self.optimizer_steps)
+        epoch = TrainedEpoch(self._timing(), overhead={"warmup_s": sum(warmup.durations), "kernel_trace_s": 0.0})
         timer = StepTimer(self.device)
         if options.full_epoch:
-            self._full_epoch(timer, timing, progress)
+            self._full_epoch(timer, epoch, progress)
         else:
             settle = warmup.durations[1:]
             count = options.representative_steps
             if settle and mean(settle) >= LONG_STEP_S:
                 count //= 2
-            self._representative_steps(ordered, count, timer, timing, progress)
+            self._representative_steps(ordered, count, timer, epoch.timing, progress)
             if self.kernel_timer is not None:
-                self._kernel_steps(ordered, options.kernel_steps, timing, progress)
+                self._kernel_steps(ordered, options.kernel_steps, epoch.overhead, progress)
+        timing = epoch.timing
+        samples = len(self.corpus.lengths)
+        timing.minutes_per_1000_samples = minutes_per_1000_samples(timing.epoch_seconds, samples)
+        timing.tokens_per_s = timing.epoch_tokens / timing.epoch_seconds
+        timing.samples_per_s = samples / timing.epoch_seconds
         if self.kernel_timer is not None:
             started = time.perf_counter()
-            timing.kernels = self.kernel_timer.stop()
-            timing.kernel_trace_s += time.perf_counter() - started
-            timing.gpu_epoch_seconds = self._gpu_epoch_seconds(timing, options.full_epoch)
-        return timing
+            self._repeat_steps(ordered)
+            epoch.kernels = self.kernel_timer.stop()
+            epoch.overhead["kernel_trace_s"] += time.perf_counter() - started
+            self._project_kernels(epoch, options.full_epoch)
+        return epoch
 
-    def _inject(self, ordered: list[Batch]) -> None:
-        """Apply the self-test knobs that need the warmed-up case: the memory ballast and the GPU spin's size."""
-        if self.injection.memory_pct and self.device.type == "cuda":
-            size = int(self.injection.memory_pct / 100 * torch.cuda.max_memory_reserved(self.device))
-            self._ballast = torch.empty(size, dtype=torch.uint8, device=self.device)
-        if self.injection.gpu_pct or self.injection.kernels:
-            timer = self.kernel_timer
-            for batch in (ordered[-1], ordered[0]):
-                with timer.step(batch.tokens):
-                    self.micro_step(batch)
-            with timer.step(0):
-                torch.cuda._sleep(CALIBRATION_CYCLES)
-            timer.collect()
-            calibration, timer.steps = timer.steps, KernelSteps()
-            (short, long, spin), tokens = calibration.seconds, calibration.tokens
-            cycles_per_s = CALIBRATION_CYCLES / spin
-            if self.injection.gpu_pct:
-                per_token = (long - short) / max(tokens[1] - tokens[0], 1)
-                share = self.injection.gpu_pct / 100 * cycles_per_s
-                self._spin_cycles = lambda n: int(share * (short + per_token * (n - tokens[0])))
-            else:
-                timer.after_operator = kernel_spins(calibration, self.injection, cycles_per_s, lambda: self._tokens)
+    def _timing(self) -> Timing:
+        return Timing(epoch_micro_batches=len(self.batches), epoch_optimizer_steps=self.optimizer_steps,
+                      epoch_tokens=int(self.corpus.lengths.clip(max=self.max_length).sum()))
 
-    def _kernel_steps(self, ordered: list[Batch], count: int, timing: EpochTiming, progress) -> None:
+    def _kernel_steps(self, ordered: list[Batch], count: int, overhead: dict[str, float], progress) -> None:
         """Kernel time of the batch shapes among `count` representative micro-steps, one step each, and of
         one optimizer step, untimed. Steps of one shape launch the same kernels, whose summed time repeats
         to ~0.1%, so tracing a shape again (the longest batch is often a quarter of an epoch) adds only
@@ -177,8 +155,7 @@ class Trainer:
         started, reading_s = time.perf_counter(), 0.0
         shapes = distinct_shapes(representatives(ordered, count))
         for i, batch in enumerate(shapes, 1):
-            with self.kernel_timer.step(batch.tokens):
-                self.micro_step(batch)
+            self._traced_micro_step(batch)
             if i % FLUSH_EVERY == 0:  # many shapes (the projection check traces every one): bound the records held
                 read = time.perf_counter()
                 self.kernel_timer.collect()
@@ -186,42 +163,71 @@ class Trainer:
                 progress(f"traced {i}/{len(shapes)} batch shapes")
         with self.kernel_timer.step(0):
             self.optimizer_step()
-        timing.kernel_trace_s += reading_s
-        timing.kernel_steps_s = time.perf_counter() - started - reading_s
+        overhead["kernel_trace_s"] += reading_s
+        overhead["kernel_steps_s"] = time.perf_counter() - started - reading_s
 
-    def _gpu_epoch_seconds(self, timing: EpochTiming, full_epoch: bool) -> float:
+    def _traced_micro_step(self, batch: Batch) -> None:
+        self._first_traced.setdefault(shape(batch), self.kernel_timer.traced)
+        with self.kernel_timer.step(batch.tokens):
+            self.micro_step(batch)
+
+    def _repeat_steps(self, ordered: list[Batch]) -> None:
+        """Trace the shortest and the longest batch FAMILY_REPEATS more times each, marked as repeats of the first
+        traced step of their shape (the projection leaves them out; kernels.family_noise_pct reads them)."""
+        repeats = []
+        for batch in dict.fromkeys((ordered[0], ordered[-1])):
+            if shape(batch) in self._first_traced:
+                for _ in range(FAMILY_REPEATS):
+                    repeats.append(self._first_traced[shape(batch)])
+                    with self.kernel_timer.step(batch.tokens):
+                        self.micro_step(batch)
+        self.kernel_timer.collect()
+        for step, original in zip(self.kernel_timer.record.steps[-len(repeats):] if repeats else [], repeats):
+            step.repeat_of, step.weight = original, 0.0
+
+    def _project_kernels(self, epoch: TrainedEpoch, full_epoch: bool) -> None:
         """The epoch's kernel time: summed over a traced full epoch, else projected like the wall time, as the
         traced steps' seconds times their weights (projection_weights), so that families and kernels project
-        alike."""
-        steps = timing.kernels
-        optimizer = [s for t, s in zip(steps.tokens, steps.seconds) if t == 0]
-        timing.optimizer_kernel_s = median(optimizer) if optimizer else 0.0
-        timing.kernel_weights = ([1.0] * len(steps.tokens) if full_epoch else
-                                 projection_weights(steps.tokens, [b.tokens for b in self.batches], self.optimizer_steps))
-        return float(np.dot(timing.kernel_weights, steps.seconds))
+        alike; GPU-minutes, by family too, and how busy the GPU was against the wall time."""
+        record, samples = epoch.kernels, len(self.corpus.lengths)
+        steps = [step for step in record.steps if step.repeat_of is None]
+        weights = ([1.0] * len(steps) if full_epoch else
+                   projection_weights([s.tokens for s in steps], [b.tokens for b in self.batches], self.optimizer_steps))
+        for step, weight in zip(steps, weights):
+            step.weight = weight
+        optimizer = [s.seconds for s in steps if s.tokens == 0]
+        record.optimizer_s = median(optimizer) if optimizer else 0.0
+        record.epoch_seconds = float(np.dot(weights, [s.seconds for s in steps]))
+        record.gpu_minutes_per_1000_samples = minutes_per_1000_samples(record.epoch_seconds, samples)
+        record.gpu_minutes_by_family = {family: minutes_per_1000_samples(seconds, samples)
+                                        for family, seconds in (kernels.epoch_families(record) or {}).items()}
+        record.busy_pct = 100 * record.epoch_seconds / epoch.timing.epoch_seconds
 
-    def _full_epoch(self, timer: StepTimer, timing: EpochTiming, progress) -> None:
+    def _full_epoch(self, timer: StepTimer, epoch: TrainedEpoch, progress) -> None:
         optimizer_timer = StepTimer(self.device)
-        kernels = self.kernel_timer
+        kernel_timer = self.kernel_timer
         # The warm-up left gradients behind: the epoch starts from a clean accumulation.
         self.optimizer.zero_grad(set_to_none=True)
         for i, batch in enumerate(self.batches, 1):
-            with timer.step(batch.tokens), _traced(kernels, batch.tokens):
+            if kernel_timer is not None:
+                self._first_traced.setdefault(shape(batch), kernel_timer.traced)
+            with timer.step(batch.tokens), _traced(kernel_timer, batch.tokens):
                 self.micro_step(batch)
             if i % self.accumulation == 0 or i == len(self.batches):
-                with optimizer_timer.step(0), _traced(kernels, 0):
+                with optimizer_timer.step(0), _traced(kernel_timer, 0):
                     self.optimizer_step()
-            if kernels is not None and i % FLUSH_EVERY == 0:
+            if kernel_timer is not None and i % FLUSH_EVERY == 0:
                 started = time.perf_counter()
-                kernels.collect()
-                timing.kernel_trace_s += time.perf_counter() - started
+                kernel_timer.collect()
+                epoch.overhead["kernel_trace_s"] += time.perf_counter() - started
             if i % 100 == 0:
                 progress(f"micro-step {i}/{len(self.batches)}, {sum(timer.durations):.1f} s")
+        timing = epoch.timing
         timing.step_durations_s, timing.step_tokens = timer.durations, timer.tokens
         timing.optimizer_step_s = median(optimizer_timer.durations)
         timing.epoch_seconds = sum(timer.durations) + sum(optimizer_timer.durations)
 
-    def _representative_steps(self, ordered: list[Batch], count: int, timer: StepTimer, timing: EpochTiming,
+    def _representative_steps(self, ordered: list[Batch], count: int, timer: StepTimer, timing: Timing,
                               progress) -> None:
         for batch in representatives(ordered, count):
             with timer.step(batch.tokens):
@@ -241,27 +247,6 @@ class Trainer:
                                                       self.optimizer_steps, timing.optimizer_step_s)
 
 
-def kernel_spins(calibration: KernelSteps, injection: Injection, cycles_per_s: float, tokens_now):
-    """SFTBENCH_INJECT_KERNELS's hook after each traced operator: for an operator of the target, a GPU spin of
-    the knob's share of its family's seconds per such operator, linear in the micro-step's tokens between the
-    two calibration steps (the shortest and the longest batch, traced without spins)."""
-    targets = KERNEL_TARGETS[injection.kernels]
-    points = {}  # family -> [(tokens, seconds per target operator)] at the two calibration steps
-    for step in range(2):
-        seconds = kernels.step_families(calibration.names, calibration.by_name[step])
-        for family in set(targets.values()):
-            calls = sum(n for name, n in calibration.operators[step].items() if targets.get(name) == family)
-            points.setdefault(family, []).append((calibration.tokens[step], seconds.get(family, 0.0) / max(calls, 1)))
-
-    def spin(name: str) -> None:
-        family = targets.get(name)
-        if family is not None:
-            (x0, y0), (x1, y1) = points[family]
-            per_call = y0 + (y1 - y0) * (tokens_now() - x0) / max(x1 - x0, 1)
-            torch.cuda._sleep(max(int(injection.kernels_pct / 100 * per_call * cycles_per_s), 1))
-    return spin
-
-
 def _traced(kernels: KernelTimer | None, tokens: int):
     return contextlib.nullcontext() if kernels is None else kernels.step(tokens)
 
@@ -271,14 +256,17 @@ def representatives(ordered: list[Batch], count: int) -> list[Batch]:
     return [ordered[p] for p in representative_positions(len(ordered), count)]
 
 
+def shape(batch: Batch) -> tuple[int, int]:
+    """(samples, padded length): batches of one shape launch the same kernels."""
+    return len(batch.indices), batch.padded_length
+
+
 def distinct_shapes(batches: list[Batch]) -> list[Batch]:
-    """The first batch of each shape (samples x padded length), in order."""
-    seen, first = set(), []
+    """The first batch of each shape, in order."""
+    first: dict[tuple[int, int], Batch] = {}
     for batch in batches:
-        if (len(batch.indices), batch.padded_length) not in seen:
-            seen.add((len(batch.indices), batch.padded_length))
-            first.append(batch)
-    return first
+        first.setdefault(shape(batch), batch)
+    return list(first.values())
 
 
 def representative_positions(length: int, count: int) -> list[int]:

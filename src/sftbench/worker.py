@@ -19,13 +19,13 @@ import traceback
 import torch
 import transformers  # noqa: F401 - imported here so the forkserver preloads it
 
-from sftbench import environment, faults, kernels
+from sftbench import environment, faults
 from sftbench.data import SyntheticCorpus, epoch_batches
 from sftbench.injection import Injection
 from sftbench.models import build_model, get_model, lora_target_modules
-from sftbench.result import Result, minutes_per_1000_samples
+from sftbench.result import Kernels, Result
 from sftbench.spec import CaseSpec, RunOptions
-from sftbench.trackers import KernelTimer, MemoryTracker, clock_limit_counts, gpu_uuid, kernel_clock_unavailable
+from sftbench.trackers import KernelTimer, MemoryTracker, gpu_uuid, kernel_clock_unavailable
 from sftbench.trainer import Trainer
 
 # Installed quantization libraries that a case of each precision never uses. peft's LoRA layer dispatch
@@ -36,13 +36,13 @@ UNUSED_LIBRARIES = {"bf16": ("bitsandbytes", "gptqmodel"), "int4-bnb": ("gptqmod
 
 
 def main(spec: CaseSpec, options: RunOptions, sender, parent_started: float) -> None:
-    """Process entry point: run the case and send its Result as a dict through the pipe."""
+    """Process entry point: run the case and send its Result through the pipe."""
     entered = time.time()
     hide_libraries(UNUSED_LIBRARIES[spec.quantization])
     result = run_case(spec, options, log=lambda msg: print(f"[sftbench {spec.key}] {msg}", file=sys.stderr,
                                                              flush=True))
     result.overhead["spawn_s"] = entered - parent_started
-    sender.send(result.to_dict())
+    sender.send(result)
     sender.close()
 
 
@@ -79,7 +79,7 @@ def run_case(spec: CaseSpec, options: RunOptions, log=print) -> Result:
         result.total_params = get_model(spec.model_type).total_params
         unavailable = kernel_clock_unavailable(device)
         kernel_timer = None if unavailable else KernelTimer(device)
-        result.kernel_clock = f"unavailable: {unavailable}" if unavailable else kernel_timer.version
+        result.kernels = Kernels(clock=f"unavailable: {unavailable}") if unavailable else kernel_timer.record
         trainer = case_trainer(spec, model, device, kernel_timer, Injection.from_environ())
         result.overhead["setup_s"] = time.perf_counter() - started
         log(f"built in {result.overhead['setup_s']:.1f} s ({result.attention}); training")
@@ -89,8 +89,9 @@ def run_case(spec: CaseSpec, options: RunOptions, log=print) -> Result:
         gc.collect()
         gc.freeze()
         faults.at("train")
-        timing = trainer.run(options, progress=log)
-        _record_timing(result, timing, trainer.corpus, spec, len(trainer.batches))
+        epoch = trainer.run(options, progress=log)
+        result.timing, result.overhead = epoch.timing, {**result.overhead, **epoch.overhead}
+        result.kernels = epoch.kernels or result.kernels
     except Exception as error:  # noqa: BLE001 - any failure is this case's outcome, not the session's
         if _is_oom(error):
             result.outcome, result.message = "oom", str(error).split("\n")[0]
@@ -153,32 +154,3 @@ def prepare_for_training(model, spec: CaseSpec):
         model = peft.get_peft_model(model, config)
     model.train()
     return model
-
-
-def _record_timing(result: Result, timing, corpus, spec: CaseSpec, micro_batches: int) -> None:
-    result.step_durations_s, result.step_tokens = timing.step_durations_s, timing.step_tokens
-    result.optimizer_step_s = timing.optimizer_step_s
-    result.overhead["warmup_s"] = timing.warmup_s
-    result.epoch_micro_batches, result.epoch_optimizer_steps = micro_batches, timing.optimizer_steps
-    result.epoch_tokens = int(corpus.lengths.clip(max=spec.max_length).sum())
-    result.epoch_seconds = timing.epoch_seconds
-    result.minutes_per_1000_samples = minutes_per_1000_samples(timing.epoch_seconds, spec.samples)
-    result.tokens_per_s = result.epoch_tokens / timing.epoch_seconds
-    result.samples_per_s = spec.samples / timing.epoch_seconds
-    result.wall_noise_pct = timing.wall_noise_pct
-    result.overhead["kernel_trace_s"], result.overhead["kernel_steps_s"] = timing.kernel_trace_s, timing.kernel_steps_s
-    if timing.kernels is not None:
-        steps = timing.kernels
-        result.kernel_step_s, result.kernel_step_counts, result.kernel_step_tokens = \
-            steps.seconds, steps.kernels, steps.tokens
-        result.kernel_step_sm_mhz, result.kernel_clock_limits = steps.sm_mhz, clock_limit_counts(steps.clock_limits)
-        result.optimizer_kernel_s, result.gpu_epoch_seconds = timing.optimizer_kernel_s, timing.gpu_epoch_seconds
-        result.gpu_minutes_per_1000_samples = minutes_per_1000_samples(timing.gpu_epoch_seconds, spec.samples)
-        result.kernel_names, result.kernel_step_kernels = steps.names, steps.by_name
-        result.kernel_step_families = [kernels.step_families(steps.names, step) for step in steps.by_name]
-        result.kernel_step_weights = timing.kernel_weights
-        result.gpu_minutes_by_family = {
-            family: minutes_per_1000_samples(seconds, spec.samples)
-            for family, seconds in kernels.projected(result.kernel_step_families, timing.kernel_weights).items()}
-        result.kernel_step_operators, result.kernel_step_api_calls = steps.operators, steps.api_calls
-        result.gpu_busy_pct = 100 * timing.gpu_epoch_seconds / timing.epoch_seconds

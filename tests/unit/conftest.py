@@ -1,23 +1,31 @@
 """Shared fixtures of the unit tests."""
 
+import dataclasses
+
 import pytest
 
-from sftbench.result import MemoryPeaks, Result
+from sftbench.result import Kernels, MemoryPeaks, Result, Timing, TracedStep
 from sftbench.spec import CaseSpec
 
 QWEN_7B_4096 = CaseSpec("qwen-7b-chat", max_length=4096)  # one row: test_lora_max_length[qwen-7b-chat-4096]
 VERSIONS = {"torch": "2.11.0", "transformers": "5.17.0", "peft": "0.21.0", "flash-attn": "2.8.3", "sftbench": "0.1.0"}
+TIMING = {f.name for f in dataclasses.fields(Timing)}
+KERNELS = {f.name for f in dataclasses.fields(Kernels)}
 
 
 def make_result(spec: CaseSpec = QWEN_7B_4096, *, gpu: str = "NVIDIA H200", minutes: float | None = 10.0,
                 reserved: float | None = 1000.0, allocated: float | None = 900.0, **fields) -> Result:
-    """A Result as a GPU run would record it; keyword fields override any Result field."""
+    """A Result as a GPU run would record it; keyword fields override any field of the Result or of its timing
+    or kernels record (by the record's own field names)."""
+    timing = {"step_durations_s": [0.5, 0.25, 0.125], "step_tokens": [4096, 2048, 512], "optimizer_step_s": 0.01,
+              "epoch_micro_batches": 1000, "epoch_optimizer_steps": 63, "epoch_tokens": 2_800_000,
+              "epoch_seconds": None if minutes is None else minutes * 60, "minutes_per_1000_samples": minutes,
+              "tokens_per_s": None if minutes is None else 2_800_000 / (minutes * 60)}
+    timing.update({name: fields.pop(name) for name in TIMING & fields.keys()})
+    kernels = {name: fields.pop(name) for name in KERNELS & fields.keys()}
     values = dict(
         case=spec.to_dict(), key=spec.key, outcome="ok", mode="quick", attention=spec.attention,
-        step_durations_s=[0.5, 0.25, 0.125], step_tokens=[4096, 2048, 512], optimizer_step_s=0.01,
-        epoch_micro_batches=1000, epoch_optimizer_steps=63, epoch_tokens=2_800_000,
-        epoch_seconds=None if minutes is None else minutes * 60, minutes_per_1000_samples=minutes,
-        tokens_per_s=None if minutes is None else 2_800_000 / (minutes * 60), trainable_params=4_194_304,
+        timing=Timing(**timing), kernels=Kernels(**kernels), trainable_params=4_194_304,
         memory=MemoryPeaks(max_reserved_mib=reserved, max_allocated_mib=allocated, max_rss_mib=4000.0),
         overhead={"setup_s": 3.0}, versions=dict(VERSIONS),
         machine={"gpu": gpu, "driver": "580.1", "gpu_memory_mib": 143771, "cuda": "13.0", "allocator": "",
@@ -27,9 +35,23 @@ def make_result(spec: CaseSpec = QWEN_7B_4096, *, gpu: str = "NVIDIA H200", minu
     return Result(**values)
 
 
+def traced(names: list[str], steps: list[tuple[int, float | None, list[list[int]]]], **fields) -> Kernels:
+    """A kernel record of traced steps given as (tokens, weight, [[name index, count, ns]]); families classified."""
+    from sftbench import kernels
+
+    return Kernels(clock="cupti-python 13.0.1", names=list(names), rules=kernels.rules_version(), steps=[
+        TracedStep(tokens=tokens, seconds=sum(ns for _, _, ns in entries) / 1e9, weight=weight, kernels=entries,
+                   families=kernels.classify(names, entries)) for tokens, weight, entries in steps], **fields)
+
+
 @pytest.fixture
 def result_factory():
     return make_result
+
+
+@pytest.fixture
+def kernels_factory():
+    return traced
 
 
 @pytest.fixture

@@ -5,9 +5,9 @@ import json
 import pytest
 
 from sftbench.__main__ import main
-from sftbench.baselines import BaselineStore
 from sftbench.catalog import rows_of
 from sftbench.spec import CaseSpec
+from sftbench.storage.baselines import BaselineStore
 
 SPEC = CaseSpec("qwen-7b-chat", max_length=4096)
 
@@ -33,7 +33,7 @@ def test_cli_run_trains_rows_in_fresh_processes_and_keeps_every_result(tmp_path,
     key = "tiny-qwen.lora.bf16.len512.bs1.gc.sdpa.r8-DEFAULT.n6.cpu"
     assert written == [f"cpu/{key}.2.json", f"cpu/{key}.json"]  # the same row twice: two results
     assert capsys.readouterr().out.count(f"{row} [{key}]: ") == 2
-    result = json.loads((tmp_path / "cpu" / f"{key}.json").read_text())
+    result = json.loads((tmp_path / "cpu" / f"{key}.json").read_text())["result"]
     assert result["model_shape"] == {"vocab_size": 1000, "hidden_size": 64, "num_layers": 2}  # tiny-qwen, for MFU
     overhead = result["overhead"]
     assert 0 < overhead["build_s"] + overhead["prepare_s"] <= overhead["setup_s"] <= overhead["case_s"] <= overhead["wall_s"]
@@ -62,12 +62,12 @@ def test_cli_lists_baselines_as_json(store, written, capsys):
     assert entries[0]["commit"] == "abc1234"
 
 
-def test_cli_lists_baselines_for_people_in_aligned_columns_under_a_header(store, written, result_factory, capsys):
+def test_cli_lists_baselines_for_people_in_aligned_columns_under_a_header(store, written, result_factory,
+                                                                          kernels_factory, capsys):
     spec = CaseSpec("qwen-7b-chat", max_length=8192)  # a longer row name, with GPU time and families
-    store.write(result_factory(spec, gpu_minutes_per_1000_samples=6.1234, gpu_busy_pct=82.4,
-                               kernel_names=["nvjet_a", "flash_bwd_kernel<1>"], kernel_step_tokens=[8192],
-                               kernel_step_kernels=[[[0, 10, 4_000_000], [1, 5, 2_000_000]]], kernel_step_weights=[1.0]),
-                rows_of(spec), {"commit": "abc1234", "mode": "quick"})
+    record = kernels_factory(["nvjet_a", "flash_bwd_kernel<1>"], [(8192, 1.0, [[0, 10, 4_000_000], [1, 5, 2_000_000]])],
+                             gpu_minutes_per_1000_samples=6.1234, busy_pct=82.4)
+    store.write(result_factory(spec, kernels=record), rows_of(spec), {"commit": "abc1234", "mode": "quick"})
     assert main(["baselines", "--dir", str(store.root)]) == 0
     header, rule, *lines = capsys.readouterr().out.splitlines()
     titles = ("GPU", "row", "outcome", "GPU-min", "busy %", "wall min", "max reserved MiB", "host",
@@ -87,7 +87,7 @@ def test_cli_exits_2_on_a_corrupt_baseline(store, written, capsys):
     assert main(["baselines", "--json", "--dir", str(store.root)]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert captured.err.startswith("sftbench: baseline ") and "is corrupt" in captured.err
+    assert captured.err.startswith("sftbench: baseline ") and "cannot be read" in captured.err
 
 
 def test_cli_lists_the_good_baselines_and_names_a_bad_one(store, written, result_factory, capsys):
@@ -96,7 +96,7 @@ def test_cli_lists_the_good_baselines_and_names_a_bad_one(store, written, result
     assert main(["baselines", "--dir", str(store.root)]) == 2
     captured = capsys.readouterr()
     assert "test_lora_max_length[qwen-7b-chat-4096]" in captured.out
-    assert captured.err.startswith(f"sftbench: baseline {bad} is corrupt") and captured.err.count("\n") == 1
+    assert captured.err.startswith(f"sftbench: baseline {bad} cannot be read") and captured.err.count("\n") == 1
 
 
 def test_cli_baselines_resolve_against_the_repository_root(store, written, tmp_path, monkeypatch, capsys):
@@ -121,9 +121,10 @@ def test_cli_report_skips_files_that_are_not_results_naming_each(store, written,
     (folder / "truncated.json").write_text('{"case": {')
     assert main(["report", str(folder), "--out", str(tmp_path / "new" / "report.md")]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert err == [f"sftbench: skipped {folder}/notes.json is not a result (ValueError: unknown result fields: notes)",
-                   f"sftbench: skipped {folder}/truncated.json is not a result (JSONDecodeError: Expecting "
-                   "property name enclosed in double quotes: line 1 column 11 (char 10))"]
+    assert err == [(f"sftbench: skipped {folder}/notes.json is not an sftbench file (it names no schema, and is no "
+                    "result of schema 1)"),
+                   (f"sftbench: skipped {folder}/truncated.json cannot be read (JSONDecodeError: Expecting "
+                    "property name enclosed in double quotes: line 1 column 11 (char 10))")]
     assert "qwen-7b-chat" in (tmp_path / "new" / "report.md").read_text()  # the good result, in a created folder
 
 
@@ -137,13 +138,15 @@ def test_cli_report_on_a_folder_without_results_is_an_error(store, written, tmp_
 
 
 def test_cli_report_out_that_cannot_be_written_is_one_line(store, written, tmp_path, capsys, monkeypatch):
-    from sftbench import files
+    from sftbench.storage import files
 
     monkeypatch.setattr(files, "RESCUE_DIR", tmp_path / "rescued")
     (tmp_path / "a-file").write_text("")
-    assert main(["report", str(written.parent), "--out", str(tmp_path / "a-file" / "report.md")]) == 2
-    assert capsys.readouterr().err == (f"sftbench: could not write {tmp_path}/a-file/report.md (File exists); "
-                                       f"it is in {tmp_path}/rescued/a-file/report.md instead\n")
+    out = tmp_path / "a-file" / "report.md"
+    assert main(["report", str(written.parent), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (f"sftbench: could not write {out} (File exists); "
+                                       f"it is in {files.rescue_path(out)} instead\n")
+    assert files.rescue_path(out).is_relative_to(tmp_path / "rescued" / files.RESCUE_RUN)
 
 
 def test_cli_run_checks_out_before_training(tmp_path, capsys):
@@ -157,6 +160,6 @@ def test_attention_names_a_file_that_is_no_result_and_a_row_whose_shapes_it_cann
                                                                                           capsys):
     (tmp_path / "notes.json").write_text("[1, 2]")
     assert main(["attention", str(tmp_path / "notes.json"), "--out", str(tmp_path / "a.json")]) == 2
-    assert "notes.json is not a result" in capsys.readouterr().err
+    assert "notes.json is not an sftbench file" in capsys.readouterr().err
     assert main(["attention", str(written), "--out", str(tmp_path / "a.json")]) == 2  # a baseline without weights
     assert "the result has no traced steps' weights" in capsys.readouterr().err and not (tmp_path / "a.json").exists()

@@ -69,6 +69,7 @@ def test_memory_at_peak_reads_the_profiles_that_have_one(tmp_path):
 def test_the_gpu_projection_is_replayed_on_the_reference_runs_kernel_steps(result_factory):
     from sftbench.data import SyntheticCorpus, epoch_batches
     from sftbench.diagnostics.projection import markdown_table, replay_quick_gpu
+    from sftbench.result import Kernels, TracedStep
     from sftbench.spec import CaseSpec
 
     spec = CaseSpec("qwen-7b-chat", max_length=8192, samples=40)
@@ -76,8 +77,9 @@ def test_the_gpu_projection_is_replayed_on_the_reference_runs_kernel_steps(resul
     shapes = sorted(set(epoch))  # every batch shape traced once, then one optimizer step (0 tokens)
 
     def reference(kernel_s):
-        return result_factory(spec, kernel_step_tokens=shapes + [0], kernel_step_s=[kernel_s(t) for t in shapes] + [0.5],
-                              optimizer_kernel_s=0.5, epoch_optimizer_steps=3)
+        steps = [TracedStep(tokens=t, seconds=kernel_s(t), weight=1.0) for t in shapes] + \
+            [TracedStep(tokens=0, seconds=0.5, weight=3.0)]
+        return result_factory(spec, kernels=Kernels(steps=steps, optimizer_s=0.5), epoch_optimizer_steps=3)
 
     def minutes(kernel_s):
         return (sum(kernel_s(t) for t in epoch) + 3 * 0.5) / 60 * 1000 / 40
@@ -91,8 +93,7 @@ def test_the_gpu_projection_is_replayed_on_the_reference_runs_kernel_steps(resul
     linear = reference(lambda t: 1e-4 * t + 0.01)
     assert replay_quick_gpu(linear, spec, 3) == pytest.approx(minutes(lambda t: 1e-4 * t + 0.01))
     kept = sorted(set(range(0, len(shapes), 2)) | {len(shapes) - 1, len(shapes)})
-    linear.kernel_step_tokens = [linear.kernel_step_tokens[i] for i in kept]
-    linear.kernel_step_s = [linear.kernel_step_s[i] for i in kept]
+    linear.kernels.steps = [linear.kernels.steps[i] for i in kept]
     assert replay_quick_gpu(linear, spec, 3) == pytest.approx(minutes(lambda t: 1e-4 * t + 0.01))
     row = {"row": "r", "reference": "400 batch shapes traced", "settle": 4, "steps": 32, "quick_min": 4.0,
            "full_min": None, "delta_pct": None, "replayed_min": None, "quick_gpu_min": 1.01, "full_gpu_min": 1.0,
@@ -104,11 +105,11 @@ def test_kernel_time_and_clock_traces_each_batch_in_turn_and_reads_the_records_b
     import contextlib
     from types import SimpleNamespace
 
-    from sftbench.trackers import KernelSteps
+    from sftbench.result import Kernels, TracedStep
 
     class Timer:
         def __init__(self, device):
-            self.steps, self.collects = KernelSteps(), 0
+            self.record, self.step_limits, self.collects = Kernels(), [], 0
 
         def start(self):
             pass
@@ -116,17 +117,15 @@ def test_kernel_time_and_clock_traces_each_batch_in_turn_and_reads_the_records_b
         @contextlib.contextmanager
         def step(self, tokens):
             yield
-            self.steps.tokens.append(tokens)
-            self.steps.seconds.append(tokens * 1e-4)
-            self.steps.kernels.append(3)
-            self.steps.sm_mhz.append(1980 - len(self.steps.tokens))
-            self.steps.clock_limits.append(0x4 if tokens > 4096 else 0)
+            self.record.steps.append(TracedStep(tokens=tokens, seconds=tokens * 1e-4, kernels=[[0, 3, 1]],
+                                                sm_mhz=1980 - len(self.record.steps) - 1))
+            self.step_limits.append(0x4 if tokens > 4096 else 0)
 
         def collect(self):
             self.collects += 1
 
         def stop(self):
-            return self.steps
+            return self.record
 
     monkeypatch.setattr(step_profile, "KernelTimer", Timer)
     ran = []
@@ -143,6 +142,7 @@ def test_a_projection_against_traced_batch_shapes_names_its_reference_and_leaves
         tmp_path, monkeypatch, result_factory, reference_ok, name):
     from sftbench.catalog import Row
     from sftbench.diagnostics import projection
+    from sftbench.result import TracedStep
     from sftbench.spec import CaseSpec
 
     spec = CaseSpec("qwen-7b-chat", max_length=8192, samples=40)
@@ -152,10 +152,11 @@ def test_a_projection_against_traced_batch_shapes_names_its_reference_and_leaves
         def run(self, spec, options):
             ran.append(options)
             if options.kernel_steps == 40:  # the reference: every shape traced once, then an optimizer step
-                return result_factory(spec, outcome="ok" if reference_ok else "oom", kernel_step_tokens=[8192, 4096, 512, 0],
-                                      kernel_step_s=[1.0, 0.5, 0.1, 0.2], optimizer_kernel_s=0.2,
-                                      gpu_minutes_per_1000_samples=2.0, gpu_busy_pct=20.0)
-            return result_factory(spec, gpu_minutes_per_1000_samples=2.02, gpu_busy_pct=20.2)
+                steps = [TracedStep(tokens=t, seconds=s, weight=1.0) for t, s in zip([8192, 4096, 512, 0],
+                                                                                     [1.0, 0.5, 0.1, 0.2])]
+                return result_factory(spec, outcome="ok" if reference_ok else "oom", steps=steps, optimizer_s=0.2,
+                                      gpu_minutes_per_1000_samples=2.0, busy_pct=20.0)
+            return result_factory(spec, gpu_minutes_per_1000_samples=2.02, busy_pct=20.2)
 
     monkeypatch.setattr(projection, "Launcher", Launcher)
     [entry] = projection.check_projection([Row("lora_max_length", "x", spec)], tmp_path, quick_runs=1,

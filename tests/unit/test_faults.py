@@ -6,6 +6,7 @@ torch and transformers: a few seconds each).
 """
 
 import errno
+import json
 import os
 import re
 import signal
@@ -18,11 +19,11 @@ import psutil
 import pytest
 
 import sftbench
-from sftbench import files, update_guard
 from sftbench.catalog import Row
-from sftbench.result import Result
 from sftbench.runner import RunConfig, Runner, RunRefused
 from sftbench.spec import CaseSpec
+from sftbench.storage import files, locks
+from sftbench.storage.results import read_result
 
 SMOKE_MODULE = """
 import pytest
@@ -86,6 +87,19 @@ def test_no_process_outlives_pytest_however_it_ends(tmp_path, phase, signum):
     assert not running(children), [p.cmdline() for p in running(children)]
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_an_interrupted_update_run_leaves_a_record_that_says_so(tmp_path, signum):
+    pytest_process = start_pytest(tmp_path, "hang-train", "--sftbench-timeout", "300", "--sftbench-update-baselines")
+    wait_for(tmp_path, "sftbench fault: hang-train at train", pytest_process)
+    os.kill(pytest_process.pid, signum)
+    assert pytest_process.wait(60) == pytest.ExitCode.INTERRUPTED
+    [record] = (tmp_path / "results" / "history").iterdir()
+    data = json.loads(record.read_text())["record"]
+    assert (data["interrupted"], data["update_baselines"], data["baselines_written"]) == (True, True, [])
+    assert "the run was interrupted after 0 configurations; baselines it rewrote: none" in \
+        (tmp_path / "out.txt").read_text()
+
+
 # A timeout long enough for the forkserver's imports on a busy CI host, except where the start-up is to time out.
 @pytest.mark.parametrize("fault, timeout, message", [
     ("raise", 120, r"could not run: RuntimeError: SFTBENCH_FAULT=raise: injected error"),
@@ -111,7 +125,7 @@ ROW = Row(table="lora_max_length", id="qwen-7b-chat-4096", spec=CaseSpec("qwen-7
 def runner_for(tmp_path, monkeypatch, **config) -> Runner:
     config = {"baselines_dir": tmp_path / "baselines", "results_dir": tmp_path / "results", **config}
     lines = []
-    monkeypatch.setattr(update_guard, "LOCKS", tmp_path)  # this test's locks only
+    monkeypatch.setattr(locks, "GPU_LOCKS", tmp_path)  # this test's GPU locks only
     runner = Runner(RunConfig(**config), log=lines.append)
     runner.lines = lines
     monkeypatch.setattr(Runner, "gpu", "NVIDIA H200")
@@ -139,16 +153,14 @@ def test_a_folder_that_cannot_be_written_refuses_the_run_before_training(tmp_pat
     assert runner._launcher is None
 
 
-def test_a_second_update_run_of_the_same_folder_is_refused_while_shards_share_it(tmp_path, monkeypatch):
+def test_a_second_update_run_of_the_same_folder_is_refused_whatever_its_shard(tmp_path, monkeypatch):
     first = runner_for(tmp_path, monkeypatch, update_baselines=True)
     first.prepare()
-    with pytest.raises(RunRefused, match="another --sftbench-update-baselines run is writing .*: wait for it"):
-        runner_for(tmp_path, monkeypatch, update_baselines=True).prepare()
-    shards = [runner_for(tmp_path, monkeypatch, update_baselines=True, shard=f"{i}/2") for i in (1, 2)]
-    for shard in shards:
-        shard.prepare()
-    for runner in (first, *shards):
-        runner.close()
+    for shard in (None, "1/1", "2/2"):
+        with pytest.raises(RunRefused, match="another sftbench run is writing .*baselines: wait for it"):
+            runner_for(tmp_path, monkeypatch, update_baselines=True, shard=shard,
+                       results_dir=tmp_path / f"results-{shard}").prepare()
+    first.close()
     runner_for(tmp_path, monkeypatch, update_baselines=True).prepare()  # released at the end of a run
 
 
@@ -195,11 +207,12 @@ def test_a_full_disk_leaves_no_partial_file_and_the_result_is_kept_where_the_mes
     monkeypatch.setattr(runner, "prepare", lambda: None)
     monkeypatch.setattr(runner, "_launcher", type("Launcher", (), {"run": lambda self, spec, options: result})())
     runner.result_for(ROW.spec, ROW.node_id)
-    rescued = tmp_path / "rescued" / "nvidia-h200" / f"{ROW.spec.key}.json"
-    assert runner.lines[-1] == (f"sftbench: {ROW.node_id}: could not write {tmp_path}/results/nvidia-h200/"
-                                f"{ROW.spec.key}.json (No space left on device); it is in {rescued} instead")
+    path = tmp_path / "results" / "nvidia-h200" / f"{ROW.spec.key}.json"
+    rescued = files.rescue_path(path)
+    assert runner.lines[-1] == (f"sftbench: {ROW.node_id}: could not write {path} (No space left on device); "
+                                f"it is in {rescued} instead")
     assert list((tmp_path / "results").rglob("*")) == [tmp_path / "results" / "nvidia-h200"]  # no tmp, no 0-byte JSON
-    assert Result.from_json(rescued.read_text()) == result
+    assert read_result(rescued) == result
 
 
 def test_a_baseline_that_cannot_be_written_fails_its_row_and_is_kept(tmp_path, monkeypatch, result_factory):
@@ -210,7 +223,8 @@ def test_a_baseline_that_cannot_be_written_fails_its_row_and_is_kept(tmp_path, m
     (tmp_path / "baselines" / "nvidia-h200").mkdir(parents=True)
     full_disk(monkeypatch, tmp_path / "baselines" / "nvidia-h200")
     outcome = runner.check(ROW)
-    assert (outcome.action, outcome.verdict) == ("fail", "refused")
+    assert (outcome.action, outcome.status) == ("fail", "refused")
     assert outcome.message.startswith(f"{ROW.node_id}: baseline not written: could not write ")
-    assert outcome.message.endswith(f"it is in {tmp_path}/rescued/nvidia-h200/{ROW.spec.key}.json instead")
+    rescued = files.rescue_path(tmp_path / "baselines" / "nvidia-h200" / f"{ROW.spec.key}.json")
+    assert outcome.message.endswith(f"it is in {rescued} instead") and "/baselines/nvidia-h200/" in str(rescued)
     assert not list((tmp_path / "baselines" / "nvidia-h200").iterdir())

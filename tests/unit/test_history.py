@@ -1,10 +1,10 @@
 """sftbench.history and `python -m sftbench history`: run records as a history page, plots and a job summary.
 
-The fixture is three run records written by sftbench.runner itself (no case runs): the baselines written,
+The fixture is three run records written by sftbench.recorder itself (no case runs): the baselines written,
 a passing run, then a run with a kernel regression in one configuration and a memory improvement in the other.
 """
 
-import json
+import dataclasses
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -14,8 +14,10 @@ import pytest
 from sftbench import environment, history
 from sftbench.__main__ import main
 from sftbench.catalog import Row
+from sftbench.recorder import Recorder
 from sftbench.runner import RunConfig, Runner
 from sftbench.spec import CaseSpec
+from sftbench.storage.records import RunRecord, read_record, write_record
 
 from .conftest import VERSIONS
 
@@ -31,7 +33,7 @@ RUNS = [
 ]
 
 
-def run_record(tmp_path, monkeypatch, result_factory, day, commit, update, fields) -> dict:
+def run_record(tmp_path, monkeypatch, result_factory, day, commit, update, fields) -> RunRecord:
     monkeypatch.setenv("SFTBENCH_COMMIT", commit)
     runner = Runner(RunConfig(baselines_dir=tmp_path / "baselines", results_dir=tmp_path / "results",
                               update_baselines=update), log=lambda line: None)
@@ -39,10 +41,9 @@ def run_record(tmp_path, monkeypatch, result_factory, day, commit, update, field
     for row, values in fields.items():
         runner.results[row.spec] = result_factory(row.spec, **values)
         runner.check(row)
-    record = runner.record()
-    record["started"] = datetime(2026, 11, day, 2, 0, tzinfo=timezone.utc).isoformat()
-    record["finished"] = datetime(2026, 11, day, 2, 40, tzinfo=timezone.utc).isoformat()
-    return record
+    return dataclasses.replace(Recorder(runner).record(),
+                               started=datetime(2026, 11, day, 2, 0, tzinfo=timezone.utc).isoformat(),
+                               finished=datetime(2026, 11, day, 2, 40, tzinfo=timezone.utc).isoformat())
 
 
 @pytest.fixture
@@ -54,8 +55,7 @@ def records(tmp_path, monkeypatch, result_factory):
     folder = tmp_path / "results" / "history"
     folder.mkdir(parents=True)
     for day, commit, update, fields in RUNS:
-        record = run_record(tmp_path, monkeypatch, result_factory, day, commit, update, fields)
-        (folder / f"202611{day:02d}T020000Z-{commit}.json").write_text(json.dumps(record, indent=1))
+        write_record(folder, run_record(tmp_path, monkeypatch, result_factory, day, commit, update, fields), 1)
     return folder
 
 
@@ -117,27 +117,29 @@ def test_the_summary_says_in_how_many_configurations_wall_time_was_not_judged(tm
     elsewhere = {**result_factory().machine, "host": ["GPU-another-host"]}  # 40% slower there: not judged
     record = run_record(tmp_path, monkeypatch, result_factory, 2, "bbb2222", False, {
         LONG: {"minutes": 14.0, "gpu_minutes_per_1000_samples": 8.0, "machine": elsewhere}, SHORT: {"minutes": 5.0}})
-    assert [(c["verdict"], c["wall_across_hosts"]) for c in record["configurations"]] == [("pass", True),
-                                                                                         ("pass", False)]
+    assert [(c.status, c.verdict.wall_judged) for c in record.configurations] == [("pass", False), ("pass", True)]
     assert ("Wall time not judged in 1 of 2 configurations: their baselines ran on another host or do not name "
             "theirs.") in history.summary(history.runs([record])[-1])
 
 
+def newest(records) -> RunRecord:
+    return read_record(max(records.iterdir()))
+
+
 def test_the_records_of_one_runs_shards_are_one_run(records):
-    [record] = [json.loads(p.read_text()) for p in records.glob("*ccc3333.json")]
-    shards = [dict(record, configurations=[c], started=record["started"].replace("02:00", f"02:0{i}"))
-              for i, c in enumerate(record["configurations"])]
+    record = newest(records)
+    shards = [dataclasses.replace(record, configurations=[c], started=record.started.replace("02:00", f"02:0{i}"))
+              for i, c in enumerate(record.configurations)]
     [run] = history.runs(shards)
-    assert [c["key"] for c in run["configurations"]] == [LONG.spec.key, SHORT.spec.key]
-    later = dict(shards[1], started=record["finished"].replace("02:40", "03:00"))
+    assert [c.key for c in run.configurations] == [LONG.spec.key, SHORT.spec.key]
+    later = dataclasses.replace(shards[1], started=record.finished.replace("02:40", "03:00"))
     assert len(history.runs([shards[0], later])) == 2
-    upgraded = dict(shards[1], versions={**shards[1]["versions"], "transformers": "5.24.0"})  # run beside it
-    assert len(history.runs([shards[0], upgraded])) == 2
+    upgraded = dataclasses.replace(shards[1], versions={**shards[1].versions, "transformers": "5.24.0"})
+    assert len(history.runs([shards[0], upgraded])) == 2  # run beside it
 
 
 def test_a_run_that_lost_a_worker_says_so_in_the_page_and_the_summary(records):
-    [record] = [json.loads(p.read_text()) for p in records.glob("*ccc3333.json")]
-    lost = dict(record, lost_parts=["pytest-xdist worker gw1"])
+    lost = dataclasses.replace(newest(records), lost_parts=["pytest-xdist worker gw1"])
     [run] = history.runs([lost])
     incomplete = "; incomplete: pytest-xdist worker gw1 ended without its report"
     assert f"1 regression, 1 improvement{incomplete}. Stack:" in history.summary(run)
@@ -146,13 +148,14 @@ def test_a_run_that_lost_a_worker_says_so_in_the_page_and_the_summary(records):
 
 def test_a_bad_file_is_named_and_skipped_and_the_command_fails(records, tmp_path, capsys):
     (records / "broken.json").write_text('{"schema": 1, "started": ')
-    (records / "other.json").write_text('{"schema": 2}')
+    (records / "other.json").write_text('{"schema": 7}')
     out = tmp_path / "history.md"
     assert main(["history", str(records), "--out", str(out)]) == 1
     problems = capsys.readouterr().err.splitlines()
-    assert problems == [f"sftbench: skipped {records / 'broken.json'}: not JSON "
-                        "(Expecting value: line 1 column 26 (char 25))",
-                        f"sftbench: skipped {records / 'other.json'}: not a run record of schema 1"]
+    assert problems == [(f"sftbench: skipped {records / 'broken.json'} cannot be read "
+                         "(JSONDecodeError: Expecting value: line 1 column 26 (char 25))"),
+                        (f"sftbench: skipped {records / 'other.json'}: schema 7: this sftbench reads schemas 1 and 2 "
+                         "(a newer sftbench wrote it, or it is not an sftbench file)")]
     assert "3 runs" in out.read_text()
 
 
@@ -174,6 +177,12 @@ def test_the_history_imports_no_torch(records, tmp_path):
 
 
 def test_a_run_record_keeps_each_configurations_gpu_minutes_by_kernel_family(records):
-    newest = json.loads(max(records.iterdir()).read_text())
-    [long] = [c for c in newest["configurations"] if c["key"] == LONG.spec.key]
-    assert long["now"]["gpu_minutes_by_family"] == {"GEMM": 7.5, "attention backward": 3.0}
+    [long] = [c for c in newest(records).configurations if c.key == LONG.spec.key]
+    assert long.now.gpu_minutes_by_family == {"GEMM": 7.5, "attention backward": 3.0}
+
+
+def test_the_committed_schema_1_records_make_the_page_as_before():
+    from pathlib import Path
+
+    records, problems = history.records_of(Path(__file__).resolve().parents[2] / "docs" / "runs-h200")
+    assert not problems and "1 regression" in history.page(history.runs(records))

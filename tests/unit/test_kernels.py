@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sftbench import kernels
-from sftbench.result import Result
+from sftbench.result import Kernels
 
 # Names as CUPTI records them (mangled where C++), and as a traced step keeps them.
 NAMES = {
@@ -56,20 +56,39 @@ def test_the_rules_name_only_listed_families_and_other_comes_last():
     assert families[-1] == kernels.OTHER and {family for _, family in rules} < set(families)
 
 
-def result(names, steps, weights, tokens):
-    return Result(case={}, key="k", kernel_names=names, kernel_step_kernels=steps, kernel_step_weights=weights,
-                  kernel_step_tokens=tokens)
+SHORT = ["flash_fwd_kernel<1>", "nvjet_a", "nvjet_b", "multi_tensor_apply_kernel<Adam>"]
+STEPS = [[[1, 10, 3_000_000], [0, 64, 1_000_000]], [[2, 10, 1_000_000], [0, 64, 500_000]], [[3, 5, 2_000_000]]]
 
 
-def test_families_and_kernels_project_over_the_epoch_by_the_traced_steps_weights():
-    names = ["flash_fwd_kernel<1>", "nvjet_a", "nvjet_b", "multi_tensor_apply_kernel<Adam>"]
-    steps = [[[1, 10, 3_000_000], [0, 64, 1_000_000]], [[2, 10, 1_000_000], [0, 64, 500_000]], [[3, 5, 2_000_000]]]
-    r = result(names, steps, [100.0, 400.0, 63.0], [2048, 1024, 0])
-    assert kernels.step_families(names, steps[0]) == {"attention forward": 0.001, "GEMM": 0.003}  # in shown order
-    assert kernels.epoch_families(r) == pytest.approx({"attention forward": 0.3, "GEMM": 0.7, "optimizer": 0.126})
-    assert kernels.epoch_kernels(r, "GEMM") == pytest.approx({"nvjet_a": 0.3, "nvjet_b": 0.4})
-    assert kernels.micro_steps(r) == 500.0
-    assert kernels.epoch_families(result([], [], [], [])) is None  # a result from before kernel names
+def test_families_and_kernels_project_over_the_epoch_by_the_traced_steps_weights(kernels_factory):
+    record = kernels_factory(SHORT, list(zip([2048, 1024, 0], [100.0, 400.0, 63.0], STEPS)))
+    assert kernels.classify(SHORT, STEPS[0]) == {"attention forward": 0.001, "GEMM": 0.003}  # in shown order
+    assert kernels.epoch_families(record) == pytest.approx({"attention forward": 0.3, "GEMM": 0.7, "optimizer": 0.126})
+    assert kernels.epoch_kernels(record, "GEMM") == pytest.approx({"nvjet_a": 0.3, "nvjet_b": 0.4})
+    assert record.micro_steps == 500.0
+    assert kernels.epoch_families(Kernels()) is None  # a result from before kernel names
+
+
+def test_stored_families_are_read_as_they_are_where_todays_rules_made_them(kernels_factory):
+    record = kernels_factory(SHORT, [(2048, 1.0, STEPS[0])])
+    record.steps[0].families = {"GEMM": 0.004}  # as if made by other rules
+    assert kernels.epoch_families(record) == {"GEMM": 0.004}
+    record.rules = "0123456789ab"  # another version of kernel_families.toml: classified again from the names
+    assert kernels.epoch_families(record) == {"attention forward": 0.001, "GEMM": 0.003}
+
+
+def test_a_familys_repeat_noise_is_the_pooled_spread_of_its_share_of_the_step(kernels_factory):
+    # Two groups of repeated batches: the GEMM's share 3/4 steady, attention's 1/4 moving by 1%.
+    step = [[1, 10, 3_000_000], [0, 64, 1_000_000]]
+    moved = [[1, 10, 3_000_000], [0, 64, 1_010_000]]
+    record = kernels_factory(SHORT, [(2048, 1.0, step), (2048, 0.0, moved), (512, 1.0, step), (512, 0.0, step)])
+    record.steps[1].repeat_of, record.steps[3].repeat_of = 0, 2
+    noise = kernels.family_noise_pct(record)
+    share = [1 / 4, 1.01 / 4.01]  # attention's share in the first group
+    deviations = [value / (sum(share) / 2) - 1 for value in share]
+    assert noise["attention forward"] == pytest.approx(100 * (sum(d * d for d in deviations) / 2) ** 0.5)
+    assert 0 < noise["GEMM"] < noise["attention forward"]
+    assert kernels.family_noise_pct(kernels_factory(SHORT, [(2048, 1.0, step)])) == {}  # no repeats: not measured
 
 
 H200 = json.loads((Path(__file__).parent / "fixtures" / "kernel-names-h200.json").read_text())

@@ -12,10 +12,10 @@ import shutil
 
 import pytest
 
-from sftbench.baselines import BaselineStore
-from sftbench.result import Result
 from sftbench.session import per_step_estimates
 from sftbench.spec import CaseSpec
+from sftbench.storage.baselines import BaselineStore
+from sftbench.storage.results import read_result
 
 SMOKE_MODULE = """
 import pytest
@@ -117,9 +117,12 @@ def baselines(pytester, shared):
 
 
 def edit_minutes(folder, row_id: str, factor: float) -> None:
+    """The baseline's wall time scaled by `factor`, and its own spread made that of a quiet host: the update run's
+    spread on a loaded machine reached 110%, and a baseline that noisy judges no wall time at all."""
     path = folder / "cpu" / f"{key(row_id)}.json"
     data = json.loads(path.read_text())
-    data["result"]["minutes_per_1000_samples"] *= factor
+    data["result"]["timing"]["minutes_per_1000_samples"] *= factor
+    data["result"]["timing"]["wall_noise_pct"] = 1.0
     path.write_text(json.dumps(data))
 
 
@@ -139,13 +142,13 @@ def compared(pytester, baselines, shared):
 def test_update_baselines_writes_one_file_per_configuration_in_the_cpu_folder(baselines, shared):
     update = shared["update"]
     update.assert_outcomes(passed=3, skipped=1, deselected=1)
-    assert [p.name for p in shared["folder"].iterdir()] == ["cpu"]
+    assert sorted(p.name for p in shared["folder"].iterdir()) == [".sftbench.lock", "cpu"]  # the update run's lock
     files = sorted(p.name for p in (shared["folder"] / "cpu").iterdir())
     assert files == sorted(f"{key(row_id)}.json" for row_id in WITH_BASELINE)  # no .tmp left behind
     store = BaselineStore(baselines)
     for row_id in WITH_BASELINE:
         baseline = store.load("cpu", key(row_id))
-        assert baseline.result.outcome == "ok" and baseline.result.minutes_per_1000_samples > 0
+        assert baseline.result.outcome == "ok" and baseline.result.timing.minutes_per_1000_samples > 0
         assert baseline.metadata["mode"] == "quick" and baseline.metadata["versions"]["torch"]
         assert re.fullmatch(rf".* -> baseline written: .*{re.escape(key(row_id))}\.json", summary_line(update, row_id))
 
@@ -187,8 +190,8 @@ def test_a_corrupt_baseline_fails_its_row_with_one_clear_message(compared):
     result, _ = compared
     text = result.stdout.str()
     assert "INTERNALERROR" not in text and "Traceback" not in text
-    result.stdout.re_match_lines([rf"baseline .*{re.escape(key('corrupt'))}\.json is corrupt \(JSONDecodeError: .*\); "
-                                  "restore it from git or rewrite it with --sftbench-update-baselines$"])
+    result.stdout.re_match_lines([rf"baseline .*{re.escape(key('corrupt'))}\.json cannot be read \(JSONDecodeError: "
+                                  r".*\); restore it from git or rewrite it with --sftbench-update-baselines$"])
     assert [line.split(" - ")[0] for line in result.outlines if line.startswith("FAILED")] == [
         "FAILED test_smoke.py::test_cpu_smoke[faster]", "FAILED test_smoke.py::test_cpu_smoke[corrupt]"]
 
@@ -203,20 +206,20 @@ def test_pytest_benchmark_rounds_are_per_step_estimates_of_seconds_per_1000_samp
     assert "test_cpu_smoke[gpu]" not in benchmarks
     for name, bench in benchmarks.items():
         row_id = name[len("test_cpu_smoke["):-1]
-        measured = Result.from_json((folder / "results" / "cpu" / f"{key(row_id)}.json").read_text())
-        steps = measured.step_durations_s
+        measured = read_result(folder / "results" / "cpu" / f"{key(row_id)}.json")
+        steps = measured.timing.step_durations_s
         assert len(steps) == SAMPLES[row_id]  # one batch per sample, fewer than 32: every batch timed
         assert bench["stats"]["rounds"] == len(steps)
         # Each round is one step's estimate of the run's seconds per 1000 samples.
         rounds = per_step_estimates(measured)
         assert bench["stats"]["min"] == pytest.approx(min(rounds), rel=1e-6)
         assert bench["stats"]["max"] == pytest.approx(max(rounds), rel=1e-6)
-        assert min(rounds) <= 60 * measured.minutes_per_1000_samples <= max(rounds)
+        assert min(rounds) <= 60 * measured.timing.minutes_per_1000_samples <= max(rounds)
         extra = bench["extra_info"]
         assert {"max_reserved_mib", "max_allocated_mib", "minutes_per_1000_samples", "tokens_per_s",
                 "gpu_minutes_per_1000_samples", "gpu_busy_pct"} <= set(extra)
         assert extra["gpu_minutes_per_1000_samples"] is None  # the CPU has no GPU kernel clock
-        assert extra["minutes_per_1000_samples"] == pytest.approx(measured.minutes_per_1000_samples)
+        assert extra["minutes_per_1000_samples"] == pytest.approx(measured.timing.minutes_per_1000_samples)
         assert extra["sftbench_key"] == key(row_id)
     assert sorted(p.name for p in (folder / "results" / "cpu").iterdir()) == sorted(
         f"{key(row_id)}.json" for row_id in SAMPLES)
@@ -384,7 +387,7 @@ def test_a_crashed_worker_is_named_with_what_the_summary_and_record_lack(pyteste
     assert re.fullmatch(r"pytest-xdist worker gw[01] ended without its report \(it crashed\): the configurations it "
                         r"finished are missing from this summary and the run record; their results: .*/results/", lost)
     [record] = (pytester.path / "results" / "history").iterdir()
-    assert json.loads(record.read_text())["lost_parts"] == [lost.split(" ended")[0]]
+    assert json.loads(record.read_text())["record"]["lost_parts"] == [lost.split(" ended")[0]]
 
 
 def test_rows_carry_their_configurations_xdist_group_before_any_collection_hook_reads_it(pytester):
@@ -418,7 +421,8 @@ def test_workers_report_one_summary_one_run_record_and_their_benchmarks(pytester
     assert "Benchmarks are automatically disabled" not in text + result.stderr.str()
     assert re.search(r"^\[gw[01]\] sftbench: running test_cpu_smoke\[fresh\]", result.stderr.str(), re.M)
     [record] = set(history.iterdir()) - before
-    assert sorted(c["key"] for c in json.loads(record.read_text())["configurations"]) == sorted(map(key, SAMPLES))
+    assert sorted(c["key"] for c in json.loads(record.read_text())["record"]["configurations"]) == sorted(
+        map(key, SAMPLES))
     assert f"run record: {record}" in sftbench_section(result).splitlines()  # its own line, not after [100%]
     benchmarks = json.loads((pytester.path / "bench.json").read_text())["benchmarks"]
     assert sorted((b["fullname"], b["stats"]["rounds"]) for b in benchmarks) == sorted(

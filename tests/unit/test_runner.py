@@ -1,14 +1,15 @@
-"""sftbench.runner on recorded results (no case runs): outcomes, the result store, the can-run rule."""
+"""sftbench.runner on recorded results (no case runs): outcomes, the can-run rule, what is refused before training."""
 
-import json
+from pathlib import Path
 
 import pytest
 
 from sftbench import environment
-from sftbench.baselines import Tolerances
 from sftbench.catalog import Row
-from sftbench.runner import ResultStore, RunConfig, Runner, RunRefused, cannot_run
+from sftbench.runner import RunConfig, Runner, RunRefused, cannot_run
 from sftbench.spec import CaseSpec
+from sftbench.storage import locks
+from sftbench.verdicts import Tolerances
 
 ROW = Row(table="lora_max_length", id="qwen-7b-chat-4096", spec=CaseSpec("qwen-7b-chat", max_length=4096))
 
@@ -26,7 +27,7 @@ def test_a_fallback_kernels_numbers_never_become_the_rows_baseline(tmp_path, mon
     outcome = runner.check(ROW)
     assert outcome.action == "fail" and "ran sdpa (--sftbench-attn-fallback) for a row measured with " \
         "flash_attention_2" in outcome.message
-    assert not list(tmp_path.rglob("*.json")) and not runner.outcomes
+    assert not list(tmp_path.rglob("*.json")) and [o.status for o in runner.outcomes] == ["refused"]
 
 
 def test_update_writes_the_configurations_baseline_once(tmp_path, monkeypatch, result_factory):
@@ -34,7 +35,8 @@ def test_update_writes_the_configurations_baseline_once(tmp_path, monkeypatch, r
     runner.results[ROW.spec] = result_factory()
     first, second = runner.check(ROW), runner.check(ROW)
     assert [p.name for p in tmp_path.rglob("*.json")] == [f"{ROW.spec.key}.json"]
-    assert first.action == second.action == "pass" and first.verdict == "baseline written"
+    assert first.action == second.action == "pass" and first.status == "baseline written"
+    assert runner.baselines_written == [tmp_path / "nvidia-h200" / f"{ROW.spec.key}.json"]
     assert first.message == second.message == f"baseline written: {tmp_path / 'nvidia-h200' / ROW.spec.key}.json"
 
 
@@ -45,11 +47,11 @@ def test_compare_outcomes_fail_regressions_and_skip_mismatches(tmp_path, monkeyp
     slower = make_runner(tmp_path, monkeypatch)
     slower.results[ROW.spec] = result_factory(minutes=13.0)
     outcome = slower.check(ROW)
-    assert (outcome.action, outcome.verdict) == ("fail", "regression")
+    assert (outcome.action, outcome.status, outcome.verdict.kinds) == ("fail", "regression", ["wall-time"])
     assert "minutes_per_1000_samples: 10 -> 13 (+30.0%, noise band 20%)" in outcome.message
     other_kernel = make_runner(tmp_path, monkeypatch)
     other_kernel.results[ROW.spec] = result_factory(attention="sdpa")
-    assert (other_kernel.check(ROW).action, other_kernel.check(ROW).verdict) == ("skip", "not-comparable")
+    assert (other_kernel.check(ROW).action, other_kernel.check(ROW).status) == ("skip", "not-comparable")
     strict = make_runner(tmp_path, monkeypatch, strict=True)
     strict.results[ROW.spec] = result_factory(attention="sdpa")
     assert strict.check(ROW).action == "fail" and "--sftbench-strict" in strict.check(ROW).message
@@ -57,22 +59,22 @@ def test_compare_outcomes_fail_regressions_and_skip_mismatches(tmp_path, monkeyp
 
 def test_the_runs_clock_limited_gpu_tolerance_reaches_the_comparison(tmp_path, monkeypatch, result_factory):
     writer = make_runner(tmp_path, monkeypatch, update_baselines=True)
-    writer.results[ROW.spec] = result_factory(gpu_minutes_per_1000_samples=8.0, kernel_clock_limits={})
+    writer.results[ROW.spec] = result_factory(gpu_minutes_per_1000_samples=8.0, clock_limits={})
     writer.check(ROW)
-    limited = result_factory(gpu_minutes_per_1000_samples=8.4, kernel_clock_limits={"power cap": 1})
+    limited = result_factory(gpu_minutes_per_1000_samples=8.4, clock_limits={"power cap": 1})
     for tolerance, verdict in ((Tolerances(limited_gpu_time_pct=6.0), "pass"), (Tolerances(limited_gpu_time_pct=3.0),
                                                                                  "regression")):
         runner = make_runner(tmp_path, monkeypatch, tolerances=tolerance)
         runner.results[ROW.spec] = limited
-        assert runner.check(ROW).verdict == verdict
+        assert runner.check(ROW).status == verdict
 
 
-def test_an_error_result_fails_its_row_and_is_left_out_of_the_summary(tmp_path, monkeypatch, result_factory):
+def test_an_error_result_fails_its_row(tmp_path, monkeypatch, result_factory):
     runner = make_runner(tmp_path, monkeypatch)
     runner.results[ROW.spec] = result_factory(outcome="error", message="RuntimeError: boom")
     outcome = runner.check(ROW)
-    assert (outcome.action, outcome.verdict) == ("fail", "error") and "could not run: RuntimeError: boom" in outcome.message
-    assert runner.summary_lines(skipped=2) == ["2 skipped"]
+    assert (outcome.action, outcome.status) == ("fail", "error") and "could not run: RuntimeError: boom" in outcome.message
+    assert runner.outcomes == [outcome]  # the run's record names it
 
 
 def test_a_row_that_cannot_run_is_skipped_with_its_reason(tmp_path, monkeypatch):
@@ -90,35 +92,6 @@ def test_cannot_run_names_what_to_install(monkeypatch):
     assert cannot_run(ROW.spec, "sdpa") is None
     monkeypatch.setattr(environment, "gpu_info", lambda: {"gpu": "cpu"})
     assert cannot_run(ROW.spec, "sdpa").startswith("no CUDA GPU here")
-
-
-def test_the_result_store_keeps_every_result_of_a_configuration(tmp_path, result_factory):
-    store = ResultStore(tmp_path)
-    paths = [store.write(result_factory(minutes=minutes)) for minutes in (10.0, 11.0, 12.0)]
-    assert [p.relative_to(tmp_path).as_posix() for p in paths] == [
-        f"nvidia-h200/{ROW.spec.key}.json", f"nvidia-h200/{ROW.spec.key}.2.json", f"nvidia-h200/{ROW.spec.key}.3.json"]
-    assert [json.loads(p.read_text())["minutes_per_1000_samples"] for p in paths] == [10.0, 11.0, 12.0]
-
-
-def test_the_run_record_keeps_each_configurations_verdict_beside_its_baseline(tmp_path, monkeypatch, result_factory):
-    writer = make_runner(tmp_path / "baselines", monkeypatch, update_baselines=True)
-    writer.results[ROW.spec] = result_factory(minutes=10.0)
-    writer.check(ROW)
-    runner = Runner(RunConfig(baselines_dir=tmp_path / "baselines", results_dir=tmp_path / "results"),
-                    log=lambda line: None)
-    monkeypatch.setattr(runner, "skip_reason", lambda spec: None)
-    runner.results[ROW.spec] = result_factory(minutes=13.0)
-    runner.results[ROW.spec].machine["gpu_uuid"] = "GPU-1234"
-    runner.check(ROW)
-    path = runner.write_record()
-    record = json.loads(path.read_text())
-    assert path.parent == tmp_path / "results" / "history" and record["update_baselines"] is False
-    [configuration] = record["configurations"]
-    assert configuration["rows"] == [ROW.node_id] and configuration["label"] == "wall-time regression"
-    assert configuration["gpu_uuid"] == "GPU-1234"  # under pytest-xdist each configuration names its own GPU
-    assert (configuration["baseline"]["minutes_per_1000_samples"], configuration["now"]["minutes_per_1000_samples"]) \
-        == (10.0, 13.0)
-    assert {"gpu", "driver", "versions", "commit", "settings"} <= set(record) and record["started"] <= record["finished"]
 
 
 def test_a_run_with_self_test_knobs_never_becomes_a_baseline(tmp_path, monkeypatch, result_factory):
@@ -140,50 +113,81 @@ def test_an_update_run_with_a_self_test_knob_set_is_refused_before_anything_trai
     assert runner._launcher is None and not list(tmp_path.rglob("*"))
 
 
+@pytest.mark.parametrize("name, value, problem", [
+    ("SFTBENCH_INJECT_KERNELS", "foo:10", "SFTBENCH_INJECT_KERNELS='foo:10': the target is one of attention, gemm"),
+    ("SFTBENCH_INJECT_KERNELS", "gemm:x", "SFTBENCH_INJECT_KERNELS='gemm:x': the percentage is not a number"),
+    ("SFTBENCH_INJECT_GPU_PCT", "soon", "SFTBENCH_INJECT_GPU_PCT='soon' is not a number"),
+    ("SFTBENCH_FAULT", "nonsense", "SFTBENCH_FAULT='nonsense': the kind is one of raise, exit"),
+])
+def test_a_bad_knob_is_refused_in_one_line_before_any_model_is_built(tmp_path, monkeypatch, name, value, problem):
+    monkeypatch.setenv(name, value)
+    runner = make_runner(tmp_path, monkeypatch)
+    with pytest.raises(RunRefused) as error:
+        runner.prepare()
+    assert str(error.value).startswith(f"sftbench: {problem}") and str(error.value).endswith("nothing was trained")
+    assert "\n" not in str(error.value) and runner._launcher is None
+
+
 def test_require_baseline_fails_a_configuration_without_one_naming_the_file(tmp_path, monkeypatch, result_factory):
     runner = make_runner(tmp_path, monkeypatch, require_baseline=True)
     runner.results[ROW.spec] = result_factory()
     outcome = runner.check(ROW)
-    assert (outcome.action, outcome.verdict) == ("fail", "no-baseline")
+    assert (outcome.action, outcome.status) == ("fail", "no-baseline")
     assert outcome.message == (f"{ROW.node_id}: no baseline {tmp_path / 'nvidia-h200' / ROW.spec.key}.json "
                                "(--sftbench-require-baseline)")
 
 
-def test_a_merged_part_joins_the_summary_and_the_run_record(tmp_path, monkeypatch, result_factory):
-    other = Row(table="lora_max_length", id="qwen-7b-chat-2048", spec=CaseSpec("qwen-7b-chat", max_length=2048))
-    worker = make_runner(tmp_path / "baselines", monkeypatch)
-    worker.results[other.spec] = result_factory(other.spec)
-    worker.check(other)
-    part = json.loads(json.dumps(worker.part()))  # plain data, as pytest-xdist carries it
-    whole = Runner(RunConfig(baselines_dir=tmp_path / "baselines", results_dir=tmp_path / "results"),
+@pytest.mark.parametrize("update", [True, False])
+def test_a_second_run_writing_the_same_folders_is_refused_whatever_its_shard_or_temporary_folder(
+        tmp_path, monkeypatch, update):
+    results = tmp_path / "results"
+    first = Runner(RunConfig(baselines_dir=tmp_path / "baselines", results_dir=results, update_baselines=update),
                    log=lambda line: None)
-    monkeypatch.setattr(whole, "skip_reason", lambda spec: None)
-    whole.results[ROW.spec] = result_factory()
-    whole.check(ROW)
-    alone = whole.summary_lines(skipped=2)
-    whole.merge(part)
-    lines = whole.summary_lines(skipped=2)
-    assert lines[:-1] == alone[:-1] + worker.summary_lines()[:-1] and lines[-1] == "2 no-baseline, 2 skipped"
-    record = json.loads(whole.write_record().read_text())
-    assert [c["rows"] for c in record["configurations"]] == [[ROW.node_id], [other.node_id]]
+    monkeypatch.setattr(Runner, "gpu", "NVIDIA H200")
+    (tmp_path / "baselines").mkdir()
+    first.prepare()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "elsewhere"))
+    second = Runner(RunConfig(baselines_dir=tmp_path / "baselines", results_dir=tmp_path / "other-results",
+                              update_baselines=True, shard="1/1"), log=lambda line: None)
+    if update:  # the baselines folder is held by the first run
+        with pytest.raises(RunRefused, match=r"another sftbench run is writing .*baselines: wait for it to finish"):
+            second.prepare()
+    third = Runner(RunConfig(baselines_dir=tmp_path / "baselines", results_dir=results), log=lambda line: None)
+    with pytest.raises(RunRefused, match=f"another sftbench run is writing {results}"):
+        third.prepare()
+    first.close()
+    Runner(RunConfig(baselines_dir=tmp_path / "baselines", results_dir=results), log=lambda line: None).prepare()
+    assert locks.LOCK_NAME in {p.name for p in results.iterdir()}
 
 
-def test_the_summary_counts_configurations_whose_wall_time_was_not_judged(tmp_path, monkeypatch, result_factory):
-    other = Row(table="lora_max_length", id="qwen-7b-chat-2048", spec=CaseSpec("qwen-7b-chat", max_length=2048))
-    writer = make_runner(tmp_path, monkeypatch, update_baselines=True)
-    for row in (ROW, other):
-        writer.results[row.spec] = result_factory(row.spec)
-        writer.check(row)
-    elsewhere = result_factory(other.spec)
-    elsewhere.machine = {**elsewhere.machine, "host": ["GPU-another-host"]}
-    worker = make_runner(tmp_path, monkeypatch)  # a pytest-xdist worker: its entries reach the controller as data
-    worker.results[other.spec] = elsewhere
-    worker.check(other)
-    whole = make_runner(tmp_path, monkeypatch)
-    whole.results[ROW.spec] = result_factory()
-    whole.check(ROW)
-    assert not any(line.startswith("wall time not judged") for line in whole.summary_lines())
-    whole.merge(json.loads(json.dumps(worker.part())))
-    assert whole.summary_lines()[-1] == (
-        "wall time not judged in 1 of 2 configurations: their baselines ran on another host or do not name theirs "
-        "(GPU time and memory judged them; baselines written on this host judge wall time too)")
+def test_a_worker_writes_under_its_controllers_locks(tmp_path, monkeypatch):
+    results = tmp_path / "results"
+    (tmp_path / "baselines").mkdir()
+    controller = Runner(RunConfig(baselines_dir=tmp_path / "baselines", results_dir=results), log=lambda line: None)
+    controller.prepare()
+    worker = Runner(RunConfig(baselines_dir=tmp_path / "baselines", results_dir=results, worker="gw0"),
+                    log=lambda line: None)
+    worker.prepare()  # not refused: the controller holds the folder for it
+    controller.close()
+
+
+def test_a_run_says_once_that_it_replaces_results_of_earlier_runs(tmp_path, result_factory):
+    from sftbench.storage.results import ResultStore
+
+    ResultStore(tmp_path / "results").write(result_factory())
+    (tmp_path / "baselines").mkdir()
+    lines = []
+    runner = Runner(RunConfig(baselines_dir=tmp_path / "baselines", results_dir=tmp_path / "results"), log=lines.append)
+    runner.prepare()
+    runner.close()
+    assert lines == [(f"sftbench: {tmp_path / 'results'} holds 1 results of earlier runs; this run replaces those of "
+                      "the configurations it trains")]
+
+
+def test_the_commit_is_that_of_the_code_that_ran_wherever_the_baselines_are(tmp_path, monkeypatch):
+    from sftbench import runner as runner_module
+
+    monkeypatch.delenv("SFTBENCH_COMMIT", raising=False)
+    monkeypatch.chdir(tmp_path)  # outside any repository, as --sftbench-baselines may be
+    commit = runner_module.commit()
+    assert commit and commit == environment.git_commit(Path(runner_module.__file__).parent)

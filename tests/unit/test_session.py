@@ -33,7 +33,7 @@ def test_a_refused_update_fails_the_test(session, result_factory):
 
 
 def test_update_writes_the_rows_baseline_and_feeds_its_steps_to_pytest_benchmark(session, result_factory, tmp_path):
-    session.runner.results[ROW.spec] = result_factory(gpu_minutes_per_1000_samples=8.0, gpu_busy_pct=80.0,
+    session.runner.results[ROW.spec] = result_factory(gpu_minutes_per_1000_samples=8.0, busy_pct=80.0,
                                                       gpu_minutes_by_family={"GEMM": 5.0, "other": 3.0})
     benchmark = FakeBenchmark()
     session.check(ROW, benchmark)

@@ -10,7 +10,7 @@ from typing import ClassVar
 import pytest
 import torch
 
-from sftbench import trackers
+from sftbench import kernels, trackers
 from sftbench.result import MemoryPeaks
 from sftbench.trackers import MIB, MemoryTracker, StepTimer
 
@@ -235,12 +235,13 @@ def test_kernel_timer_sums_each_steps_kernels_and_records_nothing_between_steps(
     timer.collect()
     with timer.step(0):
         cupti.launch()
-    steps = timer.stop()
-    assert steps.tokens == [2048, 512, 0] and steps.kernels == [3, 3, 3]
-    assert steps.seconds == pytest.approx([3e-6] * 3)
-    assert steps.sm_mhz == [1980, 1755, 1980]  # read as each step's kernels ran, in step order
-    assert steps.clock_limits == [0, 0x4, None]
-    assert timer.version == "cupti-python 13.0.1" and not cupti.enabled
+    record = timer.stop()
+    steps = record.steps
+    assert [s.tokens for s in steps] == [2048, 512, 0] and [sum(n for _, n, _ in s.kernels) for s in steps] == [3] * 3
+    assert [s.seconds for s in steps] == pytest.approx([3e-6] * 3)
+    assert [s.sm_mhz for s in steps] == [1980, 1755, 1980]  # read as each step's kernels ran, in step order
+    assert timer.step_limits == [0, 0x4, None] and record.clock_limits == {"power cap": 1}
+    assert record.clock == "cupti-python 13.0.1" and not cupti.enabled
 
 
 def test_each_traced_step_records_its_kernels_by_demangled_name_operators_and_api_calls(cupti):
@@ -250,11 +251,13 @@ def test_each_traced_step_records_its_kernels_by_demangled_name_operators_and_ap
     with timer.step(2048):
         torch.ones(3).mul(2).sum()
         cupti.launch()
-    steps = timer.stop()
-    assert steps.names == ["flash_fwd_kernel<128>", "nvjet_tst_128x256"]  # demangled, without the parameters
-    assert steps.by_name == [[[0, 2, 2000], [1, 1, 1000]]]  # [name index, count, ns], longest first
-    assert steps.operators == [{"aten::ones": 1, "aten::mul.Tensor": 1, "aten::sum": 1}]
-    assert steps.api_calls == [{"cudaLaunchKernel": 3, "cudaMemcpyAsync": 1}]  # entries counted, queries not
+    record = timer.stop()
+    [step] = record.steps
+    assert record.names == ["flash_fwd_kernel<128>", "nvjet_tst_128x256"]  # demangled, without the parameters
+    assert step.kernels == [[0, 2, 2000], [1, 1, 1000]]  # [name index, count, ns], longest first
+    assert step.families == {"attention forward": 2e-6, "GEMM": 1e-6} and record.rules == kernels.rules_version()
+    assert step.operators == {"aten::ones": 1, "aten::mul.Tensor": 1, "aten::sum": 1}
+    assert step.api_calls == {"cudaLaunchKernel": 3, "cudaMemcpyAsync": 1}  # entries counted, queries not
     assert not cupti.callbacks_on and not cupti.subscribed  # callbacks only inside steps; released at the end
 
 
@@ -267,29 +270,29 @@ def test_api_calls_are_not_counted_where_another_profiler_holds_cuptis_callbacks
     timer.start()
     with timer.step(512):
         cupti.launch()
-    steps = timer.stop()
-    assert steps.api_calls == [None] and steps.kernels == [3]
+    [step] = timer.stop().steps
+    assert step.api_calls is None and step.seconds > 0
 
 
 def test_kernels_are_assigned_by_their_start_inside_a_window():
-    steps = trackers.KernelSteps()
-    trackers.add_kernel_steps(steps, [(100, 200, 7), (200, 300, 8)],
-                              [(250, 290, "b"), (100, 150, "a"), (199, 260, "a"), (300, 310, "c")])
-    assert steps.kernels == [2, 1] and steps.tokens == [7, 8]
-    assert steps.seconds == pytest.approx([(50 + 61) / 1e9, 40 / 1e9])
-    assert steps.names == ["a", "b"] and steps.by_name == [[[0, 2, 111]], [[1, 1, 40]]]
+    names = []
+    steps = trackers.traced_steps(names, [(100, 200, 7), (200, 300, 8)],
+                                  [(250, 290, "b"), (100, 150, "a"), (199, 260, "a"), (300, 310, "c")])
+    assert [s.tokens for s in steps] == [7, 8]
+    assert [s.seconds for s in steps] == pytest.approx([(50 + 61) / 1e9, 40 / 1e9])
+    assert names == ["a", "b"] and [s.kernels for s in steps] == [[[0, 2, 111]], [[1, 1, 40]]]
 
 
 def test_an_injected_spin_is_named_as_self_test_work_of_the_family_before_it():
     spin = "_ZN2at4cuda12_GLOBAL__N_111spin_kernelEl"
     records = [(0, 10, "flash_bwd_dq_dk_dv_loop_seqk_parallel_kernel"), (10, 12, spin), (20, 30, "nvjet_x"),
                (30, 31, spin)]
-    steps = trackers.KernelSteps()
-    trackers.add_kernel_steps(steps, [(0, 100, 64)], records, injected=True)
-    assert steps.names[1] == "self-test spin (attention backward)" and steps.names[3] == "self-test spin (GEMM)"
-    plain = trackers.KernelSteps()
-    trackers.add_kernel_steps(plain, [(0, 100, 64)], records)
-    assert plain.names[1] == "at::cuda::(anonymous namespace)::spin_kernel"  # SFTBENCH_INJECT_GPU_PCT's: other
+    names, plain = [], []
+    [step] = trackers.traced_steps(names, [(0, 100, 64)], records, injected=True)
+    assert names[1] == "self-test spin (attention backward)" and names[3] == "self-test spin (GEMM)"
+    assert step.families == pytest.approx({"attention backward": 12e-9, "GEMM": 11e-9})  # spins in their families
+    trackers.traced_steps(plain, [(0, 100, 64)], records)
+    assert plain[1] == "at::cuda::(anonymous namespace)::spin_kernel"  # SFTBENCH_INJECT_GPU_PCT's: other
 
 
 def test_the_cpu_has_no_kernel_clock_and_no_gpu_uuid(monkeypatch):

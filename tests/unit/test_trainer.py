@@ -13,8 +13,9 @@ from sftbench.spec import CaseSpec, RunOptions
 from sftbench import trainer as trainer_module
 from sftbench.trainer import (OPTIMIZER_TIMINGS, Trainer, distinct_shapes, project_epoch, replay_quick,
                                representatives)
-from sftbench.injection import Injection
-from sftbench.trackers import KernelSteps, StepTimer
+from sftbench.injection import Injection, Injector, kernel_spins
+from sftbench.result import Kernels, TracedStep
+from sftbench.trackers import StepTimer
 from sftbench.worker import prepare_for_training
 
 
@@ -107,12 +108,15 @@ def test_quick_mode_times_representative_steps_and_projects_the_epoch(trainer, m
     # No settle step counts as long, however slowly this host runs them: four steps are timed.
     monkeypatch.setattr(trainer_module, "LONG_STEP_S", math.inf)
     progress = []
-    timing = trainer.run(RunOptions(representative_steps=4), progress=progress.append)
+    epoch = trainer.run(RunOptions(representative_steps=4), progress=progress.append)
+    timing = epoch.timing
     chosen = representatives(sorted(trainer.batches, key=lambda b: -b.tokens), 4)
     assert timing.step_tokens == [b.tokens for b in chosen]
     assert len(timing.step_durations_s) == 4 and all(d > 0 for d in timing.step_durations_s)
-    assert timing.warmup_s > 0 and timing.optimizer_step_s > 0
-    assert timing.optimizer_steps == 2
+    assert epoch.overhead["warmup_s"] > 0 and timing.optimizer_step_s > 0 and epoch.kernels is None
+    assert (timing.epoch_micro_batches, timing.epoch_optimizer_steps) == (6, 2)
+    assert timing.minutes_per_1000_samples == pytest.approx(timing.epoch_seconds / 60 * 1000 / 12)
+    assert timing.epoch_tokens == sum(trainer.corpus.lengths.clip(max=trainer.max_length))
     assert len(calls) == 1 + OPTIMIZER_TIMINGS  # the warm-up's, then the timed ones
     assert timing.epoch_seconds > 0
     assert timing.epoch_seconds == pytest.approx(project_epoch(
@@ -122,21 +126,21 @@ def test_quick_mode_times_representative_steps_and_projects_the_epoch(trainer, m
 
 def test_quick_mode_times_half_as_many_steps_where_settle_steps_are_long(trainer, monkeypatch):
     monkeypatch.setattr(trainer_module, "LONG_STEP_S", 0.0)  # every step counts as long
-    timing = trainer.run(RunOptions(representative_steps=4, settle_steps=2), progress=lambda line: None)
+    timing = trainer.run(RunOptions(representative_steps=4, settle_steps=2), progress=lambda line: None).timing
     chosen = representatives(sorted(trainer.batches, key=lambda b: -b.tokens), 2)
     assert timing.step_tokens == [b.tokens for b in chosen]
 
 
 def test_without_settle_steps_quick_mode_times_all_representatives(trainer, monkeypatch):
     monkeypatch.setattr(trainer_module, "LONG_STEP_S", 0.0)
-    timing = trainer.run(RunOptions(representative_steps=4, settle_steps=0), progress=lambda line: None)
+    timing = trainer.run(RunOptions(representative_steps=4, settle_steps=0), progress=lambda line: None).timing
     assert len(timing.step_tokens) == 4
 
 
 def test_full_mode_times_every_batch_in_training_order(trainer, monkeypatch):
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     calls = count_optimizer_steps(trainer, monkeypatch)
-    timing = trainer.run(RunOptions(full_epoch=True), progress=lambda line: None)
+    timing = trainer.run(RunOptions(full_epoch=True), progress=lambda line: None).timing
     assert timing.step_tokens == [b.tokens for b in trainer.batches]
     assert len(timing.step_durations_s) == len(trainer.batches) and all(d > 0 for d in timing.step_durations_s)
     assert len(calls) == 1 + trainer.optimizer_steps  # the warm-up's, then one per 4 micro-steps and the rest
@@ -168,37 +172,54 @@ def test_replay_quick_projects_from_the_epochs_own_steps_at_the_representative_b
 
 
 class FakeKernelTimer:
-    """A KernelTimer whose steps take 1e-4 s of kernels per token (an optimizer step 0.01 s)."""
+    """A KernelTimer whose steps take 1e-4 s of GEMMs per token (an optimizer step 0.01 s)."""
 
     def __init__(self):
-        self.started, self.steps = False, KernelSteps()
+        self.record, self.pending, self.step_limits = Kernels(clock="fake", names=["nvjet"]), [], []
+        self.collections = []  # how many steps had been traced at each reading of the records
 
     def start(self):
-        self.started = True
+        pass
+
+    @property
+    def traced(self):
+        return len(self.record.steps) + len(self.pending)
 
     @contextlib.contextmanager
     def step(self, tokens):
         yield
-        self.steps.seconds.append(tokens * 1e-4 if tokens else 0.01)
-        self.steps.kernels.append(7)
-        self.steps.tokens.append(tokens)
+        seconds = tokens * 1e-4 if tokens else 0.01
+        self.pending.append(TracedStep(tokens=tokens, seconds=seconds, kernels=[[0, 7, round(seconds * 1e9)]],
+                                       families={"GEMM": seconds}))
 
-    def collect(self):
-        self.collected = len(self.steps.tokens)
+    def collect(self, keep=True):
+        self.collections.append(self.traced)
+        steps, self.pending = self.pending, []
+        self.record.steps += steps if keep else []
+        return steps
 
     def stop(self):
-        return self.steps
+        self.collect()
+        return self.record
 
 
 def test_quick_mode_traces_kernel_steps_after_the_timed_ones_and_projects_gpu_time(trainer, monkeypatch):
     monkeypatch.setattr(trainer_module, "LONG_STEP_S", math.inf)
     trainer.kernel_timer = FakeKernelTimer()
-    timing = trainer.run(RunOptions(representative_steps=4, kernel_steps=3), progress=lambda line: None)
-    chosen = distinct_shapes(representatives(sorted(trainer.batches, key=lambda b: -b.tokens), 3))
-    assert timing.kernels.tokens == [b.tokens for b in chosen] + [0]  # then one optimizer step
-    assert timing.optimizer_kernel_s == 0.01 and len(timing.step_durations_s) == 4
-    assert timing.gpu_epoch_seconds == pytest.approx(
+    epoch = trainer.run(RunOptions(representative_steps=4, kernel_steps=3), progress=lambda line: None)
+    ordered = sorted(trainer.batches, key=lambda b: -b.tokens)
+    chosen = distinct_shapes(representatives(ordered, 3))
+    record = epoch.kernels
+    # Each shape traced once, then an optimizer step, then the repeats of the longest and the shortest batch.
+    assert [s.tokens for s in record.steps] == [b.tokens for b in chosen] + [0] + \
+        [ordered[0].tokens] * 3 + [ordered[-1].tokens] * 3
+    repeats = record.steps[len(chosen) + 1:]
+    assert {s.weight for s in repeats} == {0.0} and [s.repeat_of for s in repeats] == [0] * 3 + [len(chosen) - 1] * 3
+    assert record.optimizer_s == 0.01 and len(epoch.timing.step_durations_s) == 4
+    assert record.epoch_seconds == pytest.approx(
         sum(b.tokens * 1e-4 for b in trainer.batches) + trainer.optimizer_steps * 0.01, rel=0.05)
+    assert record.gpu_minutes_by_family == {"GEMM": pytest.approx(record.gpu_minutes_per_1000_samples)}
+    assert record.busy_pct == pytest.approx(100 * record.epoch_seconds / epoch.timing.epoch_seconds)
 
 
 def test_tracing_many_batch_shapes_reads_the_records_as_it_goes_and_says_so(trainer, monkeypatch):
@@ -206,15 +227,15 @@ def test_tracing_many_batch_shapes_reads_the_records_as_it_goes_and_says_so(trai
     monkeypatch.setattr(trainer_module, "distinct_shapes", list)  # the tiny epoch's batches are all one shape
     trainer.kernel_timer = FakeKernelTimer()
     lines = []
-    timing = trainer.run(RunOptions(representative_steps=4, kernel_steps=len(trainer.batches)), progress=lines.append)
+    epoch = trainer.run(RunOptions(representative_steps=4, kernel_steps=len(trainer.batches)), progress=lines.append)
     shapes = len(trainer.batches)
-    assert len(timing.kernels.tokens) == shapes + 1
-    assert trainer.kernel_timer.collected == shapes - shapes % 2
+    assert len(epoch.kernels.projected_steps) == shapes + 1
+    assert trainer.kernel_timer.collections[:shapes // 2] == list(range(2, shapes + 1, 2))  # every 2 shapes
     assert f"traced 2/{shapes} batch shapes" in lines
 
 
 def test_injected_host_time_lengthens_every_micro_step(trainer):
-    trainer.injection = Injection(host_ms=30)
+    trainer.injector = Injector(Injection(host_ms=30), None, torch.device("cpu"))
     timer = StepTimer(torch.device("cpu"))
     with timer.step(0):
         trainer.micro_step(trainer.batches[-1])
@@ -239,12 +260,11 @@ def test_the_traced_steps_weights_reproduce_the_projection_of_any_per_step_quant
 
 
 def test_the_kernel_injection_spins_after_its_targets_own_operators_by_their_familys_time(monkeypatch):
-    from sftbench.trainer import kernel_spins
-
-    calibration = KernelSteps(tokens=[512, 2048, 0], names=["flash_fwd_kernel<1>", "nvjet_a"],
-                              by_name=[[[0, 32, 2_000_000], [1, 100, 8_000_000]], [[0, 32, 8_000_000], [1, 100, 30_000_000]]],
-                              operators=[{"flash_attn::_flash_attn_forward": 32, "aten::mm": 100},
-                                         {"flash_attn::_flash_attn_forward": 32, "aten::mm": 100}])
+    operators = {"flash_attn::_flash_attn_forward": 32, "aten::mm": 100}
+    calibration = [TracedStep(tokens=512, seconds=0.01, families={"attention forward": 0.002, "GEMM": 0.008},
+                              operators=operators),
+                   TracedStep(tokens=2048, seconds=0.038, families={"attention forward": 0.008, "GEMM": 0.030},
+                              operators=operators)]
     spins = []
     monkeypatch.setattr(torch.cuda, "_sleep", spins.append)
     tokens = [1280]

@@ -16,10 +16,10 @@ def test_a_cpu_case_records_its_model_timing_and_that_it_has_no_gpu_clock():
     result = worker.run_case(SPEC, RunOptions(representative_steps=4), log=lambda line: None)
     assert result.outcome == "ok" and result.mode == "quick" and result.attention == "sdpa"
     assert result.model_shape == {"vocab_size": 1000, "hidden_size": 64, "num_layers": 2}
-    assert result.kernel_clock == "unavailable: no GPU kernel clock on the CPU"
-    assert result.gpu_minutes_per_1000_samples is None and result.kernel_step_s == []
-    assert len(result.step_durations_s) == 4 and result.minutes_per_1000_samples > 0
-    assert result.wall_noise_pct is not None and result.wall_noise_pct >= 0  # from the two halves of the 4 steps
+    assert result.kernels.clock == "unavailable: no GPU kernel clock on the CPU"
+    assert result.kernels.gpu_minutes_per_1000_samples is None and result.kernels.steps == []
+    assert len(result.timing.step_durations_s) == 4 and result.timing.minutes_per_1000_samples > 0
+    assert result.timing.wall_noise_pct >= 0  # from the two halves of the 4 steps
     assert result.trainable_params > 0 and result.quantization_backend is None
     assert {"build_s", "prepare_s", "setup_s", "warmup_s", "case_s", "kernel_trace_s"} <= set(result.overhead)
 

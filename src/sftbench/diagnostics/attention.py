@@ -18,7 +18,6 @@ from statistics import median
 
 import torch
 
-from sftbench import kernels
 from sftbench.models import get_model
 from sftbench.result import Result, minutes_per_1000_samples
 from sftbench.trackers import KernelTimer
@@ -32,7 +31,7 @@ def unsupported(result: Result) -> str | None:
     if case["attention"] != "flash_attention_2" or case["batch_size"] != 1:
         return (f"{result.key}: only batch-1 flash_attention_2 rows (this one: batch {case['batch_size']}, "
                 f"{case['attention']})")
-    if not result.kernel_step_weights:
+    if not result.kernels.projected_steps:
         return f"{result.key}: the result has no traced steps' weights (recorded since kernel families)"
     return None
 
@@ -51,7 +50,8 @@ def attention_kernels(result: Result, repeats: int = 5, calls: int = 10) -> dict
     timer = KernelTimer(device)
     timer.start()
     per_call: dict[int, dict[str, float]] = {}
-    for length in sorted({t for t in result.kernel_step_tokens if t > 0}):
+    steps = result.kernels.projected_steps
+    for length in sorted({step.tokens for step in steps if step.tokens > 0}):
         q = torch.randn(1, length, heads, head_dim, device=device, dtype=torch.bfloat16, requires_grad=True)
         k, v = (torch.randn(1, length, kv_heads, head_dim, device=device, dtype=torch.bfloat16, requires_grad=True)
                 for _ in range(2))
@@ -62,15 +62,14 @@ def attention_kernels(result: Result, repeats: int = 5, calls: int = 10) -> dict
             with timer.step(length):
                 for _ in range(calls):
                     flash_attn_func(q, k, v, causal=True).backward(grad)
-            timer.collect()
-            blocks.append(kernels.step_families(timer.steps.names, timer.steps.by_name[-1]))
+            blocks.append(timer.collect()[-1].families)
         per_call[length] = {family: median(b.get(family, 0.0) for b in blocks) / calls for family in FAMILIES}
     timer.stop()
     epoch = {family: 0.0 for family in FAMILIES}
-    for tokens, weight in zip(result.kernel_step_tokens, result.kernel_step_weights):
-        if tokens > 0:
-            epoch["attention forward"] += weight * layers * forwards * per_call[tokens]["attention forward"]
-            epoch["attention backward"] += weight * layers * per_call[tokens]["attention backward"]
+    for step in steps:
+        if step.tokens > 0:
+            epoch["attention forward"] += step.weight * layers * forwards * per_call[step.tokens]["attention forward"]
+            epoch["attention backward"] += step.weight * layers * per_call[step.tokens]["attention backward"]
     samples = result.case["samples"]
     return {"key": result.key, "flash-attn": metadata.version("flash-attn"), "heads": heads, "kv_heads": kv_heads,
             "head_dim": head_dim, "layers": layers, "forwards_per_layer": forwards, "repeats": repeats,

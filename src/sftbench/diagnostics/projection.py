@@ -34,9 +34,10 @@ from sftbench import trainer
 from sftbench.catalog import Row
 from sftbench.data import SyntheticCorpus, epoch_batches
 from sftbench.launcher import Launcher
-from sftbench.result import Result, describe, minutes_per_1000_samples
-from sftbench.runner import ResultStore
+from sftbench.render import describe
+from sftbench.result import Metrics, Result, minutes_per_1000_samples
 from sftbench.spec import RunOptions
+from sftbench.storage.results import ResultStore
 
 
 def check_projection(rows: list[Row], out: Path, *, quick_runs: int = 2, settle: list[int] | None = None,
@@ -61,23 +62,24 @@ def check_projection(rows: list[Row], out: Path, *, quick_runs: int = 2, settle:
         for mode, options in plan:
             result = launcher.run(spec, options)
             log(f"{row.node_id} {mode} ({options.mode}) settle={options.settle_steps} "
-                f"steps={options.representative_steps} kernel_steps={options.kernel_steps}: {describe(result)}")
+                f"steps={options.representative_steps} kernel_steps={options.kernel_steps}: {describe(Metrics.of(result))}")
             store.write(result)
             if result.outcome != "ok":
                 continue
             if mode == "reference":
                 full_result = result
             else:
-                quick.append((options.settle_steps, len(result.step_durations_s), result.minutes_per_1000_samples,
-                              result.gpu_minutes_per_1000_samples))
+                quick.append((options.settle_steps, len(result.timing.step_durations_s),
+                              result.timing.minutes_per_1000_samples, result.kernels.gpu_minutes_per_1000_samples))
         full_epoch = full_result is not None and reference.full_epoch
-        full = full_result.minutes_per_1000_samples if full_epoch else None
-        full_gpu = None if full_result is None else full_result.gpu_minutes_per_1000_samples
+        full = full_result.timing.minutes_per_1000_samples if full_epoch else None
+        full_gpu = None if full_result is None else full_result.kernels.gpu_minutes_per_1000_samples
         # Replayed with as many steps as the quick runs timed.
         replayed = replay_quick(full_result, quick[0][1] if quick else defaults.representative_steps) if full_epoch else None
         replayed_gpu = None if full_gpu is None else replay_quick_gpu(full_result, spec, defaults.kernel_steps)
         reference_name = "full epoch" if reference.full_epoch else (
-            f"{sum(1 for t in full_result.kernel_step_tokens if t > 0) if full_result else 'no'} batch shapes traced")
+            f"{sum(1 for s in full_result.kernels.projected_steps if s.tokens > 0) if full_result else 'no'} "
+            "batch shapes traced")
         # A reference without quick runs still gets its line, the quick columns empty.
         for settle_steps, timed, minutes, gpu in quick or ([(None,) * 4] if full_gpu or full else []):
             table.append({"row": row.node_id, "reference": reference_name, "settle": settle_steps, "steps": timed,
@@ -127,17 +129,18 @@ def replay_quick_gpu(reference: Result, spec, count: int) -> float:
     chosen = [b.tokens for b in trainer.distinct_shapes(
         trainer.representatives(sorted(batches, key=lambda b: -b.tokens), count))]
     traced: dict[int, list[float]] = {}
-    for tokens, seconds in zip(reference.kernel_step_tokens, reference.kernel_step_s):
-        if tokens > 0:
-            traced.setdefault(tokens, []).append(seconds)
+    for step in reference.kernels.projected_steps:
+        if step.tokens > 0:
+            traced.setdefault(step.tokens, []).append(step.seconds)
     xs = sorted(traced)
     chosen_s = np.interp(chosen, xs, [sum(traced[x]) / len(traced[x]) for x in xs])
     seconds = trainer.project_epoch(chosen, list(chosen_s), [b.tokens for b in batches],
-                                    reference.epoch_optimizer_steps, reference.optimizer_kernel_s or 0.0)
+                                    reference.timing.epoch_optimizer_steps, reference.kernels.optimizer_s or 0.0)
     return minutes_per_1000_samples(seconds, spec.samples)
 
 
 def replay_quick(full: Result, count: int) -> float:
-    seconds = trainer.replay_quick(full.step_tokens, full.step_durations_s, full.epoch_optimizer_steps,
-                                   full.optimizer_step_s, count)
+    timing = full.timing
+    seconds = trainer.replay_quick(timing.step_tokens, timing.step_durations_s, timing.epoch_optimizer_steps,
+                                   timing.optimizer_step_s, count)
     return minutes_per_1000_samples(seconds, full.case["samples"])

@@ -162,9 +162,10 @@ def kernel_time_and_clock(trainer: Trainer, batches, repeats: int) -> dict[str, 
             with timer.step(batch.tokens):
                 trainer.micro_step(batch)
         timer.collect()
-    steps = timer.stop()
-    limits = [None if bits is None else clock_limit_names(bits) for bits in steps.clock_limits]
-    return {"tokens": steps.tokens, "kernel_s": steps.seconds, "kernels": steps.kernels, "sm_mhz": steps.sm_mhz,
+    steps = timer.stop().steps
+    limits = [None if bits is None else clock_limit_names(bits) for bits in timer.step_limits]
+    return {"tokens": [s.tokens for s in steps], "kernel_s": [s.seconds for s in steps],
+            "kernels": [sum(count for _, count, _ in s.kernels) for s in steps], "sm_mhz": [s.sm_mhz for s in steps],
             "clock_limits": limits}
 
 

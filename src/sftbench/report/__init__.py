@@ -3,7 +3,6 @@
 The seed is ms-swift's training benchmark (Benchmark.md, Dec 2023), whose tables sftbench reproduces:
 minutes per 1000 samples and max reserved GPU memory of LoRA and full fine-tuning on an A100 80GB.
 
-    load     reading results/baselines folders
     tables   the Markdown of each seed table, seed | this run | ratio, with this run's GPU minutes
     mfu      model FLOPs utilization per case
     causes   fidelity notes: memory beyond 10%, outcomes, reversed trends and wall/GPU time disagreements
@@ -20,13 +19,12 @@ from pathlib import Path
 
 from sftbench.catalog import seed_tables
 from sftbench.report.causes import fidelity_notes
-from sftbench.report.load import load_results, scan_results
 from sftbench.report.mfu import MFU_FORMULA, mfu, model_flops_per_token, peak_bf16_flops
 from sftbench.report.plots import family_plot, plot
 from sftbench.report.tables import coverage, stack, table
 from sftbench.result import Result
 
-__all__ = ["load_results", "scan_results", "markdown", "mfu", "model_flops_per_token", "peak_bf16_flops"]
+__all__ = ["markdown", "mfu", "model_flops_per_token", "peak_bf16_flops"]
 
 SEED_STACK = "A100 80GB, torch 2.1.1, flash_attn 2.3.4"
 

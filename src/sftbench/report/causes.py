@@ -125,8 +125,8 @@ def _clock_cause(a: Row, b: Row, results: dict[str, Result], gpu_moves: bool) ->
     """The row whose GPU is busy for the smaller share of its wall time: below HOST_BOUND_BUSY_PCT, its wall
     time measures the host's work per step more than the GPU's. Else, where the GPU work is the same, the
     wall-time difference is the host's: its cost per step (a larger batch pays it for fewer steps) or drift."""
-    busy = [(results[row.spec.key].gpu_busy_pct, row.id) for row in (a, b)
-            if results[row.spec.key].gpu_busy_pct is not None]
+    busy = [(results[row.spec.key].kernels.busy_pct, row.id) for row in (a, b)
+            if results[row.spec.key].kernels.busy_pct is not None]
     if busy and (least := min(busy))[0] < HOST_BOUND_BUSY_PCT:
         return (f"host-bound: the step's wall time is mostly Python and kernel launches "
                 f"(GPU busy {least[0]:.0f}% in {least[1]})")
@@ -142,7 +142,7 @@ def _trend_cause(a: Row, b: Row, metric: str, results: dict[str, Result]) -> str
     row a's at little more time (longer samples), or by row a's shortest timed step costing nearly what
     its longest does (a larger batch then pays that cost once for several samples). Facts of this run;
     the seed's steps on the A100 grew with the tokens."""
-    ra, rb = results[a.spec.key], results[b.spec.key]
+    ra, rb = results[a.spec.key].timing, results[b.spec.key].timing
     if metric != "min" or not (ra.step_durations_s and rb.step_durations_s):
         return NOT_MEASURED
     (ta, sa), (tb, sb) = [(median(r.step_tokens), median(r.step_durations_s)) for r in (ra, rb)]

@@ -38,21 +38,21 @@ def peak_bf16_flops(gpu: str | None) -> float | None:
 
 def model_flops_per_token(result: Result) -> float | None:
     """k·N + 6·L·h·s (see MFU_FORMULA); None where the checkpoint's parameter count is unknown (tiny types)."""
-    if result.total_params is None or not result.epoch_tokens:
+    if result.total_params is None or not result.timing.epoch_tokens:
         return None
     shape = result.model_shape or _zoo_shape(result.case["model_type"])
     vocab, hidden, layers = shape["vocab_size"], shape["hidden_size"], shape["num_layers"]
     matmul_params = result.total_params - vocab * hidden
-    mean_length = result.epoch_tokens / result.case["samples"]
+    mean_length = result.timing.epoch_tokens / result.case["samples"]
     return MATMUL_FLOPS_PER_PARAM[result.case["sft_type"]] * matmul_params + 6 * layers * hidden * mean_length
 
 
 def mfu(result: Result) -> float | None:
     """Achieved model FLOP/s ÷ the GPU's peak dense bf16 FLOP/s; None where either is unknown."""
     flops, peak = model_flops_per_token(result), peak_bf16_flops(result.machine.get("gpu"))
-    if flops is None or peak is None or not result.tokens_per_s:
+    if flops is None or peak is None or not result.timing.tokens_per_s:
         return None
-    return result.tokens_per_s * flops / peak
+    return result.timing.tokens_per_s * flops / peak
 
 
 @cache

@@ -153,7 +153,7 @@ def family_plot(t: Table, results: dict[str, Result], plots_dir: Path) -> list[s
     the families by today's rules), and return the Markdown that links it; nothing where no row has families."""
     runs = [(row, results.get(row.spec.key)) for row in t.rows]
     minutes = [{family: minutes_per_1000_samples(seconds, r.case["samples"])
-                for family, seconds in (kernels.epoch_families(r) or {}).items()} if r and r.outcome == "ok" else {}
+                for family, seconds in (kernels.epoch_families(r.kernels) or {}).items()} if r and r.outcome == "ok" else {}
                for _, r in runs]
     if not any(minutes):
         return []

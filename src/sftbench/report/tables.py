@@ -73,9 +73,9 @@ def _cells(row: Row, t: Table, result: Result | None) -> list[str]:
         outcome = result.outcome.upper()
         return [*config, seed_min, outcome, "", "", "", seed_mib, outcome, "", "", "", result.attention or "",
                 result.mode]
-    minutes, mib, utilization = result.minutes_per_1000_samples, result.memory.max_reserved_mib, mfu(result)
-    busy = "" if result.gpu_busy_pct is None else f"{result.gpu_busy_pct:.0f}%"
+    minutes, mib, utilization = result.timing.minutes_per_1000_samples, result.memory.max_reserved_mib, mfu(result)
+    busy = "" if result.kernels.busy_pct is None else f"{result.kernels.busy_pct:.0f}%"
     return [*config, seed_min, number(minutes), ratio(minutes, row.seed_minutes),
-            number(result.gpu_minutes_per_1000_samples), busy, seed_mib, number(mib, 0),
-            ratio(mib, row.seed_memory_mib), number(result.tokens_per_s, 0),
+            number(result.kernels.gpu_minutes_per_1000_samples), busy, seed_mib, number(mib, 0),
+            ratio(mib, row.seed_memory_mib), number(result.timing.tokens_per_s, 0),
             "" if utilization is None else f"{utilization:.1%}", result.attention or "", result.mode]

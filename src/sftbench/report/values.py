@@ -33,7 +33,7 @@ def seed_value(row: Row, metric: str) -> float | None:
 def run_value(result: Result | None, metric: str) -> float | None:
     if result is None or result.outcome != "ok":
         return None
-    return {"min": result.minutes_per_1000_samples, "GPU min": result.gpu_minutes_per_1000_samples,
+    return {"min": result.timing.minutes_per_1000_samples, "GPU min": result.kernels.gpu_minutes_per_1000_samples,
             "MiB": result.memory.max_reserved_mib}[metric]
 
 

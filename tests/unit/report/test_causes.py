@@ -83,9 +83,9 @@ def test_memory_diagnostics_give_the_memory_notes_their_cause(result_factory, lo
 def clocked(result_factory, spec, wall: float, gpu: float | None):
     """A result with both clocks: `wall` minutes and `gpu` GPU-minutes per 1000 samples (None: no GPU clock)."""
     if gpu is None:
-        return result_factory(spec, minutes=wall, kernel_clock="unavailable: cupti-python is not installed")
-    return result_factory(spec, minutes=wall, gpu_minutes_per_1000_samples=gpu, gpu_busy_pct=gpu / wall * 100,
-                          kernel_clock="cupti-python 13.0.1")
+        return result_factory(spec, minutes=wall, clock="unavailable: cupti-python is not installed")
+    return result_factory(spec, minutes=wall, gpu_minutes_per_1000_samples=gpu, busy_pct=gpu / wall * 100,
+                          clock="cupti-python 13.0.1")
 
 
 def test_a_host_bound_batch_size_looks_faster_in_wall_time_only(result_factory, lora, results_of, sections):

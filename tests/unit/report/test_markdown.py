@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 from sftbench.report import mfu
+from sftbench.storage.results import ResultStore
 
 
 def test_the_committed_h200_report_is_what_the_report_command_writes(tmp_path, sections, h200_baselines):
@@ -27,10 +28,10 @@ def test_the_report_of_results_that_carry_their_shape_imports_no_torch(result_fa
     result = result_factory(lora(), total_params=7_721_324_544,
                             model_shape={"vocab_size": 151_936, "hidden_size": 4_096, "num_layers": 32})
     (tmp_path / "results").mkdir()
-    (tmp_path / "results" / "result.json").write_text(result.to_json())
+    ResultStore(tmp_path / "results").write(result)
     code = ("import sys; from sftbench.__main__ import main; main(['report', sys.argv[1], '--out', sys.argv[2]]); "
             "print(sorted(m for m in ('torch', 'transformers', 'numpy', 'matplotlib') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "results"), str(tmp_path / "report.md")],
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "results" / "nvidia-h200"), str(tmp_path / "report.md")],
                          capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
     cells = sections((tmp_path / "report.md").read_text())["Model Type"][1][1]

@@ -3,7 +3,8 @@
 import pytest
 
 from sftbench.models import SEED_MODEL_TYPES, build_model, get_model
-from sftbench.report import load_results, markdown, mfu, model_flops_per_token, peak_bf16_flops
+from sftbench.report import markdown, mfu, model_flops_per_token, peak_bf16_flops
+from sftbench.storage.results import scan_results
 from sftbench.worker import model_shape
 
 
@@ -34,7 +35,7 @@ def test_peak_flops_by_gpu_name(gpu, peak):
 
 
 def test_the_committed_h200_baselines_give_plausible_mfu(h200_baselines):
-    results = load_results(h200_baselines)
+    results, _ = scan_results(h200_baselines)
     assert results and all(0.01 < mfu(r) < 0.6 for r in results.values() if r.outcome == "ok")
 
 

@@ -36,7 +36,7 @@ def test_gpu_minutes_get_their_own_line_only_where_results_have_them(result_fact
 
     lengths = [result_factory(lora(max_length=n), minutes=n / 500) for n in (512, 2048)]
     traced = [result_factory(lora("qwen-1_8b-chat", max_length=n), minutes=n / 500,
-                             gpu_minutes_per_1000_samples=n / 1000, gpu_busy_pct=50.0) for n in (512, 2048)]
+                             gpu_minutes_per_1000_samples=n / 1000, busy_pct=50.0) for n in (512, 2048)]
     [t] = [t for t in seed_tables() if t.name == "lora_max_length"]
     for results, gpu_lines in ((results_of(*lengths), []), (results_of(*lengths, *traced), [[0.512, 2.048]])):
         memory, minutes = Figure().subplots(1, 2)
@@ -47,19 +47,18 @@ def test_gpu_minutes_get_their_own_line_only_where_results_have_them(result_fact
 
 
 def test_gpu_minutes_are_marked_on_the_bars_of_this_run(result_factory, tmp_path, lora, results_of):
-    traced = result_factory(lora(lora_rank=2), minutes=4.0, gpu_minutes_per_1000_samples=2.5, gpu_busy_pct=62.5)
+    traced = result_factory(lora(lora_rank=2), minutes=4.0, gpu_minutes_per_1000_samples=2.5, busy_pct=62.5)
     markdown(results_of(traced), tmp_path)
     assert (tmp_path / "lora_rank_targets.png").read_bytes().startswith(PNG_SIGNATURE)
 
 
-def test_where_the_gpu_time_goes_is_drawn_per_table_for_rows_with_kernel_families(result_factory, tmp_path, lora,
-                                                                                    results_of):
+def test_where_the_gpu_time_goes_is_drawn_per_table_for_rows_with_kernel_families(result_factory, kernels_factory,
+                                                                                    tmp_path, lora, results_of):
     from sftbench.catalog import table
     from sftbench.report.plots import family_plot
 
-    traced = result_factory(lora(max_length=2048), kernel_names=["flash_fwd_kernel<1>", "nvjet_a"],
-                            kernel_step_kernels=[[[0, 64, 4_000_000], [1, 300, 20_000_000]]], kernel_step_tokens=[2048],
-                            kernel_step_weights=[1000.0])
+    traced = result_factory(lora(max_length=2048), kernels=kernels_factory(
+        ["flash_fwd_kernel<1>", "nvjet_a"], [(2048, 1000.0, [[0, 64, 4_000_000], [1, 300, 20_000_000]])]))
     lines = family_plot(table("lora_max_length"), results_of(traced, result_factory(lora(max_length=512))), tmp_path)
     assert lines == ["![Max Length (LoRA): GPU time by kernel family](" + f"{tmp_path.name}/lora_max_length-families.png)", ""]
     assert (tmp_path / "lora_max_length-families.png").read_bytes().startswith(PNG_SIGNATURE)

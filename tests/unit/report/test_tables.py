@@ -1,7 +1,8 @@
 """sftbench.report.tables: every seed table row for row, with the seed's numbers, ratios and outcomes."""
 
 from sftbench.catalog import seed_tables
-from sftbench.report import load_results, markdown
+from sftbench.report import markdown
+from sftbench.storage.results import scan_results
 
 
 def test_every_seed_table_is_mirrored_row_for_row_with_the_seeds_numbers(sections):
@@ -47,7 +48,7 @@ def test_ratios_oom_and_not_run_cells(result_factory, lora, full, results_of, se
 
 
 def test_the_rank_table_shows_trainable_parameters_beside_the_seeds(h200_baselines):
-    text = markdown(load_results(h200_baselines))
+    text = markdown(scan_results(h200_baselines)[0])
     rank_table = text.split("## LoRA Rank & LoRA Target Modules")[1].split("##")[0]
     assert "| seed trainable | trainable |" in rank_table
     assert "| 4.19M | 4.19M |" in rank_table  # r8 DEFAULT: the seed's 4.19M, measured 4,194,304
@@ -56,9 +57,9 @@ def test_the_rank_table_shows_trainable_parameters_beside_the_seeds(h200_baselin
 def test_gpu_minutes_and_busy_stand_beside_the_wall_minutes_and_are_empty_without_them(
         result_factory, lora, results_of, sections):
     results = results_of(
-        result_factory(lora(max_length=1024), minutes=4.0, gpu_minutes_per_1000_samples=1.5, gpu_busy_pct=37.4,
-                       kernel_clock="cupti-python 13.0.1"),
-        result_factory(lora(max_length=2048), minutes=4.5, kernel_clock="unavailable: no CUPTI"),  # no GPU time
+        result_factory(lora(max_length=1024), minutes=4.0, gpu_minutes_per_1000_samples=1.5, busy_pct=37.4,
+                       clock="cupti-python 13.0.1"),
+        result_factory(lora(max_length=2048), minutes=4.5, clock="unavailable: no CUPTI"),  # no GPU time
         result_factory(lora(max_length=4096), outcome="oom", minutes=None, gpu_minutes_per_1000_samples=2.0),
     )
     rows = {tuple(cells[:2]): cells for cells in sections(markdown(results))["Max Length (LoRA)"][1]}
