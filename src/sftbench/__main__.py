@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -110,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"models": _models, "baselines": _baselines, "report": _report, "history": _history, "run": _run,
                 "profile": _profile, "projection": _projection, "kernels": _kernels, "upgrade": _upgrade, "attention": _attention,
                 "selftest": _selftest}
-    args.command_line = "python -m sftbench " + " ".join(sys.argv[1:] if argv is None else argv)
+    # Quoted as a shell needs it, so that the command line a report shows can be pasted back.
+    args.command_line = shlex.join(["python", "-m", "sftbench", *(sys.argv[1:] if argv is None else argv)])
     return commands[args.command](args)
 
 
@@ -390,8 +392,6 @@ def _attention(args) -> int:
 
 
 def _selftest(args) -> int:
-    import shlex
-
     from sftbench import selftest
 
     records = list(args.records)
