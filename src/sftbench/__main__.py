@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from sftbench import catalog
+from sftbench.kernels import BadRules
 from sftbench.selftest import STAGES
 from sftbench.spec import ATTENTIONS
 
@@ -113,7 +114,11 @@ def main(argv: list[str] | None = None) -> int:
                 "selftest": _selftest}
     # Quoted as a shell needs it, so that the command line a report shows can be pasted back.
     args.command_line = shlex.join(["python", "-m", "sftbench", *(sys.argv[1:] if argv is None else argv)])
-    return commands[args.command](args)
+    try:
+        return commands[args.command](args)
+    except BadRules as error:  # any command that classifies kernels
+        print(f"sftbench: {error}", file=sys.stderr)
+        return 2
 
 
 def _rows(ids: list[str]) -> list[catalog.Row] | None:

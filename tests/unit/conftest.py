@@ -33,6 +33,21 @@ def result_factory():
 
 
 @pytest.fixture
+def rules_file(tmp_path, monkeypatch):
+    """A kernel_families.toml for the test to write, read instead of sftbench's (the rules and each kernel's
+    family are cached: cleared before and after)."""
+    from sftbench import kernels
+
+    path = tmp_path / "kernel_families.toml"
+    monkeypatch.setattr(kernels, "RULES", path)
+    kernels.rules.cache_clear()
+    kernels.family_of.cache_clear()
+    yield path
+    kernels.rules.cache_clear()
+    kernels.family_of.cache_clear()
+
+
+@pytest.fixture
 def block_linears():
     """model_type -> (its meta model, {name: Linear} of the decoder layers: the layers a quantization replaces)."""
     from torch import nn

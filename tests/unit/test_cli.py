@@ -10,6 +10,9 @@ from sftbench.catalog import rows_of
 from sftbench.spec import CaseSpec
 
 SPEC = CaseSpec("qwen-7b-chat", max_length=4096)
+# A traced step's kernels: two thirds GEMM, a third attention backward.
+TRACED = {"kernel_names": ["nvjet_a", "flash_bwd_kernel<1>"], "kernel_step_tokens": [8192],
+          "kernel_step_kernels": [[[0, 10, 4_000_000], [1, 5, 2_000_000]]], "kernel_step_weights": [1.0]}
 
 
 @pytest.fixture
@@ -64,9 +67,7 @@ def test_cli_lists_baselines_as_json(store, written, capsys):
 
 def test_cli_lists_baselines_for_people_in_aligned_columns_under_a_header(store, written, result_factory, capsys):
     spec = CaseSpec("qwen-7b-chat", max_length=8192)  # a longer row name, with GPU time and families
-    store.write(result_factory(spec, gpu_minutes_per_1000_samples=6.1234, gpu_busy_pct=82.4,
-                               kernel_names=["nvjet_a", "flash_bwd_kernel<1>"], kernel_step_tokens=[8192],
-                               kernel_step_kernels=[[[0, 10, 4_000_000], [1, 5, 2_000_000]]], kernel_step_weights=[1.0]),
+    store.write(result_factory(spec, gpu_minutes_per_1000_samples=6.1234, gpu_busy_pct=82.4, **TRACED),
                 rows_of(spec), {"commit": "abc1234", "mode": "quick"})
     assert main(["baselines", "--dir", str(store.root)]) == 0
     header, rule, *lines = capsys.readouterr().out.splitlines()
@@ -110,6 +111,17 @@ def test_cli_baselines_resolve_against_the_repository_root(store, written, tmp_p
     assert main(["baselines"]) == 2
     assert capsys.readouterr().err == (f"sftbench: no baselines folder {tmp_path}/baselines/nvidia-h200/baselines "
                                        "(give --dir, or run from the repository)\n")
+
+
+@pytest.mark.parametrize("command", [["baselines", "--dir", "{baselines}"], ["kernels", "{gpu_folder}"]])
+def test_a_broken_kernel_families_file_is_one_line_naming_the_rule(store, result_factory, rules_file, capsys, command):
+    written = store.write(result_factory(SPEC, **TRACED), rows_of(SPEC), {})
+    rules_file.write_text('families = ["other"]\n[[rule]]\nfamily = "other"\npattern = "gemm("\n')
+    assert main([word.format(baselines=store.root, gpu_folder=written.parent) for word in command]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (f"sftbench: {rules_file}: rule 1 (pattern 'gemm(') is not a regular expression "
+                            "(missing ), unterminated subpattern at position 4)\n")
 
 
 # --- report -------------------------------------------------------------------------------------------------------
