@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -115,10 +116,17 @@ def main(argv: list[str] | None = None) -> int:
     # Quoted as a shell needs it, so that the command line a report shows can be pasted back.
     args.command_line = shlex.join(["python", "-m", "sftbench", *(sys.argv[1:] if argv is None else argv)])
     try:
-        return commands[args.command](args)
+        code = commands[args.command](args)
+        sys.stdout.flush()  # output still buffered meets a reader that has gone here, not at exit
+    except BrokenPipeError:
+        # The reader stopped reading (`| head`): the rest is not wanted. Python flushes stdout again at exit;
+        # pointed at /dev/null, that flush cannot fail (the signal module's note on SIGPIPE).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except BadRules as error:  # any command that classifies kernels
         print(f"sftbench: {error}", file=sys.stderr)
         return 2
+    return code
 
 
 def _rows(ids: list[str]) -> list[catalog.Row] | None:

@@ -1,6 +1,9 @@
 """python -m sftbench: each command's output and exit code, and one clear line for bad input."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -127,6 +130,7 @@ def test_a_broken_kernel_families_file_is_one_line_naming_the_rule(store, result
 # --- report -------------------------------------------------------------------------------------------------------
 
 
+
 def test_cli_report_skips_files_that_are_not_results_naming_each(store, written, capsys, tmp_path):
     folder = written.parent
     (folder / "notes.json").write_text('{"notes": "H200 run"}')
@@ -172,3 +176,18 @@ def test_attention_names_a_file_that_is_no_result_and_a_row_whose_shapes_it_cann
     assert "notes.json is not a result" in capsys.readouterr().err
     assert main(["attention", str(written), "--out", str(tmp_path / "a.json")]) == 2  # a baseline without weights
     assert "the result has no traced steps' weights" in capsys.readouterr().err and not (tmp_path / "a.json").exists()
+
+
+# --- every command ------------------------------------------------------------------------------------------------
+
+
+def test_output_into_a_pipe_whose_reader_has_gone_ends_quietly(store, result_factory):
+    written = store.write(result_factory(SPEC, **TRACED), rows_of(SPEC), {})
+    read, write = os.pipe()
+    os.close(read)  # as `| head` closes it after the lines it wanted
+    try:
+        done = subprocess.run([sys.executable, "-m", "sftbench", "kernels", str(written.parent)], stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=120, check=False)
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (1, "")
