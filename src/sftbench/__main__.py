@@ -1,5 +1,5 @@
-"""python -m sftbench models | baselines | report | history | run | profile | projection: the suite's data,
-its run history and single-row runs, for people and scripts."""
+"""python -m sftbench COMMAND: the suite's catalog and stored measurements, single rows trained or diagnosed,
+and Markdown over results, for people and scripts (`python -m sftbench COMMAND --help`: a command's arguments)."""
 
 from __future__ import annotations
 

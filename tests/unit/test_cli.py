@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -191,3 +192,16 @@ def test_output_into_a_pipe_whose_reader_has_gone_ends_quietly(store, result_fac
     finally:
         os.close(write)
     assert (done.returncode, done.stderr) == (1, "")
+
+
+COMMANDS = ["models", "baselines", "report", "history", "run", "profile", "projection", "upgrade", "kernels",
+            "attention", "selftest"]
+
+
+def test_help_lists_every_command_with_what_it_does_and_its_description_none_by_hand(capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["--help"])
+    assert exit.value.code == 0
+    _, description, listing = capsys.readouterr().out.split("\n\n", 2)  # usage, description, the rest
+    assert re.findall(r"^    (\w+)(?: |$)", listing, re.MULTILINE) == COMMANDS
+    assert [command for command in COMMANDS if re.search(rf"\b{command}\b", description)] == []  # a list goes stale
