@@ -139,11 +139,13 @@ def _rows(ids: list[str]) -> list[catalog.Row] | None:
 
 
 def _models(args) -> int:
+    seed = [r.spec for t in catalog.seed_tables() for r in t.rows]
+    # Importing torch and transformers and building each model take 10-20 s of silence otherwise.
+    print(f"sftbench: building the {len({spec.model_type for spec in seed})} seed model types on the meta device "
+          "to count their parameters ...", file=sys.stderr, flush=True)
     from sftbench.models import models_summary
 
-    configs = sorted({(r.spec.lora_rank, r.spec.lora_targets) for t in catalog.seed_tables() for r in t.rows
-                      if r.spec.sft_type == "lora"})
-    summary = models_summary(configs)
+    summary = models_summary(sorted({(spec.lora_rank, spec.lora_targets) for spec in seed if spec.sft_type == "lora"}))
     if args.json:
         print(json.dumps(summary, indent=1))
     else:
@@ -247,6 +249,9 @@ def _history(args) -> int:
               "<results>/history/)", file=sys.stderr)
         return 2
     runs = history.runs(records)
+    if args.plots:  # about half a second a plot
+        print(f"sftbench: drawing the plots of {len(history.trends(runs))} configurations in {args.plots} ...",
+              file=sys.stderr, flush=True)
     text = history.summary(runs[-1]) if args.summary else history.page(runs, args.plots)
     if not args.out:
         print(text)

@@ -205,3 +205,17 @@ def test_help_lists_every_command_with_what_it_does_and_its_description_none_by_
     _, description, listing = capsys.readouterr().out.split("\n\n", 2)  # usage, description, the rest
     assert re.findall(r"^    (\w+)(?: |$)", listing, re.MULTILINE) == COMMANDS
     assert [command for command in COMMANDS if re.search(rf"\b{command}\b", description)] == []  # a list goes stale
+
+
+# --- models -------------------------------------------------------------------------------------------------------
+
+
+def test_models_says_what_it_does_before_its_silent_seconds(monkeypatch, capsys):
+    from sftbench import models
+
+    monkeypatch.setattr(models, "models_summary", lambda lora_configs: {})
+    assert main(["models", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "{}\n"
+    assert captured.err == ("sftbench: building the 10 seed model types on the meta device to count their "
+                            "parameters ...\n")
