@@ -13,7 +13,7 @@ from pathlib import Path
 from sftbench import catalog
 from sftbench.kernels import BadRules
 from sftbench.selftest import STAGES
-from sftbench.spec import ATTENTIONS
+from sftbench.spec import ATTENTIONS, CaseSpec
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -261,10 +261,10 @@ def _history(args) -> int:
 
 
 def _run(args) -> int:
-    from sftbench.files import NotWritten, not_writable
+    from sftbench.files import NotWritten
     from sftbench.launcher import Launcher
     from sftbench.result import describe
-    from sftbench.runner import ResultStore, cannot_run
+    from sftbench.runner import ResultStore
     from sftbench.spec import InvalidSpec, RunOptions
 
     rows = _rows(args.rows)
@@ -278,13 +278,7 @@ def _run(args) -> int:
     except InvalidSpec as error:
         print(f"sftbench: {error}", file=sys.stderr)
         return 2
-    reasons = {f"{name}: {reason}" for name, spec in specs if (reason := cannot_run(spec, args.attn_fallback))}
-    if reasons:
-        print("sftbench: cannot run here:\n  " + "\n  ".join(sorted(reasons)), file=sys.stderr)
-        return 2
-    problem = args.out and not_writable(args.out)
-    if problem:
-        print(f"sftbench: --out {problem}: nothing was trained", file=sys.stderr)
+    if _cannot_train(specs, args.out, args.attn_fallback, "--attn-fallback"):
         return 2
     launcher, failed = Launcher(), 0
     store = ResultStore(args.out) if args.out else None
@@ -301,9 +295,32 @@ def _run(args) -> int:
     return 1 if failed else 0
 
 
+def _cannot_train(specs: list[tuple[str, CaseSpec]], out: Path | None, attn_fallback: str | None = None,
+                  fallback_option: str | None = None) -> bool:
+    """True, after one line saying why, where this machine cannot train these (name, spec) or `out` (--out) cannot
+    be written: checked before anything trains. `fallback_option`: the command's option that picks a kernel
+    where flash-attn is missing, if it has one."""
+    from sftbench.files import not_writable
+    from sftbench.runner import cannot_run
+
+    refused: dict[str, dict[str, None]] = {}  # reason: the names it holds for, in order
+    for name, spec in specs:
+        if reason := cannot_run(spec, attn_fallback, fallback_option):
+            refused.setdefault(reason, {})[name] = None
+    if refused:
+        print("sftbench: " + "; ".join(f"cannot run {', '.join(names)}: {reason}" for reason, names in refused.items()),
+              file=sys.stderr)
+        return True
+    problem = out and not_writable(out)
+    if problem:
+        print(f"sftbench: --out {problem}: nothing was trained", file=sys.stderr)
+        return True
+    return False
+
+
 def _profile(args) -> int:
     rows = _rows([args.row])
-    if rows is None:
+    if rows is None or _cannot_train([(rows[0].node_id, rows[0].spec)], args.out):
         return 2
     from sftbench.diagnostics.step_profile import profile_row
 
@@ -315,7 +332,7 @@ def _profile(args) -> int:
 
 def _projection(args) -> int:
     rows = _rows(args.rows)
-    if rows is None:
+    if rows is None or _cannot_train([(row.node_id, row.spec) for row in rows], args.out):
         return 2
     from sftbench.diagnostics.projection import check_projection, markdown_table
 
@@ -385,6 +402,7 @@ def _kernels(args) -> int:
 
 
 def _attention(args) -> int:
+    from sftbench import environment
     from sftbench.diagnostics.attention import attention_kernels, unsupported
     from sftbench.report import load_results
     from sftbench.report.load import read_result
@@ -399,6 +417,11 @@ def _attention(args) -> int:
     problems = [problem for result in results if (problem := unsupported(result))]
     if problems:
         print("sftbench: attention: " + "; ".join(problems), file=sys.stderr)
+        return 2
+    try:
+        environment.attention_kernel("flash_attention_2", fallback_option=None)  # the kernels it times
+    except environment.MissingFlashAttn as error:
+        print(f"sftbench: attention: {error}", file=sys.stderr)
         return 2
     measured = []
     for result in results:

@@ -8,12 +8,14 @@ import sys
 
 import pytest
 
+from sftbench import environment
 from sftbench.__main__ import main
 from sftbench.baselines import BaselineStore
 from sftbench.catalog import rows_of
 from sftbench.spec import CaseSpec
 
 SPEC = CaseSpec("qwen-7b-chat", max_length=4096)
+ROW = "test_lora_max_length[qwen-7b-chat-4096]"  # SPEC's
 # A traced step's kernels: two thirds GEMM, a third attention backward.
 TRACED = {"kernel_names": ["nvjet_a", "flash_bwd_kernel<1>"], "kernel_step_tokens": [8192],
           "kernel_step_kernels": [[[0, 10, 4_000_000], [1, 5, 2_000_000]]], "kernel_step_weights": [1.0]}
@@ -49,6 +51,41 @@ def test_cli_run_trains_rows_in_fresh_processes_and_keeps_every_result(tmp_path,
 def test_cli_run_names_an_unknown_row(capsys):
     assert main(["run", "test_quantization[qwen-99b]"]) == 2
     assert "no catalog row 'test_quantization[qwen-99b]'" in capsys.readouterr().err
+
+
+# --- run, profile, projection, attention: refused before anything trains -----------------------------------------
+
+
+@pytest.mark.parametrize("command", ["run", "profile", "projection"])
+def test_an_out_that_is_a_file_is_one_line_before_anything_trains(tmp_path, capsys, command):
+    (tmp_path / "a-file").write_text("")
+    assert main([command, "test_cpu_smoke[tiny-qwen-lora-sdpa]", "--out", str(tmp_path / "a-file")]) == 2
+    assert capsys.readouterr().err == (f"sftbench: --out {tmp_path}/a-file is not a writable folder (File exists): "
+                                       "nothing was trained\n")
+
+
+def test_projection_without_a_cuda_gpu_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(environment, "gpu_info", lambda: {"gpu": "cpu"})
+    rows = ["test_lora_max_length[qwen-7b-chat-512]", "test_lora_max_length[qwen-7b-chat-1024]"]
+    assert main(["projection", *rows, "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (f"sftbench: cannot run {', '.join(rows)}: no CUDA GPU here: the seed's rows "
+                                       "need one (the CPU smoke cases run without)\n")
+
+
+@pytest.mark.parametrize("command, refusal", [
+    ("run", f"cannot run {ROW}: {environment.FLASH_EXTRA}, or run with --attn-fallback sdpa"),
+    ("profile", f"cannot run {ROW}: {environment.FLASH_EXTRA}"),  # no option picks another kernel
+    ("attention", f"attention: {environment.FLASH_EXTRA}"),
+], ids=["run", "profile", "attention"])
+def test_without_flash_attn_a_flash_row_is_refused_naming_the_flash_extra(tmp_path, monkeypatch, result_factory,
+                                                                          capsys, command, refusal):
+    monkeypatch.setattr(environment, "gpu_info", lambda: {"gpu": "NVIDIA H200"})
+    monkeypatch.setattr(environment, "flash_attn_installed", lambda: False)
+    (tmp_path / "result.json").write_text(result_factory(SPEC, **TRACED).to_json())
+    arguments = {"run": [ROW], "profile": [ROW, "--out", str(tmp_path / "profile")],
+                 "attention": [str(tmp_path / "result.json"), "--out", str(tmp_path / "a.json")]}
+    assert main([command, *arguments[command]]) == 2
+    assert capsys.readouterr().err == f"sftbench: {refusal}\n"
 
 
 # --- baselines ----------------------------------------------------------------------------------------------------
@@ -161,13 +198,6 @@ def test_cli_report_out_that_cannot_be_written_is_one_line(store, written, tmp_p
     assert main(["report", str(written.parent), "--out", str(tmp_path / "a-file" / "report.md")]) == 2
     assert capsys.readouterr().err == (f"sftbench: could not write {tmp_path}/a-file/report.md (File exists); "
                                        f"it is in {tmp_path}/rescued/a-file/report.md instead\n")
-
-
-def test_cli_run_checks_out_before_training(tmp_path, capsys):
-    (tmp_path / "a-file").write_text("")
-    assert main(["run", "test_cpu_smoke[tiny-qwen-lora-sdpa]", "--out", str(tmp_path / "a-file")]) == 2
-    assert capsys.readouterr().err == (f"sftbench: --out {tmp_path}/a-file is not a writable folder (File exists): "
-                                       "nothing was trained\n")
 
 
 def test_attention_names_a_file_that_is_no_result_and_a_row_whose_shapes_it_cannot_replay(store, written, tmp_path,
