@@ -160,8 +160,9 @@ def _baselines(args) -> int:
     from sftbench.files import repository_root
 
     folder = args.dir or repository_root() / "baselines"
-    if not folder.is_dir():
-        print(f"sftbench: no baselines folder {folder} (give --dir, or run from the repository)", file=sys.stderr)
+    if problem := _no_baselines(folder, "--dir"):
+        print(f"sftbench: {problem}" + ("" if args.dir else " (give --dir, or run from the repository)"),
+              file=sys.stderr)
         return 2
     baselines, errors = BaselineStore(folder).scan()
     entries = listing(baselines)
@@ -173,6 +174,19 @@ def _baselines(args) -> int:
     for error in errors:
         print(f"sftbench: {error}", file=sys.stderr)
     return 2 if errors else 0
+
+
+def _no_baselines(folder: Path, option: str) -> str | None:
+    """Why `folder`, given as `option`, holds no baselines (one line), or None. It holds a folder per GPU
+    (baselines/<gpu>/<key>.json)."""
+    if not folder.is_dir():
+        return f"no baselines folder {folder}"
+    if any(folder.glob("*/*.json")):
+        return None
+    if any(folder.glob("*.json")):
+        return (f"no baselines in {folder}: it is one GPU's folder; {option} takes the folder above it, "
+                f"{folder.resolve().parent}")
+    return f"no baselines in {folder} (they are in a folder per GPU below it)"
 
 
 def _listed(entry: dict) -> list[str]:
@@ -348,6 +362,9 @@ def _upgrade(args) -> int:
     from sftbench.report import scan_results
     from sftbench.report.upgrade import upgrade_markdown
 
+    if problem := _no_baselines(args.baselines, "--baselines"):
+        print(f"sftbench: {problem}", file=sys.stderr)
+        return 2
     named = {}
     for option, values in (("--run", args.run), ("--attention", args.attention)):
         for value in values:
@@ -410,10 +427,14 @@ def _attention(args) -> int:
     results = []
     for path in args.results:
         try:
-            results += load_results(path).values() if path.is_dir() else [read_result(path)]
+            found = list(load_results(path).values()) if path.is_dir() else [read_result(path)]
         except (OSError, ValueError, KeyError, TypeError) as error:
             print(f"sftbench: {path} is not a result ({error})", file=sys.stderr)
             return 2
+        if not found:
+            print(f"sftbench: attention: no results in {path}", file=sys.stderr)
+            return 2
+        results += found
     problems = [problem for result in results if (problem := unsupported(result))]
     if problems:
         print("sftbench: attention: " + "; ".join(problems), file=sys.stderr)

@@ -165,6 +165,19 @@ def test_a_broken_kernel_families_file_is_one_line_naming_the_rule(store, result
                             "(missing ), unterminated subpattern at position 4)\n")
 
 
+@pytest.mark.parametrize("option", ["--dir", "--baselines"])
+def test_a_folder_without_baselines_is_one_line(store, written, tmp_path, capsys, option):
+    command = ["baselines"] if option == "--dir" else ["upgrade", "--run", f"candidate={written.parent}"]
+    (tmp_path / "empty").mkdir()
+    problems = {tmp_path / "empty": f"no baselines in {tmp_path / 'empty'} (they are in a folder per GPU below it)",
+                written.parent: f"no baselines in {written.parent}: it is one GPU's folder; {option} takes the folder "
+                                f"above it, {store.root}",
+                tmp_path / "missing": f"no baselines folder {tmp_path / 'missing'}"}
+    for folder, problem in problems.items():
+        assert main([*command, option, str(folder)]) == 2
+        assert capsys.readouterr() == ("", f"sftbench: {problem}\n")
+
+
 # --- report -------------------------------------------------------------------------------------------------------
 
 
@@ -198,6 +211,12 @@ def test_cli_report_out_that_cannot_be_written_is_one_line(store, written, tmp_p
     assert main(["report", str(written.parent), "--out", str(tmp_path / "a-file" / "report.md")]) == 2
     assert capsys.readouterr().err == (f"sftbench: could not write {tmp_path}/a-file/report.md (File exists); "
                                        f"it is in {tmp_path}/rescued/a-file/report.md instead\n")
+
+
+def test_attention_on_a_folder_without_results_is_one_line(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["attention", str(tmp_path / "empty"), "--out", str(tmp_path / "a.json")]) == 2
+    assert capsys.readouterr() == ("", f"sftbench: attention: no results in {tmp_path / 'empty'}\n")
 
 
 def test_attention_names_a_file_that_is_no_result_and_a_row_whose_shapes_it_cannot_replay(store, written, tmp_path,
