@@ -406,7 +406,7 @@ def _kernels(args) -> int:
         return 2
     if args.json:
         print(json.dumps(kernels.kernel_table(traced), indent=1))
-        return 0
+        return 2 if problems else 0
     for result in traced:
         families = kernels.epoch_families(result)
         total = sum(families.values())
@@ -415,7 +415,7 @@ def _kernels(args) -> int:
         for index, seconds in table["configurations"][result.key][:args.top]:
             name = table["names"][index]
             print(f"  {100 * seconds / total:5.1f}%  {kernels.family_of(name):28} {name[:110]}")
-    return 0
+    return 2 if problems else 0
 
 
 def _attention(args) -> int:

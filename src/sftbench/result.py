@@ -96,6 +96,9 @@ class Result:
         unknown = set(data) - names
         if unknown:
             raise ValueError(f"unknown result fields: {', '.join(sorted(unknown))}")
+        if missing := [f.name for f in dataclasses.fields(cls) if f.name not in data
+                       and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]:
+            raise ValueError(f"missing result fields: {', '.join(missing)}")
         if data.get("outcome", "ok") not in OUTCOMES:
             raise ValueError(f"outcome must be one of {OUTCOMES}, got {data['outcome']!r}")
         values = dict(data)

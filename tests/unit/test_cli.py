@@ -228,6 +228,21 @@ def test_attention_names_a_file_that_is_no_result_and_a_row_whose_shapes_it_cann
     assert "the result has no traced steps' weights" in capsys.readouterr().err and not (tmp_path / "a.json").exists()
 
 
+# --- kernels ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("json_option", [[], ["--json"]])
+def test_kernels_shows_the_results_and_names_a_file_that_is_no_result_and_fails(store, result_factory, capsys,
+                                                                               json_option):
+    written = store.write(result_factory(SPEC, **TRACED), rows_of(SPEC), {})
+    (written.parent / "notes.json").write_text('{"outcome": "ok"}')
+    assert main(["kernels", str(written.parent), *json_option]) == 2
+    captured = capsys.readouterr()
+    assert SPEC.key in captured.out
+    assert captured.err == (f"sftbench: skipped {written.parent / 'notes.json'} is not a result (ValueError: missing "
+                            "result fields: case, key)\n")
+
+
 # --- every command ------------------------------------------------------------------------------------------------
 
 

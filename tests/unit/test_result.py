@@ -46,6 +46,11 @@ def test_unknown_fields_are_refused(result_factory):
         Result.from_dict(data)
 
 
+def test_missing_fields_are_named():
+    with pytest.raises(ValueError, match="^missing result fields: case, key$"):
+        Result.from_dict({"outcome": "ok"})
+
+
 @pytest.mark.parametrize("outcome", ["OOM", "crashed", None])
 def test_a_bad_outcome_is_refused(result_factory, outcome):
     data = result_factory().to_dict()
