@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sftbench.history import read_record
+from sftbench.history import BadRecord, read_record
 from sftbench.injection import (
     GPU_PCT,
     HOST_MS,
@@ -177,6 +177,13 @@ def _pct(value: float | None) -> str:
 
 
 def read_records(paths: list[Path]) -> list[dict]:
-    """Run records from files or folders of them (a folder: every *.json in it)."""
+    """Run records from files or folders of them (a folder: every *.json in it); BadRecord naming a file that
+    is not one."""
     files = [f for p in paths for f in (sorted(Path(p).glob("*.json")) if Path(p).is_dir() else [Path(p)])]
-    return [read_record(f) for f in files]
+    records = []
+    for file in files:
+        try:
+            records.append(read_record(file))
+        except BadRecord as error:
+            raise BadRecord(f"{file}: {error}") from None
+    return records

@@ -65,6 +65,12 @@ def test_records_without_a_comparing_run_are_one_clear_error(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == "sftbench: selftest: no comparing run among the records"
 
 
+def test_a_file_that_is_no_run_record_is_named(tmp_path, capsys):
+    (tmp_path / "notes.json").write_text('{"notes": "H200 run"}')
+    assert main(["selftest", str(tmp_path), "--out", str(tmp_path / "s.json")]) == 2
+    assert capsys.readouterr().err == f"sftbench: selftest: {tmp_path / 'notes.json'}: not a run record of schema 1\n"
+
+
 def test_a_family_injection_counts_the_configurations_it_could_slow_and_the_families_they_named():
     def family(key, label, gpu, attention):
         c = configuration(key, label, "regression" if "regression" in label else "pass", gpu=gpu)
