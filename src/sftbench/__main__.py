@@ -1,16 +1,19 @@
-"""python -m sftbench models | baselines | report | history | run | profile | projection: the suite's data,
-its run history and single-row runs, for people and scripts."""
+"""python -m sftbench COMMAND: the suite's catalog and stored measurements, single rows trained or diagnosed,
+and Markdown over results, for people and scripts (`python -m sftbench COMMAND --help`: a command's arguments)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import sys
 from pathlib import Path
 
 from sftbench import catalog
+from sftbench.kernels import BadRules
 from sftbench.selftest import STAGES
-from sftbench.spec import ATTENTIONS
+from sftbench.spec import ATTENTIONS, CaseSpec
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,8 +113,20 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"models": _models, "baselines": _baselines, "report": _report, "history": _history, "run": _run,
                 "profile": _profile, "projection": _projection, "kernels": _kernels, "upgrade": _upgrade, "attention": _attention,
                 "selftest": _selftest}
-    args.command_line = "python -m sftbench " + " ".join(sys.argv[1:] if argv is None else argv)
-    return commands[args.command](args)
+    # Quoted as a shell needs it, so that the command line a report shows can be pasted back.
+    args.command_line = shlex.join(["python", "-m", "sftbench", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        code = commands[args.command](args)
+        sys.stdout.flush()  # output still buffered meets a reader that has gone here, not at exit
+    except BrokenPipeError:
+        # The reader stopped reading (`| head`): the rest is not wanted. Python flushes stdout again at exit;
+        # pointed at /dev/null, that flush cannot fail (the signal module's note on SIGPIPE).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except BadRules as error:  # any command that classifies kernels
+        print(f"sftbench: {error}", file=sys.stderr)
+        return 2
+    return code
 
 
 def _rows(ids: list[str]) -> list[catalog.Row] | None:
@@ -124,11 +139,13 @@ def _rows(ids: list[str]) -> list[catalog.Row] | None:
 
 
 def _models(args) -> int:
+    seed = [r.spec for t in catalog.seed_tables() for r in t.rows]
+    # Importing torch and transformers and building each model take 10-20 s of silence otherwise.
+    print(f"sftbench: building the {len({spec.model_type for spec in seed})} seed model types on the meta device "
+          "to count their parameters ...", file=sys.stderr, flush=True)
     from sftbench.models import models_summary
 
-    configs = sorted({(r.spec.lora_rank, r.spec.lora_targets) for t in catalog.seed_tables() for r in t.rows
-                      if r.spec.sft_type == "lora"})
-    summary = models_summary(configs)
+    summary = models_summary(sorted({(spec.lora_rank, spec.lora_targets) for spec in seed if spec.sft_type == "lora"}))
     if args.json:
         print(json.dumps(summary, indent=1))
     else:
@@ -143,8 +160,9 @@ def _baselines(args) -> int:
     from sftbench.storage.files import repository_root
 
     folder = args.dir or repository_root() / "baselines"
-    if not folder.is_dir():
-        print(f"sftbench: no baselines folder {folder} (give --dir, or run from the repository)", file=sys.stderr)
+    if problem := _no_baselines(folder, "--dir"):
+        print(f"sftbench: {problem}" + ("" if args.dir else " (give --dir, or run from the repository)"),
+              file=sys.stderr)
         return 2
     baselines, errors = BaselineStore(folder).scan()
     entries = listing(baselines)
@@ -156,6 +174,19 @@ def _baselines(args) -> int:
     for error in errors:
         print(f"sftbench: {error}", file=sys.stderr)
     return 2 if errors else 0
+
+
+def _no_baselines(folder: Path, option: str) -> str | None:
+    """Why `folder`, given as `option`, holds no baselines (one line), or None. It holds a folder per GPU
+    (baselines/<gpu>/<key>.json)."""
+    if not folder.is_dir():
+        return f"no baselines folder {folder}"
+    if any(folder.glob("*/*.json")):
+        return None
+    if any(folder.glob("*.json")):
+        return (f"no baselines in {folder}: it is one GPU's folder; {option} takes the folder above it, "
+                f"{folder.resolve().parent}")
+    return f"no baselines in {folder} (they are in a folder per GPU below it)"
 
 
 def _listed(entry: dict) -> list[str]:
@@ -233,6 +264,9 @@ def _history(args) -> int:
               "<results>/history/)", file=sys.stderr)
         return 2
     runs = history.runs(records)
+    if args.plots:  # about half a second a plot
+        print(f"sftbench: drawing the plots of {len(history.trends(runs))} configurations in {args.plots} ...",
+              file=sys.stderr, flush=True)
     text = history.summary(runs[-1]) if args.summary else history.page(runs, args.plots)
     if not args.out:
         print(text)
@@ -245,7 +279,8 @@ def _run(args) -> int:
     from sftbench.launcher import Launcher
     from sftbench.render import describe
     from sftbench.result import Metrics
-    from sftbench.runner import cannot_run
+    from sftbench.storage.files import NotWritten
+    from sftbench.storage.results import ResultStore
     from sftbench.spec import InvalidSpec, RunOptions
     from sftbench.storage.files import NotWritten, not_writable
     from sftbench.storage.results import ResultStore
@@ -261,13 +296,7 @@ def _run(args) -> int:
     except InvalidSpec as error:
         print(f"sftbench: {error}", file=sys.stderr)
         return 2
-    reasons = {f"{name}: {reason}" for name, spec in specs if (reason := cannot_run(spec, args.attn_fallback))}
-    if reasons:
-        print("sftbench: cannot run here:\n  " + "\n  ".join(sorted(reasons)), file=sys.stderr)
-        return 2
-    problem = args.out and not_writable(args.out)
-    if problem:
-        print(f"sftbench: --out {problem}: nothing was trained", file=sys.stderr)
+    if _cannot_train(specs, args.out, args.attn_fallback, "--attn-fallback"):
         return 2
     launcher, failed = Launcher(), 0
     store = ResultStore(args.out) if args.out else None
@@ -284,9 +313,32 @@ def _run(args) -> int:
     return 1 if failed else 0
 
 
+def _cannot_train(specs: list[tuple[str, CaseSpec]], out: Path | None, attn_fallback: str | None = None,
+                  fallback_option: str | None = None) -> bool:
+    """True, after one line saying why, where this machine cannot train these (name, spec) or `out` (--out) cannot
+    be written: checked before anything trains. `fallback_option`: the command's option that picks a kernel
+    where flash-attn is missing, if it has one."""
+    from sftbench.runner import cannot_run
+    from sftbench.storage.files import not_writable
+
+    refused: dict[str, dict[str, None]] = {}  # reason: the names it holds for, in order
+    for name, spec in specs:
+        if reason := cannot_run(spec, attn_fallback, fallback_option):
+            refused.setdefault(reason, {})[name] = None
+    if refused:
+        print("sftbench: " + "; ".join(f"cannot run {', '.join(names)}: {reason}" for reason, names in refused.items()),
+              file=sys.stderr)
+        return True
+    problem = out and not_writable(out)
+    if problem:
+        print(f"sftbench: --out {problem}: nothing was trained", file=sys.stderr)
+        return True
+    return False
+
+
 def _profile(args) -> int:
     rows = _rows([args.row])
-    if rows is None:
+    if rows is None or _cannot_train([(rows[0].node_id, rows[0].spec)], args.out):
         return 2
     from sftbench.diagnostics.step_profile import profile_row
 
@@ -298,7 +350,7 @@ def _profile(args) -> int:
 
 def _projection(args) -> int:
     rows = _rows(args.rows)
-    if rows is None:
+    if rows is None or _cannot_train([(row.node_id, row.spec) for row in rows], args.out):
         return 2
     from sftbench.diagnostics.projection import check_projection, markdown_table
 
@@ -314,6 +366,9 @@ def _upgrade(args) -> int:
     from sftbench.storage.baselines import BaselineStore
     from sftbench.storage.results import scan_results
 
+    if problem := _no_baselines(args.baselines, "--baselines"):
+        print(f"sftbench: {problem}", file=sys.stderr)
+        return 2
     named = {}
     for option, values in (("--run", args.run), ("--attention", args.attention)):
         for value in values:
@@ -355,7 +410,7 @@ def _kernels(args) -> int:
         return 2
     if args.json:
         print(json.dumps(kernels.kernel_table(traced), indent=1))
-        return 0
+        return 2 if problems else 0
     for result in traced:
         families = kernels.epoch_families(result.kernels)
         total = sum(families.values())
@@ -364,10 +419,11 @@ def _kernels(args) -> int:
         for index, seconds in table["configurations"][result.key][:args.top]:
             name = table["names"][index]
             print(f"  {100 * seconds / total:5.1f}%  {kernels.family_of(name):28} {name[:110]}")
-    return 0
+    return 2 if problems else 0
 
 
 def _attention(args) -> int:
+    from sftbench import environment
     from sftbench.diagnostics.attention import attention_kernels, unsupported
     from sftbench.storage.results import read_result, scan_results
     from sftbench.storage.schema import StorageError
@@ -381,10 +437,18 @@ def _attention(args) -> int:
         if problems:
             print(f"sftbench: {problems[0]}", file=sys.stderr)
             return 2
+        if not found:
+            print(f"sftbench: attention: no results in {path}", file=sys.stderr)
+            return 2
         results += found.values()
     problems = [problem for result in results if (problem := unsupported(result))]
     if problems:
         print("sftbench: attention: " + "; ".join(problems), file=sys.stderr)
+        return 2
+    try:
+        environment.attention_kernel("flash_attention_2", fallback_option=None)  # the kernels it times
+    except environment.MissingFlashAttn as error:
+        print(f"sftbench: attention: {error}", file=sys.stderr)
         return 2
     measured = []
     for result in results:
@@ -396,8 +460,6 @@ def _attention(args) -> int:
 
 
 def _selftest(args) -> int:
-    import shlex
-
     from sftbench import selftest
     from sftbench.storage.files import NotWritten
     from sftbench.storage.records import read_records, write_selftest

@@ -73,6 +73,7 @@ def _torch_gpu_name() -> str | None:
 
 
 FLASH_EXTRA = "flash-attn is not installed: pip install 'sftbench[flash]'"
+FALLBACK_OPTION = "--sftbench-attn-fallback"  # pytest's option that runs flash rows with another kernel
 
 
 class MissingFlashAttn(ImportError):
@@ -83,14 +84,15 @@ def flash_attn_installed() -> bool:
     return importlib.util.find_spec("flash_attn") is not None
 
 
-def attention_kernel(requested: str, fallback: str | None = None) -> str:
+def attention_kernel(requested: str, fallback: str | None = None, fallback_option: str | None = FALLBACK_OPTION) -> str:
     """The attention kernel a case runs here: the requested one, or `fallback` where flash-attn is missing.
 
     Without flash-attn transformers would try to fetch a flash kernel from the hub instead of failing.
+    MissingFlashAttn names the extra to install, and `fallback_option` where the command has such an option.
     """
     if requested == "flash_attention_2" and not flash_attn_installed():
         if fallback is None:
-            raise MissingFlashAttn(f"{FLASH_EXTRA}, or run with --sftbench-attn-fallback sdpa")
+            raise MissingFlashAttn(FLASH_EXTRA + (f", or run with {fallback_option} sdpa" if fallback_option else ""))
         return fallback
     return requested
 

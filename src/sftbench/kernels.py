@@ -25,26 +25,41 @@ OTHER = "other"
 INJECTED = re.compile(r"^self-test spin \((?P<family>.+)\)$")
 
 
-def _rules_text() -> str:
-    return resources.files("sftbench").joinpath("kernel_families.toml").read_text(encoding="utf-8")
+# The rules file; tests point it at their own.
+RULES = resources.files("sftbench").joinpath("kernel_families.toml")
+
+
+class BadRules(ValueError):
+    """A rules file that cannot classify kernels: one line naming the file and, where one is wrong, the rule."""
 
 
 @cache
 def rules_version() -> str:
     """The version of the rules, stored with the families they made (Kernels.rules): a digest of the file."""
-    return hashlib.sha256(_rules_text().encode()).hexdigest()[:12]
+    return hashlib.sha256(RULES.read_bytes()).hexdigest()[:12]
 
 
 @cache
 def rules() -> tuple[tuple[str, ...], tuple[tuple[re.Pattern, str], ...]]:
     """(the families in the order they are shown, the (pattern, family) rules in the order they apply)."""
-    data = tomllib.loads(_rules_text())
-    families = tuple(data["families"])
-    unknown = sorted({rule["family"] for rule in data["rule"]} - set(families))
-    if unknown or OTHER not in families:
-        raise ValueError(f"kernel_families.toml: rules name families it does not list ({', '.join(unknown)}), "
-                         f"or it lacks {OTHER!r}")
-    return families, tuple((re.compile(rule["pattern"]), rule["family"]) for rule in data["rule"])
+    try:
+        data = tomllib.loads(RULES.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as error:
+        raise BadRules(f"{RULES}: not TOML ({error})") from None
+    families = data.get("families", [])
+    if not isinstance(families, list) or OTHER not in families:
+        raise BadRules(f"{RULES}: its families must be a list that includes {OTHER!r}")
+    compiled = []
+    for number, rule in enumerate(data.get("rule", []), start=1):
+        pattern, family = rule.get("pattern"), rule.get("family")
+        where = f"{RULES}: rule {number} (pattern {pattern!r})"
+        if family not in families:
+            raise BadRules(f"{where} names the family {family!r}, which is not among its families")
+        try:
+            compiled.append((re.compile(pattern), family))
+        except (TypeError, re.error) as error:
+            raise BadRules(f"{where} is not a regular expression ({error})") from None
+    return tuple(families), tuple(compiled)
 
 
 def families() -> tuple[str, ...]:

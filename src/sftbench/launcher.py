@@ -25,6 +25,8 @@ from sftbench.result import Result
 from sftbench.spec import CaseSpec, RunOptions
 
 DEFAULT_TIMEOUT_S = 1800.0  # per case; full epochs of the largest models need more (--sftbench-timeout)
+# The longest --sftbench-timeout: multiprocessing waits in milliseconds held in a C int, which ends at 24.8 days.
+MAX_TIMEOUT_S = 7 * 24 * 3600.0  # a week
 STARTUP_TIMEOUT_S = 600.0  # the most the start-up waits; a shorter case timeout shortens it
 
 

@@ -13,7 +13,7 @@ from pytest_benchmark.logger import PytestBenchmarkWarning
 
 from sftbench import environment, workers
 from sftbench.catalog import Row, all_rows
-from sftbench.launcher import DEFAULT_TIMEOUT_S
+from sftbench.launcher import DEFAULT_TIMEOUT_S, MAX_TIMEOUT_S
 from sftbench.runner import RunConfig
 from sftbench.session import BenchmarkStandIn, BenchSession, CompareFailVerdict
 from sftbench.spec import RunOptions
@@ -74,7 +74,8 @@ def pytest_addoption(parser):
     group.addoption("--sftbench-require-baseline", action="store_true",
                     help="fail a row whose configuration has no baseline (instead of passing it as no-baseline)")
     group.addoption("--sftbench-timeout", type=_seconds, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
-                    help="per-case limit before its process is killed (default %(default)s)")
+                    help=f"per-case limit before its process is killed (default %(default)s; at most a week, "
+                         f"{MAX_TIMEOUT_S:.0f})")
 
 
 def _percent(text: str) -> float:
@@ -89,12 +90,12 @@ _percent.__name__ = "finite percentage >= 0"  # how argparse names a value it re
 
 def _seconds(text: str) -> float:
     value = float(text)
-    if not (math.isfinite(value) and value > 0):
+    if not 0 < value <= MAX_TIMEOUT_S:  # nan and inf too
         raise ValueError(text)
     return value
 
 
-_seconds.__name__ = "number of seconds > 0"
+_seconds.__name__ = f"number of seconds > 0 and <= {MAX_TIMEOUT_S:.0f} (a week)"
 
 
 @pytest.hookimpl(optionalhook=True)  # pytest-xdist's, for -n auto

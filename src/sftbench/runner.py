@@ -48,12 +48,14 @@ class RunRefused(Exception):
     self-test or fault knob is set wrong. One line that says what to do."""
 
 
-def cannot_run(spec: CaseSpec, attn_fallback: str | None) -> str | None:
-    """Why this machine cannot run `spec` (one line naming what to install), or None."""
+def cannot_run(spec: CaseSpec, attn_fallback: str | None,
+               fallback_option: str | None = environment.FALLBACK_OPTION) -> str | None:
+    """Why this machine cannot run `spec` (one line naming what to install), or None (`fallback_option`:
+    environment.attention_kernel)."""
     if spec.device == "cuda" and environment.gpu_info()["gpu"] == "cpu":
         return "no CUDA GPU here: the seed's rows need one (the CPU smoke cases run without)"
     try:
-        environment.attention_kernel(spec.attention, attn_fallback)
+        environment.attention_kernel(spec.attention, attn_fallback, fallback_option)
     except environment.MissingFlashAttn as error:
         return str(error)
     if spec.quantization != "bf16":

@@ -55,6 +55,21 @@ def kernels_factory():
 
 
 @pytest.fixture
+def rules_file(tmp_path, monkeypatch):
+    """A kernel_families.toml for the test to write, read instead of sftbench's (the rules and each kernel's
+    family are cached: cleared before and after)."""
+    from sftbench import kernels
+
+    path = tmp_path / "kernel_families.toml"
+    monkeypatch.setattr(kernels, "RULES", path)
+    for cached in (kernels.rules, kernels.rules_version, kernels.family_of):
+        cached.cache_clear()
+    yield path
+    for cached in (kernels.rules, kernels.rules_version, kernels.family_of):
+        cached.cache_clear()
+
+
+@pytest.fixture
 def block_linears():
     """model_type -> (its meta model, {name: Linear} of the decoder layers: the layers a quantization replaces)."""
     from torch import nn

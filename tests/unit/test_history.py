@@ -146,6 +146,11 @@ def test_a_run_that_lost_a_worker_says_so_in_the_page_and_the_summary(records):
     assert f"| 1 regression, 1 improvement{incomplete} |" in history.page([run])
 
 
+def test_drawing_the_plots_says_so_first(records, tmp_path, capsys):
+    assert main(["history", str(records), "--out", str(tmp_path / "h.md"), "--plots", str(tmp_path / "h")]) == 0
+    assert capsys.readouterr().err == f"sftbench: drawing the plots of 2 configurations in {tmp_path / 'h'} ...\n"
+
+
 def test_a_bad_file_is_named_and_skipped_and_the_command_fails(records, tmp_path, capsys):
     (records / "broken.json").write_text('{"schema": 1, "started": ')
     (records / "other.json").write_text('{"schema": 7}')

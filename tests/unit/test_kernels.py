@@ -56,6 +56,31 @@ def test_the_rules_name_only_listed_families_and_other_comes_last():
     assert families[-1] == kernels.OTHER and {family for _, family in rules} < set(families)
 
 
+TWO_RULES = """families = ["GEMM", "other"]
+[[rule]]
+family = "GEMM"
+pattern = 'nvjet'
+[[rule]]
+family = "{family}"
+pattern = '{pattern}'
+"""
+
+
+@pytest.mark.parametrize("text, message", [
+    (TWO_RULES.format(family="GEMM", pattern="gemm("),
+     "rule 2 (pattern 'gemm(') is not a regular expression (missing ), unterminated subpattern at position 4)"),
+    (TWO_RULES.format(family="GEMMs", pattern="gemm"),
+     "rule 2 (pattern 'gemm') names the family 'GEMMs', which is not among its families"),
+    ('families = ["GEMM", "other"\n', "not TOML ("),
+    ('families = ["GEMM"]\n', "its families must be a list that includes 'other'"),
+], ids=["bad regular expression", "unknown family", "not TOML", "no other"])
+def test_a_broken_rules_file_is_one_line_naming_the_file_and_the_rule(rules_file, text, message):
+    rules_file.write_text(text)
+    with pytest.raises(kernels.BadRules) as error:
+        kernels.family_of("nvjet_a")
+    assert str(error.value).startswith(f"{rules_file}: {message}") and "\n" not in str(error.value)
+
+
 SHORT = ["flash_fwd_kernel<1>", "nvjet_a", "nvjet_b", "multi_tensor_apply_kernel<Adam>"]
 STEPS = [[[1, 10, 3_000_000], [0, 64, 1_000_000]], [[2, 10, 1_000_000], [0, 64, 500_000]], [[3, 5, 2_000_000]]]
 

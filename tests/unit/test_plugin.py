@@ -287,19 +287,30 @@ def test_bad_weights_are_a_usage_error(pytester, value, message):
     assert message in result.stderr.str() and value in result.stderr.str()
 
 
+SECONDS = "number of seconds > 0 and <= 604800 (a week)"
+
+
 @pytest.mark.parametrize("option, value, expected", [
     ("--sftbench-time-tolerance", "-5", "finite percentage >= 0"),
     ("--sftbench-memory-tolerance", "nan", "finite percentage >= 0"),
     ("--sftbench-gpu-time-tolerance", "inf", "finite percentage >= 0"),
     ("--sftbench-limited-gpu-time-tolerance", "-1", "finite percentage >= 0"),
-    ("--sftbench-timeout", "0", "number of seconds > 0"),
-    ("--sftbench-timeout", "-1", "number of seconds > 0"),
+    ("--sftbench-timeout", "0", SECONDS),
+    ("--sftbench-timeout", "-1", SECONDS),
+    ("--sftbench-timeout", "3e6", SECONDS),  # past multiprocessing's wait, which would fail every row
+    ("--sftbench-timeout", "inf", SECONDS),
 ])
 def test_bad_tolerances_and_timeouts_are_usage_errors(pytester, option, value, expected):
     write_module(pytester)
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--collect-only", f"{option}={value}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert f"argument {option}: invalid {expected} value: '{value}'" in result.stderr.str()
+
+
+def test_a_timeout_of_a_week_is_accepted(pytester):
+    write_module(pytester)
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--collect-only", "--sftbench-timeout=604800")
+    assert result.ret == pytest.ExitCode.OK
 
 
 @pytest.mark.parametrize("results", ["baselines", "baselines/cpu", "."])

@@ -148,6 +148,7 @@ def test_the_publishing_steps_on_a_run_with_a_regression(pytester, monkeypatch):
     [baseline] = (pytester.path / "baselines" / "cpu").glob("*.n5.cpu.json")
     data = json.loads(baseline.read_text())
     data["result"]["timing"]["minutes_per_1000_samples"] *= 0.01
+    data["result"]["timing"]["wall_noise_pct"] = 1.0  # a quiet host's: on a loaded one it exceeds what is judged
     baseline.write_text(json.dumps(data))
     # A wide time tolerance: CPU step times on a busy machine vary several-fold, a 100x change does not.
     assert pytester.runpytest_subprocess(*options, "--sftbench-time-tolerance", "1000", timeout=600).ret == 1

@@ -2,6 +2,7 @@
 2.6.3 against baselines written with 2.8.3.post2 on the same GPU, and the kernels alone per version."""
 
 import json
+import shlex
 from pathlib import Path
 
 from sftbench.__main__ import main
@@ -10,13 +11,23 @@ from tests.unit.report.conftest import markdown_sections
 DATA = Path(__file__).parents[3] / "docs" / "upgrade-h200-flash-attn"
 
 
-def report(tmp_path, *attention) -> str:
-    out = tmp_path / "upgrade.md"
+def upgrade_args(tmp_path, *attention, title="flash-attn") -> list[str]:
     args = ["upgrade", "--baselines", str(DATA / "baselines"), "--run", f"2.7.4.post1={DATA / 'results-2.7.4.post1'}",
-            "--run", f"2.6.3={DATA / 'results-2.6.3'}", "--title", "flash-attn", "--out", str(out)]
-    args += [option for version in attention for option in ("--attention", f"{version}={DATA / f'attention-{version}.json'}")]
+            "--run", f"2.6.3={DATA / 'results-2.6.3'}", "--title", title, "--out", str(tmp_path / "upgrade.md")]
+    return args + [option for version in attention
+                   for option in ("--attention", f"{version}={DATA / f'attention-{version}.json'}")]
+
+
+def report(tmp_path, *attention) -> str:
+    assert main(upgrade_args(tmp_path, *attention)) == 0
+    return (tmp_path / "upgrade.md").read_text()
+
+
+def test_the_command_line_the_report_was_made_by_can_be_pasted_into_a_shell(tmp_path):
+    args = upgrade_args(tmp_path, title="flash-attn 2.7 and 2.6 against 2.8's baselines")
     assert main(args) == 0
-    return out.read_text()
+    made_by = next(line for line in (tmp_path / "upgrade.md").read_text().splitlines() if line.startswith("Made by"))
+    assert shlex.split(made_by.removeprefix("Made by `").removesuffix("`.")) == ["python", "-m", "sftbench", *args]
 
 
 def test_each_run_is_judged_in_the_step_and_per_family_with_its_host_side_evidence(tmp_path):
