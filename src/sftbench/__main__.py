@@ -490,13 +490,13 @@ def _selftest(args) -> int:
     if args.markdown and not _write_output(args.markdown, selftest.markdown(summary)):
         return 2
     failures = sum(rerun["failures"] for rerun in summary["clean_reruns"])
-    print(f"sftbench: selftest: {failures} failures in {len(summary['clean_reruns'])} clean reruns of "
-          f"{', '.join(str(len(r['configurations'])) for r in summary['clean_reruns']) or 'no'} configurations; "
-          + ", ".join([f"{name} flagged {stage['flagged']} of {len(stage['configurations'])}"
-                       for name, stage in summary["injected"].items()]
-                      + [f"{knob} flagged {stage['flagged']} of {len(stage['configurations'])} ({stage['named_right']} "
-                         f"naming {' and '.join(stage['families'])})"
-                         for knob, stage in summary["family_injected"].items()]))
+    found = [f"{failures} failures in {len(summary['clean_reruns'])} clean reruns of "
+             f"{', '.join(str(len(r['configurations'])) for r in summary['clean_reruns']) or 'no'} configurations"]
+    found += [f"{name} flagged {stage['flagged']} of {len(stage['configurations'])}"
+              for name, stage in summary["injected"].items()]
+    found += [f"{knob} flagged {stage['flagged']} of {len(stage['configurations'])} ({stage['named_right']} naming "
+              f"{' and '.join(stage['families'])})" for knob, stage in summary["family_injected"].items()]
+    print("sftbench: selftest: " + "; ".join(found))
     return 0
 
 

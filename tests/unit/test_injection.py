@@ -35,3 +35,42 @@ def test_the_kernel_knob_names_a_target_and_a_percentage():
             Injection.from_environ({KERNELS: value})
     with pytest.raises(ValueError, match="cannot be set together"):
         Injection.from_environ({KERNELS: "gemm:5", GPU_PCT: "5"})
+
+
+def test_the_injector_sizes_its_spins_from_traced_calibration_steps_it_then_discards(monkeypatch):
+    import contextlib
+
+    import torch
+
+    from sftbench.injection import CALIBRATION_CYCLES, Injector
+    from sftbench.result import Kernels, TracedStep
+
+    class Timer:
+        def __init__(self):
+            self.record, self.pending, self.after_operator = Kernels(), [], None
+
+        @contextlib.contextmanager
+        def step(self, tokens):
+            yield
+            seconds = 0.02 if tokens == 0 else tokens * 1e-5  # the calibration spin: 20 ms
+            self.pending.append(TracedStep(tokens=tokens, seconds=seconds, families={"GEMM": seconds},
+                                           operators={"aten::mm": 10}))
+
+        def collect(self, keep=True):
+            steps, self.pending = self.pending, []
+            self.record.steps += steps if keep else []
+            return steps
+
+    spins = []
+    monkeypatch.setattr(torch.cuda, "_sleep", spins.append)
+    timer, ran = Timer(), []
+    batches = [type("Batch", (), {"tokens": t})() for t in (512, 2048)]
+    injector = Injector(Injection(kernels="gemm", kernels_pct=10), timer, torch.device("cpu"))
+    injector.prepare(ran.append, *batches)
+    assert ran == batches and timer.record.steps == [] and spins == [CALIBRATION_CYCLES]  # calibration discarded
+    injector.before_micro_step(2048)
+    timer.after_operator("aten::mm")
+    # 10% of 2048 tokens' GEMM seconds per aten::mm call (20.48 ms / 10 calls), at 1e9 cycles a second
+    assert spins[1] == round(0.1 * 0.02048 / 10 * 1e9)
+    with pytest.raises(RuntimeError, match="need the GPU kernel clock"):
+        Injector(Injection(gpu_pct=5), None, torch.device("cpu"))
