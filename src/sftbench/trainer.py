@@ -173,10 +173,14 @@ class Trainer:
 
     def _repeat_steps(self, ordered: list[Batch]) -> None:
         """Trace the shortest and the longest batch FAMILY_REPEATS more times each, marked as repeats of the first
-        traced step of their shape (the projection leaves them out; kernels.family_noise_pct reads them)."""
+        traced step of their shape (the projection leaves them out; kernels.family_noise_pct reads them). Each
+        batch first runs once untraced: the traced optimizer step before left no gradients, and a backward that
+        allocates them launches other kernels than one that adds to them, as the repeated steps did (on an H100,
+        full fine-tuning's first step after it launched 5021 kernels instead of 5280: no jitter, another step)."""
         repeats = []
         for batch in dict.fromkeys((ordered[0], ordered[-1])):
             if shape(batch) in self._first_traced:
+                self.micro_step(batch)
                 for _ in range(FAMILY_REPEATS):
                     repeats.append(self._first_traced[shape(batch)])
                     with self.kernel_timer.step(batch.tokens):

@@ -273,3 +273,29 @@ def test_the_kernel_injection_spins_after_its_targets_own_operators_by_their_fam
     spin("flash_attn::_flash_attn_forward")
     # 10% of the attention forward's seconds per call, halfway between 2 ms / 32 and 8 ms / 32 per step: 156.25 us
     assert spins == [15625]
+
+
+def test_repeats_run_with_gradients_present_as_the_steps_they_repeat(trainer, monkeypatch):
+    """After the traced optimizer step (its zero_grad leaves no gradients) each repeated batch first runs once
+    untraced: a backward that allocates the gradients launches other kernels than the accumulating ones repeated."""
+    monkeypatch.setattr(trainer_module, "LONG_STEP_S", math.inf)
+    timer = trainer.kernel_timer = FakeKernelTimer()
+    calls = []
+    step, micro_step = timer.step, trainer.micro_step
+
+    @contextlib.contextmanager
+    def traced_step(tokens):
+        calls.append(("traced", tokens))
+        with step(tokens):
+            yield
+
+    monkeypatch.setattr(timer, "step", traced_step)
+    monkeypatch.setattr(trainer, "micro_step", lambda batch: (calls.append(("micro", batch.tokens)), micro_step(batch)))
+    epoch = trainer.run(RunOptions(representative_steps=4, kernel_steps=3), progress=lambda line: None)
+    ordered = sorted(trainer.batches, key=lambda b: -b.tokens)
+    optimizer = calls.index(("traced", 0))
+    after = [c for c in calls[optimizer + 1:] if c != ("traced", 0)]
+    longest, shortest = ordered[0].tokens, ordered[-1].tokens
+    assert after == [("micro", longest)] + [("traced", longest), ("micro", longest)] * 3 + \
+        [("micro", shortest)] + [("traced", shortest), ("micro", shortest)] * 3
+    assert len([s for s in epoch.kernels.steps if s.repeat_of is not None]) == 6
