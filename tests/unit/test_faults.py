@@ -21,6 +21,7 @@ import pytest
 
 import sftbench
 from sftbench.catalog import Row
+from sftbench.launcher import STARTUP_TIMEOUT_S
 from sftbench.runner import RunConfig, Runner, RunRefused
 from sftbench.spec import CaseSpec
 from sftbench.storage import files, locks
@@ -86,8 +87,9 @@ def start_pytest(tmp_path):
         process.wait()
 
 
-def wait_for(folder: Path, text: str, process: subprocess.Popen, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
+def wait_for(folder: Path, text: str, process: subprocess.Popen) -> None:
+    """Until `text` is in the output: a fault's line comes once the launcher has started, however busy the host."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while text not in (folder / "out.txt").read_text(errors="replace"):
         assert process.poll() is None and time.monotonic() < deadline, (folder / "out.txt").read_text()
         time.sleep(0.1)
@@ -133,18 +135,23 @@ def test_an_interrupted_update_run_leaves_a_record_that_says_so(start_pytest, tm
         (tmp_path / "out.txt").read_text()
 
 
-# A timeout long enough for the forkserver's imports on a busy CI host, except where the start-up is to time out.
-@pytest.mark.parametrize("fault, timeout, message", [
-    ("raise", 120, r"could not run: RuntimeError: SFTBENCH_FAULT=raise: injected error"),
-    ("exit", 120, r"could not run: the case's process died with exit code 3 "),
-    ("segfault", 120, r"could not run: the case's process died with exit code -11 "),
-    ("hang-build:0.5", 10, r"could not run: timed out after 10 s"),
-    ("hang-start", 2, r"could not run: the case launcher did not start \(no answer in 2 s\); importing "
-                      r"sftbench.worker in a fresh process shows why"),
+# The case's timeout counts from its start, apart from the launcher's start-up (which imports torch: seconds on
+# any host), so 1 s times out the hanging case and nothing else. The start-up wait is shortened only in the
+# inner run where it is to time out, through a conftest (the launcher's is STARTUP_TIMEOUT_S).
+@pytest.mark.parametrize("fault, timeout, startup_timeout, message", [
+    ("raise", 120, None, r"could not run: RuntimeError: SFTBENCH_FAULT=raise: injected error"),
+    ("exit", 120, None, r"could not run: the case's process died with exit code 3 "),
+    ("segfault", 120, None, r"could not run: the case's process died with exit code -11 "),
+    ("hang-build:0.5", 1, None, r"could not run: timed out after 1 s"),
+    ("hang-start", 1, 2, r"could not run: the case launcher did not start \(no answer in 2 s\); importing "
+                         r"sftbench.worker in a fresh process shows why"),
 ])
-def test_a_failing_case_fails_its_row_with_one_line(start_pytest, tmp_path, fault, timeout, message):
+def test_a_failing_case_fails_its_row_with_one_line(start_pytest, tmp_path, fault, timeout, startup_timeout, message):
+    if startup_timeout is not None:
+        (tmp_path / "conftest.py").write_text(f"from sftbench import launcher\n\n"
+                                              f"launcher.STARTUP_TIMEOUT_S = {startup_timeout}\n")
     process = start_pytest(fault, "--sftbench-timeout", str(timeout))
-    assert process.wait(120) == pytest.ExitCode.TESTS_FAILED
+    assert process.wait(STARTUP_TIMEOUT_S + timeout) == pytest.ExitCode.TESTS_FAILED
     output = (tmp_path / "out.txt").read_text()
     assert re.search(rf"^test_cpu_smoke\[tiny\] {message}", output, re.M), output
     assert "INTERNALERROR" not in output
