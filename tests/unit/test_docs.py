@@ -1,5 +1,6 @@
-"""The README and the guide name only commands and options that exist."""
+"""The README and the guide name only commands and options that exist, and the versions the repository pins."""
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -33,3 +34,12 @@ def test_every_sftbench_command_line_in_the_docs_parses(doc, capsys):
         usage = capsys.readouterr().out
         for option in (word.split("=")[0] for word in words if word.startswith("--")):
             assert option in usage, f"{line}: python -m sftbench {words[0]} has no {option}"
+
+
+def test_the_readme_names_the_torch_make_installs_and_the_torch_of_the_baselines():
+    readme = (ROOT / "README.md").read_text().replace("\n", " ")
+    installed = re.search(r"^TORCH \?= torch==(\S+)$", (ROOT / "Makefile").read_text(), re.MULTILINE)[1]
+    [measured] = {json.loads(path.read_text())["result"]["versions"]["torch"]
+                  for path in (ROOT / "baselines").rglob("*.json")}
+    assert f"`make` installs torch {installed} " in readme
+    assert f"measured with torch {measured} " in readme
