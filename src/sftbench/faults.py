@@ -10,9 +10,9 @@ faulted case has no result to write as a baseline.
     exit        the case's process exits with code 3 as training starts: "died with exit code 3"
     segfault    the case's process kills itself with SIGSEGV as training starts: "exit code -11"
     hang-start  the launcher's forkserver hangs while importing the worker: the launcher's start-up
-                wait (--sftbench-timeout, at most 600 s) gives up
-    hang-build  the case hangs before building its model: killed at --sftbench-timeout
-    hang-train  the case hangs as training starts: killed at --sftbench-timeout
+                wait (sftbench.launcher.STARTUP_TIMEOUT_S, 600 s, whatever --sftbench-timeout) gives up
+    hang-build  the case hangs before building its model: killed at --sftbench-timeout from its start
+    hang-train  the case hangs as training starts: killed at --sftbench-timeout from its start
 
 A phase reached with a fault set writes one line to standard error ("sftbench fault: ...").
 """

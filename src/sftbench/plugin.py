@@ -13,7 +13,7 @@ from pytest_benchmark.logger import PytestBenchmarkWarning
 
 from sftbench import environment, workers
 from sftbench.catalog import Row, all_rows
-from sftbench.launcher import DEFAULT_TIMEOUT_S, MAX_TIMEOUT_S
+from sftbench.launcher import DEFAULT_TIMEOUT_S, MAX_TIMEOUT_S, STARTUP_TIMEOUT_S
 from sftbench.runner import RunConfig
 from sftbench.session import BenchmarkStandIn, BenchSession, CompareFailVerdict
 from sftbench.spec import RunOptions
@@ -74,8 +74,9 @@ def pytest_addoption(parser):
     group.addoption("--sftbench-require-baseline", action="store_true",
                     help="fail a row whose configuration has no baseline (instead of passing it as no-baseline)")
     group.addoption("--sftbench-timeout", type=_seconds, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
-                    help=f"per-case limit before its process is killed (default %(default)s; at most a week, "
-                         f"{MAX_TIMEOUT_S:.0f})")
+                    help="per-case limit, from the case's start, before its process is killed (default "
+                         f"%(default)s; at most a week, {MAX_TIMEOUT_S:.0f}); the case launcher's start-up (its "
+                         f"imports, once) waits up to {STARTUP_TIMEOUT_S:g} s whatever this is")
 
 
 def _percent(text: str) -> float:

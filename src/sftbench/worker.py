@@ -22,7 +22,7 @@ import transformers  # noqa: F401 - imported here so the forkserver preloads it
 from sftbench import environment, faults
 from sftbench.data import SyntheticCorpus, epoch_batches
 from sftbench.injection import Injection
-from sftbench.models import build_model, get_model, lora_target_modules
+from sftbench.models import build_model, enable_activation_checkpointing, get_model, lora_target_modules
 from sftbench.result import Kernels, Result
 from sftbench.spec import CaseSpec, RunOptions
 from sftbench.trackers import KernelTimer, MemoryTracker, gpu_uuid, kernel_clock_unavailable
@@ -146,7 +146,7 @@ def prepare_for_training(model, spec: CaseSpec):
 
     model.config.use_cache = False
     if spec.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
         model.enable_input_require_grads()
     if spec.sft_type == "lora":
         config = peft.LoraConfig(r=spec.lora_rank, lora_alpha=32, lora_dropout=0.05, task_type="CAUSAL_LM",

@@ -5,6 +5,7 @@ Each test runs pytest on a one-row module of a tiny CPU model in a subprocess (i
 torch and transformers: a few seconds each).
 """
 
+import contextlib
 import errno
 import json
 import os
@@ -20,6 +21,7 @@ import pytest
 
 import sftbench
 from sftbench.catalog import Row
+from sftbench.launcher import STARTUP_TIMEOUT_S
 from sftbench.runner import RunConfig, Runner, RunRefused
 from sftbench.spec import CaseSpec
 from sftbench.storage import files, locks
@@ -41,20 +43,53 @@ def test_cpu_smoke(check_row):
 PHASES = {"start": "hang-start", "build": "hang-build", "train": "hang-train"}
 
 
-def start_pytest(folder: Path, fault: str, *args: str) -> subprocess.Popen:
-    """pytest -s on the one-row module in `folder` with SFTBENCH_FAULT=fault; its output in folder/out.txt."""
-    (folder / "test_smoke.py").write_text(SMOKE_MODULE)
-    (folder / "baselines").mkdir(exist_ok=True)
-    env = {**os.environ, "SFTBENCH_FAULT": fault, "CUDA_VISIBLE_DEVICES": "",
-           "PYTHONPATH": os.pathsep.join([str(Path(sftbench.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, "-m", "pytest", "-s", "-p", "no:cacheprovider", "-rf", "test_smoke.py",
-               "--sftbench-baselines", "baselines", "--sftbench-results", "results", *args]
-    with open(folder / "out.txt", "wb") as out:
-        return subprocess.Popen(command, cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT)
+# pytest with SIGINT raising KeyboardInterrupt, whatever it inherited: a background job (`make test &` in a
+# script) starts with SIGINT ignored, which children inherit and subprocess does not restore, so the test's
+# SIGINT would not reach it.
+PYTEST_WITH_SIGINT = ("import signal, sys, pytest; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                      "sys.exit(pytest.main())")
 
 
-def wait_for(folder: Path, text: str, process: subprocess.Popen, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
+@contextlib.contextmanager
+def sigint_ignored():
+    """SIGINT ignored, as a background job (`make test &` in a script) starts, and as children inherit it."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.fixture
+def start_pytest(tmp_path):
+    """Starts pytest -s on a one-row module in tmp_path with SFTBENCH_FAULT=fault; its output in tmp_path/out.txt.
+    Whatever the test's outcome, every process it started, however deep, is killed when it ends."""
+    started = []
+
+    def start(fault: str, *args: str) -> subprocess.Popen:
+        (tmp_path / "test_smoke.py").write_text(SMOKE_MODULE)
+        (tmp_path / "baselines").mkdir(exist_ok=True)
+        env = {**os.environ, "SFTBENCH_FAULT": fault, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": os.pathsep.join(
+            [str(Path(sftbench.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+        command = [sys.executable, "-c", PYTEST_WITH_SIGINT, "-s", "-p", "no:cacheprovider", "-rf", "test_smoke.py",
+                   "--sftbench-baselines", "baselines", "--sftbench-results", "results", *args]
+        # Started as from a background job, whether or not this run is one; in a process group of its own, which
+        # the forkserver and the cases join, to kill them all at the end.
+        with open(tmp_path / "out.txt", "wb") as out, sigint_ignored():
+            started.append(subprocess.Popen(command, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                            process_group=0))
+        return started[-1]
+
+    yield start
+    for process in started:
+        with contextlib.suppress(ProcessLookupError):  # the group is empty: nothing outlived the test
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def wait_for(folder: Path, text: str, process: subprocess.Popen) -> None:
+    """Until `text` is in the output: a fault's line comes once the launcher has started, however busy the host."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while text not in (folder / "out.txt").read_text(errors="replace"):
         assert process.poll() is None and time.monotonic() < deadline, (folder / "out.txt").read_text()
         time.sleep(0.1)
@@ -74,8 +109,8 @@ def running(processes: list[psutil.Process]) -> list[psutil.Process]:
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL, signal.SIGINT], ids=lambda s: s.name)
 @pytest.mark.parametrize("phase", PHASES)
-def test_no_process_outlives_pytest_however_it_ends(tmp_path, phase, signum):
-    pytest_process = start_pytest(tmp_path, PHASES[phase], "--sftbench-timeout", "300")
+def test_no_process_outlives_pytest_however_it_ends(start_pytest, tmp_path, phase, signum):
+    pytest_process = start_pytest(PHASES[phase], "--sftbench-timeout", "300")
     wait_for(tmp_path, f"sftbench fault: {PHASES[phase]} at {phase}", pytest_process)
     children = psutil.Process(pytest_process.pid).children(recursive=True)
     assert len(children) >= (1 if phase == "start" else 2)  # the forkserver, and the case's process
@@ -88,8 +123,8 @@ def test_no_process_outlives_pytest_however_it_ends(tmp_path, phase, signum):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
-def test_an_interrupted_update_run_leaves_a_record_that_says_so(tmp_path, signum):
-    pytest_process = start_pytest(tmp_path, "hang-train", "--sftbench-timeout", "300", "--sftbench-update-baselines")
+def test_an_interrupted_update_run_leaves_a_record_that_says_so(start_pytest, tmp_path, signum):
+    pytest_process = start_pytest("hang-train", "--sftbench-timeout", "300", "--sftbench-update-baselines")
     wait_for(tmp_path, "sftbench fault: hang-train at train", pytest_process)
     os.kill(pytest_process.pid, signum)
     assert pytest_process.wait(60) == pytest.ExitCode.INTERRUPTED
@@ -100,18 +135,23 @@ def test_an_interrupted_update_run_leaves_a_record_that_says_so(tmp_path, signum
         (tmp_path / "out.txt").read_text()
 
 
-# A timeout long enough for the forkserver's imports on a busy CI host, except where the start-up is to time out.
-@pytest.mark.parametrize("fault, timeout, message", [
-    ("raise", 120, r"could not run: RuntimeError: SFTBENCH_FAULT=raise: injected error"),
-    ("exit", 120, r"could not run: the case's process died with exit code 3 "),
-    ("segfault", 120, r"could not run: the case's process died with exit code -11 "),
-    ("hang-build:0.5", 10, r"could not run: timed out after 10 s"),
-    ("hang-start", 2, r"could not run: the case launcher did not start \(no answer in 2 s\); importing "
-                      r"sftbench.worker in a fresh process shows why"),
+# The case's timeout counts from its start, apart from the launcher's start-up (which imports torch: seconds on
+# any host), so 1 s times out the hanging case and nothing else. The start-up wait is shortened only in the
+# inner run where it is to time out, through a conftest (the launcher's is STARTUP_TIMEOUT_S).
+@pytest.mark.parametrize("fault, timeout, startup_timeout, message", [
+    ("raise", 120, None, r"could not run: RuntimeError: SFTBENCH_FAULT=raise: injected error"),
+    ("exit", 120, None, r"could not run: the case's process died with exit code 3 "),
+    ("segfault", 120, None, r"could not run: the case's process died with exit code -11 "),
+    ("hang-build:0.5", 1, None, r"could not run: timed out after 1 s"),
+    ("hang-start", 1, 2, r"could not run: the case launcher did not start \(no answer in 2 s\); importing "
+                         r"sftbench.worker in a fresh process shows why"),
 ])
-def test_a_failing_case_fails_its_row_with_one_line(tmp_path, fault, timeout, message):
-    process = start_pytest(tmp_path, fault, "--sftbench-timeout", str(timeout))
-    assert process.wait(120) == pytest.ExitCode.TESTS_FAILED
+def test_a_failing_case_fails_its_row_with_one_line(start_pytest, tmp_path, fault, timeout, startup_timeout, message):
+    if startup_timeout is not None:
+        (tmp_path / "conftest.py").write_text(f"from sftbench import launcher\n\n"
+                                              f"launcher.STARTUP_TIMEOUT_S = {startup_timeout}\n")
+    process = start_pytest(fault, "--sftbench-timeout", str(timeout))
+    assert process.wait(STARTUP_TIMEOUT_S + timeout) == pytest.ExitCode.TESTS_FAILED
     output = (tmp_path / "out.txt").read_text()
     assert re.search(rf"^test_cpu_smoke\[tiny\] {message}", output, re.M), output
     assert "INTERNALERROR" not in output

@@ -217,22 +217,30 @@ def test_the_newest_releases_job_runs_the_tests_unpinned_on_a_hosted_runner_and_
     assert "pytest tests/unit" in scripts and "pytest tests/benchmarks" in scripts
     [report] = [step for step in job["steps"] if "stack-drift" in step.get("run", "")]
     assert report["if"] == "${{ failure() }}" and "$GITHUB_STEP_SUMMARY" in report["run"]
+    assert shlex.split(report["run"])[2:4] == ["constraints.txt", "Makefile"]  # torch is pinned in the Makefile
     assert os.access(ROOT / "scripts" / "stack-drift.py", os.X_OK)
 
 
-def test_the_drift_report_names_each_pinned_package_at_another_release(tmp_path):
+def drift_report(constraints: Path, makefile: Path) -> str:
+    drift = subprocess.run([sys.executable, str(ROOT / "scripts" / "stack-drift.py"), str(constraints), str(makefile)],
+                           capture_output=True, text=True, check=False)
+    assert drift.returncode == 0, drift.stderr
+    return drift.stdout
+
+
+def test_the_drift_report_names_each_pinned_package_and_the_makefiles_torch_at_another_release(tmp_path):
     from importlib import metadata
 
-    pytest_version = metadata.version("pytest")
-    constraints = tmp_path / "constraints.txt"
+    pytest_version, torch_version = metadata.version("pytest"), metadata.version("torch")
+    constraints, makefile = tmp_path / "constraints.txt", tmp_path / "Makefile"
     constraints.write_text(f"# pins\npytest=={pytest_version}\npytest-benchmark==0.0.1  # old\nno-such-package==1.0\n")
-    drift = subprocess.run([sys.executable, str(ROOT / "scripts" / "stack-drift.py"), str(constraints)],
-                           capture_output=True, text=True, check=False)
-    assert drift.returncode == 0
-    rows = [line for line in drift.stdout.splitlines() if line.startswith("| ") and not line.startswith("| package |")]
-    assert rows == [f"| pytest-benchmark | 0.0.1 | {metadata.version('pytest-benchmark')} |",
+    makefile.write_text("VENV ?= .venv\nTORCH ?= torch==0.0.1\nEXTRAS ?= test\n")
+    rows = [line for line in drift_report(constraints, makefile).splitlines()
+            if line.startswith("| ") and not line.startswith("| package |")]
+    assert rows == [f"| torch | 0.0.1 | {torch_version} |",
+                    f"| pytest-benchmark | 0.0.1 | {metadata.version('pytest-benchmark')} |",
                     "| no-such-package | 1.0 | not installed |"]
     constraints.write_text(f"pytest=={pytest_version}\n")
-    same = subprocess.run([sys.executable, str(ROOT / "scripts" / "stack-drift.py"), str(constraints)],
-                          capture_output=True, text=True, check=True).stdout
-    assert "installed at its pinned version" in same
+    # A CPU build's local label (2.13.0+cpu) is the pinned release.
+    makefile.write_text(f"TORCH ?= torch=={torch_version.partition('+')[0]}\n")
+    assert "installed at its pinned version" in drift_report(constraints, makefile)

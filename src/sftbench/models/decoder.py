@@ -68,13 +68,10 @@ def run_layers(
     if position_ids is None:
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
         position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device)[None] + past_length
-    causal_mask = create_causal_mask(
-        config=model.config,
-        inputs_embeds=inputs_embeds,
-        attention_mask=attention_mask,
-        past_key_values=past_key_values,
-        position_ids=position_ids,
-    )
+    # The cache goes positionally: create_causal_mask's keyword for it is `cache` from transformers 5.24,
+    # `past_key_values` before (deprecated from 5.24, gone in 5.40).
+    causal_mask = create_causal_mask(model.config, inputs_embeds, attention_mask, past_key_values,
+                                     position_ids=position_ids)
     position_embeddings = rotary(position_ids)
 
     hidden_states = inputs_embeds

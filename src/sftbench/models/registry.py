@@ -355,6 +355,15 @@ def build_model(
     return model
 
 
+def enable_activation_checkpointing(model: PreTrainedModel) -> None:
+    """Activation (gradient) checkpointing with non-reentrant autograd, as swift set it up.
+
+    transformers 5.23 renamed gradient_checkpointing_enable to activation_checkpointing_enable (the old name
+    warns, and goes in v6); both take the checkpoint's keyword arguments first."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable({"use_reentrant": False})
+
+
 def checkpoint_tensors(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, tensor) pairs of a transformers-style checkpoint folder, one tensor at a time."""
     for index_name, single_name in (
