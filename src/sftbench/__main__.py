@@ -279,10 +279,8 @@ def _run(args) -> int:
     from sftbench.launcher import Launcher
     from sftbench.render import describe
     from sftbench.result import Metrics
-    from sftbench.storage.files import NotWritten
-    from sftbench.storage.results import ResultStore
     from sftbench.spec import InvalidSpec, RunOptions
-    from sftbench.storage.files import NotWritten, not_writable
+    from sftbench.storage.files import NotWritten
     from sftbench.storage.results import ResultStore
 
     rows = _rows(args.rows)
@@ -490,8 +488,8 @@ def _selftest(args) -> int:
     if args.markdown and not _write_output(args.markdown, selftest.markdown(summary)):
         return 2
     failures = sum(rerun["failures"] for rerun in summary["clean_reruns"])
-    found = [f"{failures} failures in {len(summary['clean_reruns'])} clean reruns of "
-             f"{', '.join(str(len(r['configurations'])) for r in summary['clean_reruns']) or 'no'} configurations"]
+    sizes = ", ".join(str(len(rerun["configurations"])) for rerun in summary["clean_reruns"]) or "no"
+    found = [f"{failures} failures in {len(summary['clean_reruns'])} clean reruns of {sizes} configurations"]
     found += [f"{name} flagged {stage['flagged']} of {len(stage['configurations'])}"
               for name, stage in summary["injected"].items()]
     found += [f"{knob} flagged {stage['flagged']} of {len(stage['configurations'])} ({stage['named_right']} naming "

@@ -43,7 +43,7 @@ class Launcher:
         self.startup_timeout_s = STARTUP_TIMEOUT_S
         self.log = log
         self._context = multiprocessing.get_context("forkserver")
-        self._context.set_forkserver_preload(["sftbench.forkserver_preload", "sftbench.worker"])
+        self._context.set_forkserver_preload(["sftbench.forkserver_preload", "sftbench.case"])
         self.forkserver_start_s: float | None = None
         self._failed: LauncherDidNotStart | None = None
         # Every case holds the reading end; this process is the only writer (sftbench.lifeline).
@@ -155,7 +155,7 @@ def _reap(process, grace_s: float = 60.0) -> None:
 
 
 def _not_started(why: str) -> str:
-    return f"the case launcher did not start ({why}); importing sftbench.worker in a fresh process shows why"
+    return f"the case launcher did not start ({why}); importing sftbench.case in a fresh process shows why"
 
 
 def _probe_fork(sender, lifeline_end) -> None:
@@ -170,9 +170,9 @@ def _case_main(*args) -> None:
     lifeline.hold(lifeline_end)
     # Imported here, in the case's process (already loaded there by the forkserver), so that the
     # pytest process itself never imports torch, transformers or peft for a launch.
-    from sftbench import worker
+    from sftbench import case
 
-    worker.main(*case_args)
+    case.main(*case_args)
 
 
 def _died(spec: CaseSpec, options: RunOptions, message: str) -> Result:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from pytest_benchmark.logger import PytestBenchmarkWarning
 
-from sftbench import environment, workers
+from sftbench import environment, xdist_workers
 from sftbench.catalog import Row, all_rows
 from sftbench.launcher import DEFAULT_TIMEOUT_S, MAX_TIMEOUT_S, STARTUP_TIMEOUT_S
 from sftbench.runner import RunConfig
@@ -102,18 +102,18 @@ _seconds.__name__ = f"number of seconds > 0 and <= {MAX_TIMEOUT_S:.0f} (a week)"
 @pytest.hookimpl(optionalhook=True)  # pytest-xdist's, for -n auto
 def pytest_xdist_auto_num_workers(config):
     """`-n auto`: a worker per GPU the run sees; without GPUs, pytest-xdist's own count (None)."""
-    return len(workers.visible_gpus()) or None
+    return len(xdist_workers.visible_gpus()) or None
 
 
 @pytest.hookimpl(wrapper=True)  # around pytest-xdist's own, which turns an unset --dist into "load"
 def pytest_cmdline_main(config):
-    workers.default_to_loadgroup(config.option)
+    xdist_workers.default_to_loadgroup(config.option)
     return (yield)
 
 
 @pytest.hookimpl(optionalhook=True)  # pytest-xdist's, on the controller as it starts each worker
 def pytest_configure_node(node):
-    workers.pass_loadgroup(node.config, node.workerinput)
+    xdist_workers.pass_loadgroup(node.config, node.workerinput)
 
 
 def pytest_configure(config):
@@ -123,10 +123,10 @@ def pytest_configure(config):
     # pytest-benchmark turns itself off under pytest-xdist and says so; sftbench's rows still reach it (session.py).
     warnings.filterwarnings("ignore", "Benchmarks are automatically disabled because xdist", PytestBenchmarkWarning)
     if hasattr(config, "workerinput"):
-        workers.take_loadgroup(config)
-        workers.pin_worker()
+        xdist_workers.take_loadgroup(config)
+        xdist_workers.pin_worker()
     elif getattr(config.option, "dist", "no") != "no":
-        workers.check_worker_count(len(config.option.tx))
+        xdist_workers.check_worker_count(len(config.option.tx))
     if not config.pluginmanager.has_plugin("benchmark"):  # -p no:benchmark
         config.addinivalue_line("markers", "benchmark: pytest-benchmark's marker, unused while it is disabled")
         config.pluginmanager.register(BenchmarkStandIn(), "sftbench-benchmark-stand-in")
@@ -139,6 +139,7 @@ def pytest_configure(config):
     if _nested(baselines, results):
         raise pytest.UsageError(f"--sftbench-results {results} and --sftbench-baselines {baselines} overlap: results "
                                 "would overwrite or mix with baselines; give them separate folders")
+    worker = getattr(config, "workerinput", {})  # pytest-xdist's, in a worker
     options = RunConfig(
         baselines_dir=baselines, results_dir=results,
         update_baselines=config.getoption("sftbench_update_baselines"),
@@ -153,7 +154,7 @@ def pytest_configure(config):
                               family_pct=config.getoption("sftbench_family_tolerance"),
                               other_gpu_family_pct=config.getoption("sftbench_other_gpu_family_tolerance")),
         weights=weights, timeout_s=config.getoption("sftbench_timeout"), shard=config.getoption("sftbench_shard"),
-        worker=getattr(config, "workerinput", {}).get("workerid"))
+        worker=worker.get("workerid"), run_id=worker.get("testrunuid"))
     config.stash[SESSION] = BenchSession(options, write_line=lambda line: _write_line(config, line))
 
 
@@ -209,7 +210,7 @@ def pytest_itemcollected(item):
 @pytest.hookimpl(trylast=True)  # after -k / -m deselection and pytest-xdist's grouping in a worker
 def pytest_collection_modifyitems(config, items):
     if hasattr(config, "workerinput") and config.getvalue("loadgroup"):
-        workers.keep_groups_in_node_ids(items)
+        xdist_workers.keep_groups_in_node_ids(items)
     rows = [item for item in items if "check_row" in getattr(item, "fixturenames", ())]
     shard = config.getoption("sftbench_shard")
     if shard:
@@ -266,7 +267,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
 
 
 def pytest_sessionstart(session):
-    session.config.stash[SESSION].start(session, collect_only=session.config.option.collectonly)
+    session.config.stash[SESSION].start(session)
 
 
 def pytest_sessionfinish(session, exitstatus):

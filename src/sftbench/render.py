@@ -75,8 +75,9 @@ def family_text(f: FamilyFinding) -> str:
         text = (f"{f.family}: {'new' if f.after else 'gone'}, {f.share_pct:.2g}% of the step "
                 f"({f.before:.4g} -> {f.after:.4g} GPU-min/1000)")
     else:
-        threshold = f"threshold {f.threshold_pct:.3g}%, " + (
-            f"{f.noise_pct:.2g}% repeat noise" if f.basis == "repeat noise" else f"{f.basis}")
+        threshold = "not judged: no repeat measured it" if f.threshold_pct is None else \
+            f"threshold {f.threshold_pct:.3g}%, " + (
+                f"{f.noise_pct:.2g}% repeat noise" if f.basis == "repeat noise" else f"{f.basis}")
         text = (f"{f.family} {f.change_pct:+.1f}% against the GPU's pace ({f.total_change_pct:+.1f}% "
                 f"in all, {f.share_pct:.2g}% of the step, pace {f.pace_pct:+.1f}%; {threshold})")
     moves = [f"{m.kernel} {m.before_ms:.3g} -> {m.after_ms:.3g} ms/step" for m in f.kernels

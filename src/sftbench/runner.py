@@ -41,6 +41,7 @@ class RunConfig:
     timeout_s: float = DEFAULT_TIMEOUT_S
     shard: str | None = None  # --sftbench-shard I/N: the part of the selection this run covers
     worker: str | None = None  # the pytest-xdist worker id, where this run is one worker of several
+    run_id: str | None = None  # what the workers of one pytest-xdist run share (its testrunuid)
 
 
 class RunRefused(Exception):
@@ -108,8 +109,8 @@ class Runner:
 
     def prepare(self) -> None:
         """Before the first case trains: the knobs, the folders this run reads and writes, and the right to write
-        them (sftbench.storage.locks; the controller of pytest-xdist workers holds the locks for them).
-        RunRefused, from then on, where something is wrong."""
+        them (sftbench.storage.locks; the workers of one pytest-xdist run share it). RunRefused, from then on,
+        where something is wrong."""
         if self._ready is False:
             self._ready = self._refusal() or True
         if isinstance(self._ready, RunRefused):
@@ -146,15 +147,16 @@ class Runner:
         return None
 
     def _hold(self, folders: list[Path]) -> list:
-        """The locks of the folders this run writes: a worker's controller holds those, a worker its GPU."""
-        if self.config.worker is not None:
-            return [locks.hold_worker_gpu(self.config.worker)] if self.config.update_baselines and self.gpu != "cpu" \
-                else []
+        """The locks of the folders this run writes (shared by the workers of one pytest-xdist run), and a worker's
+        GPU where it writes baselines."""
         held = []
         try:
             for folder in folders:
                 held.append(locks.hold(folder, f"another sftbench run is writing {folder}: wait for it to finish, or "
-                                               "give this run folders of its own (two runs would leave a mix of both)"))
+                                               "give this run folders of its own (two runs would leave a mix of both)",
+                                       self.config.run_id))
+            if self.config.worker is not None and self.config.update_baselines and self.gpu != "cpu":
+                held.append(locks.hold_worker_gpu(self.config.worker))
         except locks.FolderBusy:
             locks.release(held)
             raise

@@ -77,7 +77,7 @@ def _family_margins(configurations: list[Configuration]) -> dict[str, dict | Non
     threshold and what it rests on (how far a clean rerun was from failing a row)."""
     margins = {}
     for c in configurations:
-        families = [f for f in (c.verdict.families if c.verdict else []) if f.before and f.after]
+        families = [f for f in (c.verdict.families if c.verdict else []) if f.threshold_pct and f.before and f.after]
         nearest = max(families, key=lambda f: abs(f.change_pct) / f.threshold_pct, default=None)
         margins[c.key] = None if nearest is None else {
             "family": nearest.family, "change_pct": round(nearest.change_pct, 2),
@@ -155,8 +155,8 @@ def family_stage(configurations: list[Configuration], target: str) -> dict:
             "named_right": sum(bool(n) and n <= families for n in named.values()),
             "step_under_2pct": sum(v is not None and v < 2 for v in step.values()),
             "verdicts": _labels(applicable), "gpu_time_change_pct": step,
-            "family_change_pct": {c.key: {f.family: {"change_pct": round(f.change_pct, 2),
-                                                     "threshold_pct": round(f.threshold_pct, 2), "basis": f.basis}
+            "family_change_pct": {c.key: {f.family: {"change_pct": _rounded(f.change_pct),
+                                                     "threshold_pct": _rounded(f.threshold_pct), "basis": f.basis}
                                           for f in c.verdict.families if f.family in families}
                                   for c in applicable if c.verdict is not None},
             "not_applicable": sorted(c.key for c in configurations if c not in applicable),
@@ -195,6 +195,10 @@ def markdown(summary: dict) -> str:
                          f"{_pct(rerun['wall_time_change_pct'].get(key))}{family}")
         lines.append(f"| `{key}` | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
 
 
 def _counts(verdicts: dict[str, str]) -> str:

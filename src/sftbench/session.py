@@ -95,17 +95,12 @@ class BenchSession:
     def is_worker(self) -> bool:
         return self.runner.config.worker is not None
 
-    def start(self, pytest_session, collect_only: bool = False) -> None:
-        """At pytest's session start: before anything trains, the run's knobs, folders and locks are checked
-        (a worker's controller holds the locks), and a SIGTERM ends the run as Ctrl-C does."""
+    def start(self, pytest_session) -> None:
+        """At pytest's session start: a SIGTERM ends the run as Ctrl-C does (the run's knobs, folders and locks are
+        checked at its first row, before anything trains: a pytest session without rows holds nothing)."""
         self.pytest_session = pytest_session
-        if collect_only or self.is_worker:
-            return
-        try:
-            self.runner.prepare()
-        except RunRefused as error:
-            pytest.exit(str(error), returncode=pytest.ExitCode.USAGE_ERROR)
-        self._sigterm = signal.signal(signal.SIGTERM, _interrupt)
+        if not self.is_worker:
+            self._sigterm = signal.signal(signal.SIGTERM, _interrupt)
 
     def finish(self, exitstatus) -> None:
         """At pytest's session end: cases ended, folders let go; a worker hands its part over, the run writes its

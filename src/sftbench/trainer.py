@@ -80,7 +80,7 @@ class Trainer:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer_steps = math.ceil(len(batches) / accumulation)
         self.optimizer = torch.optim.AdamW(self.params, lr=LEARNING_RATE[sft_type], weight_decay=0.01)
-        # Imported here, in the case: transformers.optimization imports peft (see sftbench.worker).
+        # Imported here, in the case: transformers.optimization imports peft (see sftbench.case).
         from transformers import get_cosine_schedule_with_warmup
 
         self.scheduler = get_cosine_schedule_with_warmup(

@@ -111,7 +111,8 @@ class FamilyFinding:
     """A kernel family of both runs: GPU-minutes per 1000 samples, its share of the baseline's step, its change
     against the GPU's pace (the median change of the other large families, or of the rest of the step), and the
     threshold: the tolerance of a same-GPU or other-GPU baseline, or FAMILY_NOISE_Z times the family's measured
-    repeat spread where that is larger."""
+    repeat spread where that is larger; a family under FAMILY_SHARE_PCT of the step that no repeat measured is not
+    judged (a few microseconds of an optimizer's kernels, traced once, jitter by several %)."""
 
     family: str
     before: float
@@ -119,17 +120,19 @@ class FamilyFinding:
     share_pct: float  # of the baseline's step (of this run's where the baseline had none)
     step_pct: float  # what it moved, in % of the baseline's step
     pace_pct: float  # the GPU's pace in the other families
-    change_pct: float  # against that pace; inf where it is new
-    threshold_pct: float
-    basis: str  # "same GPU" | "another GPU" | "repeat noise"
+    change_pct: float | None  # against that pace; None where it is new
+    # What a change must exceed to count; None where the family is under FAMILY_SHARE_PCT of the step and no
+    # repeat measured its noise (then it is not judged, but where it appears or vanishes).
+    threshold_pct: float | None
+    basis: str  # "same GPU" | "another GPU" | "repeat noise" | "not repeated"
     noise_pct: float | None  # both runs' repeat spreads combined; None where neither measured it
     verdict: str
     kernels: list[KernelMove] = field(default_factory=list)
 
     @property
-    def total_change_pct(self) -> float:
-        """Its own change, the GPU's pace included."""
-        return 100 * (self.after / self.before - 1) if self.before else math.inf
+    def total_change_pct(self) -> float | None:
+        """Its own change, the GPU's pace included; None where it is new."""
+        return 100 * (self.after / self.before - 1) if self.before else None
 
 
 @dataclass
@@ -256,7 +259,6 @@ def compare_families(old: Result, new: Result, tolerances: Tolerances,
         return [], [Note("no families in the baseline")]
     old_step, new_step = sum(before.values()), sum(now.values())
     noise = [kernels.family_noise_pct(r.kernels) for r in (old, new)]
-    measured = bool(noise[0] or noise[1])
     base = (tolerances.family_pct, "same GPU") if same_gpu else (tolerances.other_gpu_family_pct, "another GPU")
     ratios = {f: now[f] / before[f] for f in before.keys() & now.keys() if before[f] > 0}
     large = {f for f in ratios if 100 * before[f] / old_step >= FAMILY_SHARE_PCT}
@@ -269,20 +271,24 @@ def compare_families(old: Result, new: Result, tolerances: Tolerances,
         others = [ratios[f] for f in large - {family}]
         pace = median(others) if len(others) >= MIN_PACE_FAMILIES else \
             (new_step - n) / (old_step - b) if old_step > b else 1.0
-        change = 100 * (n / b / pace - 1) if b else math.inf
+        change = 100 * (n / b / pace - 1) if b else None
         combined = _combined_noise(noise, family)
         threshold, basis = base
-        if combined is not None and FAMILY_NOISE_Z * combined > threshold:
+        if combined is None and share < FAMILY_SHARE_PCT:  # no repeat measured it: too small for the tolerance alone
+            threshold, basis = None, "not repeated"
+        elif combined is not None and FAMILY_NOISE_Z * combined > threshold:
             threshold, basis = FAMILY_NOISE_Z * combined, "repeat noise"
-        judged = measured or share >= FAMILY_SHARE_PCT  # without measured noise only the large ones are judged
-        beyond = judged and (abs(change) > threshold if b and n else share >= FAMILY_SHARE_PCT)
-        verdict = "same" if not beyond else "worse" if change > 0 else "better"
+        if b and n:
+            beyond = threshold is not None and abs(change) > threshold
+        else:  # appeared or vanished
+            beyond = share >= FAMILY_SHARE_PCT
+        verdict = "same" if not beyond else "worse" if n > b * pace else "better"
         findings.append(FamilyFinding(
             family, *(_minutes(seconds, samples) for seconds in (b, n)), share, 100 * (n - b) / old_step,
             100 * (pace - 1), change, threshold, basis, combined, verdict,
             _kernel_moves(kernels.epoch_kernels(old.kernels, family), kernels.epoch_kernels(new.kernels, family),
                           micro_steps)))
-    notes = [] if measured else [Note("family noise not measured", {"share_pct": FAMILY_SHARE_PCT})]
+    notes = [] if noise[0] or noise[1] else [Note("family noise not measured", {"share_pct": FAMILY_SHARE_PCT})]
     return findings, notes
 
 

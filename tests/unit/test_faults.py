@@ -144,7 +144,7 @@ def test_an_interrupted_update_run_leaves_a_record_that_says_so(start_pytest, tm
     ("segfault", 120, None, r"could not run: the case's process died with exit code -11 "),
     ("hang-build:0.5", 1, None, r"could not run: timed out after 1 s"),
     ("hang-start", 1, 2, r"could not run: the case launcher did not start \(no answer in 2 s\); importing "
-                         r"sftbench.worker in a fresh process shows why"),
+                         r"sftbench.case in a fresh process shows why"),
 ])
 def test_a_failing_case_fails_its_row_with_one_line(start_pytest, tmp_path, fault, timeout, startup_timeout, message):
     if startup_timeout is not None:

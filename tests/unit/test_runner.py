@@ -160,15 +160,20 @@ def test_a_second_run_writing_the_same_folders_is_refused_whatever_its_shard_or_
     assert locks.LOCK_NAME in {p.name for p in results.iterdir()}
 
 
-def test_a_worker_writes_under_its_controllers_locks(tmp_path, monkeypatch):
+def test_the_workers_of_one_run_share_its_folders_and_another_runs_are_refused(tmp_path):
     results = tmp_path / "results"
     (tmp_path / "baselines").mkdir()
-    controller = Runner(RunConfig(baselines_dir=tmp_path / "baselines", results_dir=results), log=lambda line: None)
-    controller.prepare()
-    worker = Runner(RunConfig(baselines_dir=tmp_path / "baselines", results_dir=results, worker="gw0"),
-                    log=lambda line: None)
-    worker.prepare()  # not refused: the controller holds the folder for it
-    controller.close()
+
+    def worker(name, run):
+        return Runner(RunConfig(baselines_dir=tmp_path / "baselines", results_dir=results, worker=name, run_id=run),
+                      log=lambda line: None)
+
+    first = worker("gw0", "run-a")
+    first.prepare()
+    worker("gw1", "run-a").prepare()  # not refused: a worker of the same run holds the folder
+    with pytest.raises(RunRefused, match=f"another sftbench run is writing {results}"):
+        worker("gw0", "run-b").prepare()
+    first.close()
 
 
 def test_a_run_says_once_that_it_replaces_results_of_earlier_runs(tmp_path, result_factory):

@@ -16,7 +16,7 @@ from sftbench.trainer import (OPTIMIZER_TIMINGS, Trainer, distinct_shapes, proje
 from sftbench.injection import Injection, Injector, kernel_spins
 from sftbench.result import Kernels, TracedStep
 from sftbench.trackers import StepTimer
-from sftbench.worker import prepare_for_training
+from sftbench.case import prepare_for_training
 
 
 def ordered_batches(n: int) -> list[Batch]:
@@ -158,7 +158,7 @@ def test_full_mode_times_every_batch_in_training_order(trainer, monkeypatch):
     (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), False),
 ])
 def test_allocation_failures_of_every_library_count_as_oom(error, oom):
-    from sftbench.worker import _is_oom
+    from sftbench.case import _is_oom
 
     assert _is_oom(error) is oom
 

@@ -7,7 +7,7 @@ usage: step_beside.py ROLE START_EPOCH PHASE_S LAYOUTS_JSON OUT"""
 import json, os, sys, time
 import torch
 from sftbench import catalog
-from sftbench.worker import build_case_model, case_trainer, prepare_for_training
+from sftbench.case import build_case_model, case_trainer, prepare_for_training
 
 role, start, phase_s, layouts, out = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), json.loads(sys.argv[4]), sys.argv[5]
 row = catalog.rows_by_id(["test_lora_max_length[qwen-7b-chat-512]"])[0]

@@ -31,6 +31,7 @@ from statistics import median
 
 import torch
 
+from sftbench.case import build_case_model, case_trainer, prepare_for_training
 from sftbench.catalog import Row
 from sftbench.spec import RunOptions
 from sftbench.trackers import (
@@ -42,7 +43,6 @@ from sftbench.trackers import (
     synchronize,
 )
 from sftbench.trainer import Trainer, representatives
-from sftbench.worker import build_case_model, case_trainer, prepare_for_training
 
 MIB = 2**20
 SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpyAsync")

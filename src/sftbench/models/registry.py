@@ -439,7 +439,7 @@ def count_lora_trainable(model_type: str, rank: int, targets: str) -> int:
 
 @cache
 def lora_trainable_at_rank_1(model_type: str, targets: str) -> int:
-    from peft import LoraConfig, get_peft_model  # not at import: see sftbench.worker
+    from peft import LoraConfig, get_peft_model  # not at import: see sftbench.case
 
     lora = LoraConfig(r=1, target_modules=lora_target_modules(model_type, targets))
     with torch.device("meta"):

@@ -73,7 +73,8 @@ def _family_cell(finding: FamilyFinding | None) -> str:
     if finding is None or not finding.before or not finding.after:
         return "" if finding is None else ("new" if finding.after else "gone")
     mark = " ✘" if finding.verdict == "worse" else ""
-    return f"{finding.change_pct:+.2f}% / {finding.threshold_pct:.3g}%{mark}"
+    threshold = "not judged" if finding.threshold_pct is None else f"{finding.threshold_pct:.3g}%"
+    return f"{finding.change_pct:+.2f}% / {threshold}{mark}"
 
 
 def _kernels_alone(runs: dict[str, dict[str, Result]], judged: dict[str, dict[str, Verdict]],

@@ -5,7 +5,7 @@ import pytest
 from sftbench.models import SEED_MODEL_TYPES, build_model, get_model
 from sftbench.report import markdown, mfu, model_flops_per_token, peak_bf16_flops
 from sftbench.storage.results import scan_results
-from sftbench.worker import model_shape
+from sftbench.case import model_shape
 
 
 def test_mfu_follows_the_stated_formula(result_factory, lora, full, results_of, sections):
@@ -41,7 +41,7 @@ def test_the_committed_h200_baselines_give_plausible_mfu(h200_baselines):
 
 @pytest.mark.parametrize("model_type", SEED_MODEL_TYPES)
 def test_the_shape_a_run_records_counts_as_the_zoos(result_factory, lora, model_type):
-    """A result carrying Result.model_shape (as worker.run_case records it) gets the FLOPs per token that an
+    """A result carrying Result.model_shape (as case.run_case records it) gets the FLOPs per token that an
     older result without it gets from the zoo's config."""
     made = dict(total_params=get_model(model_type).total_params, epoch_tokens=2_048_000)
     shape = model_shape(build_model(model_type, device="meta"))

@@ -1,4 +1,4 @@
-"""sftbench.worker: one case in this process on the CPU (build, prepare, train, measure), and its failures."""
+"""sftbench.case: one case in this process on the CPU (build, prepare, train, measure), and its failures."""
 
 import os
 import subprocess
@@ -6,14 +6,14 @@ import sys
 
 import torch
 
-from sftbench import worker
+from sftbench import case
 from sftbench.spec import QUANTIZATIONS, CaseSpec, RunOptions
 
 SPEC = CaseSpec("tiny-qwen", device="cpu", attention="sdpa", max_length=64, samples=6, gradient_checkpointing=False)
 
 
 def test_a_cpu_case_records_its_model_timing_and_that_it_has_no_gpu_clock():
-    result = worker.run_case(SPEC, RunOptions(representative_steps=4), log=lambda line: None)
+    result = case.run_case(SPEC, RunOptions(representative_steps=4), log=lambda line: None)
     assert result.outcome == "ok" and result.mode == "quick" and result.attention == "sdpa"
     assert result.model_shape == {"vocab_size": 1000, "hidden_size": 64, "num_layers": 2}
     assert result.kernels.clock == "unavailable: no GPU kernel clock on the CPU"
@@ -26,7 +26,7 @@ def test_a_cpu_case_records_its_model_timing_and_that_it_has_no_gpu_clock():
 
 def test_a_bad_self_test_knob_is_the_cases_error_not_a_crash(monkeypatch):
     monkeypatch.setenv("SFTBENCH_INJECT_HOST_MS", "soon")
-    result = worker.run_case(SPEC, RunOptions(representative_steps=4), log=lambda line: None)
+    result = case.run_case(SPEC, RunOptions(representative_steps=4), log=lambda line: None)
     assert result.outcome == "error" and "SFTBENCH_INJECT_HOST_MS='soon' is not a number" in result.message
 
 
@@ -34,22 +34,22 @@ def test_an_out_of_memory_error_is_an_outcome_with_its_first_line(monkeypatch):
     def build(*args):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
 
-    monkeypatch.setattr(worker, "build_case_model", build)
-    result = worker.run_case(SPEC, RunOptions(), log=lambda line: None)
+    monkeypatch.setattr(case, "build_case_model", build)
+    result = case.run_case(SPEC, RunOptions(), log=lambda line: None)
     assert (result.outcome, result.message) == ("oom", "CUDA out of memory. Tried to allocate 2.00 GiB")
 
 
 def test_a_case_never_hides_the_library_its_quantization_uses():
-    assert set(worker.UNUSED_LIBRARIES) == set(QUANTIZATIONS)
-    assert "bitsandbytes" not in worker.UNUSED_LIBRARIES["int4-bnb"]
-    assert "gptqmodel" not in worker.UNUSED_LIBRARIES["int4-gptq"] + worker.UNUSED_LIBRARIES["int8-gptq"]
+    assert set(case.UNUSED_LIBRARIES) == set(QUANTIZATIONS)
+    assert "bitsandbytes" not in case.UNUSED_LIBRARIES["int4-bnb"]
+    assert "gptqmodel" not in case.UNUSED_LIBRARIES["int4-gptq"] + case.UNUSED_LIBRARIES["int8-gptq"]
 
 
 def test_a_hidden_library_looks_uninstalled_to_find_spec_and_import(tmp_path):
-    # A module of our own: any installed one may already be imported by sftbench.worker's imports (transformers
+    # A module of our own: any installed one may already be imported by sftbench.case's imports (transformers
     # 5.25 imports tomllib), and hiding leaves an imported module alone.
     (tmp_path / "sftbench_probe_library.py").write_text("")
-    code = ("import importlib.util, sys; from sftbench.worker import hide_libraries;"
+    code = ("import importlib.util, sys; from sftbench.case import hide_libraries;"
             "assert importlib.util.find_spec('sftbench_probe_library') is not None;"
             "hide_libraries(['sftbench_probe_library']);"
             "assert importlib.util.find_spec('sftbench_probe_library') is None\n"

@@ -22,10 +22,20 @@ import transformers  # noqa: F401 - imported here so the forkserver preloads it
 from sftbench import environment, faults
 from sftbench.data import SyntheticCorpus, epoch_batches
 from sftbench.injection import Injection
-from sftbench.models import build_model, enable_activation_checkpointing, get_model, lora_target_modules
+from sftbench.models import (
+    build_model,
+    enable_activation_checkpointing,
+    get_model,
+    lora_target_modules,
+)
 from sftbench.result import Kernels, Result
 from sftbench.spec import CaseSpec, RunOptions
-from sftbench.trackers import KernelTimer, MemoryTracker, gpu_uuid, kernel_clock_unavailable
+from sftbench.trackers import (
+    KernelTimer,
+    MemoryTracker,
+    gpu_uuid,
+    kernel_clock_unavailable,
+)
 from sftbench.trainer import Trainer
 
 # Installed quantization libraries that a case of each precision never uses. peft's LoRA layer dispatch
