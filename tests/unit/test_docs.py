@@ -24,18 +24,58 @@ def test_every_pytest_option_the_docs_name_is_sftbenchs(doc, pytestconfig):
     assert named == known, sorted(named - known)
 
 
-@pytest.mark.parametrize("doc", DOCS, ids=lambda path: path.name)
-def test_every_sftbench_command_line_in_the_docs_parses(doc, capsys):
-    lines = [line.split("#")[0] for line in doc.read_text().splitlines() if line.startswith("python -m sftbench ")]
-    assert lines or doc.name == "README.md"
-    for line in lines:
-        words = shlex.split(line)[3:]
-        with pytest.raises(SystemExit) as exit_:
+def command_problems(text: str, pytestconfig) -> tuple[int, list[str]]:
+    """(how many command lines `text` shows, what is wrong with them): every `python -m sftbench ...` (in a code
+    block, or in backticks in a sentence) must name a command that exists and only its options; every `pytest ...`
+    line of a code block only sftbench's and pytest's own options."""
+    problems = []
+    commands = [c for c in re.findall(r"python -m sftbench ([^`#\n]*)", text) if not c.startswith("...")]
+    for command in commands:
+        words = shlex.split(command)
+        try:
             main([words[0], "--help"])
-        assert exit_.value.code == 0, line
-        usage = capsys.readouterr().out
-        for option in (word.split("=")[0] for word in words if word.startswith("--")):
-            assert option in usage, f"{line}: python -m sftbench {words[0]} has no {option}"
+        except SystemExit as exit_:
+            if exit_.code != 0:
+                problems.append(f"python -m sftbench {command}: no command {words[0]!r}")
+                continue
+        usage = main_usage(words[0])
+        problems += [f"python -m sftbench {command}: {words[0]} has no {option}"
+                     for option in (word.split("=")[0] for word in words if word.startswith("--")) if option not in usage]
+    lines = re.findall(r"^(?:\.venv/bin/)?pytest (.*?)(?:\s+#.*)?$", text, re.MULTILINE)
+    for line in lines:
+        for option in (word.split("=")[0] for word in shlex.split(line) if word.startswith("--")):
+            name = option.removeprefix("--").replace("-", "_")
+            if pytestconfig.getoption(name, default="missing") == "missing" and option not in PYTEST_OPTIONS:
+                problems.append(f"pytest {line}: no option {option}")
+    return len(commands) + len(lines), problems
+
+
+PYTEST_OPTIONS = {"--collect-only", "--benchmark-compare", "--benchmark-autosave", "--benchmark-json"}
+
+
+def main_usage(command: str) -> str:
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+        main([command, "--help"])
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda path: path.name)
+def test_every_command_line_in_the_docs_names_commands_and_options_that_exist(doc, pytestconfig):
+    count, problems = command_problems(doc.read_text(), pytestconfig)
+    assert count >= 8 and problems == []
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("`python -m sftbench baselines --nope`", "baselines has no --nope"),
+    ("`python -m sftbench nothing`", "no command 'nothing'"),
+    ("```\npytest tests/benchmarks --sftbench-no-such-option  # a comment\n```", "no option --sftbench-no-such-option"),
+])
+def test_a_wrong_command_line_is_found(text, problem, pytestconfig):
+    assert problem in " ".join(command_problems(text, pytestconfig)[1])
 
 
 def test_the_readme_names_the_torch_make_installs_and_the_torch_of_the_baselines():

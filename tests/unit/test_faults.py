@@ -211,15 +211,15 @@ def test_a_second_update_run_of_the_same_folder_is_refused_whatever_its_shard(tm
 ])
 def test_xdist_workers_update_baselines_only_each_on_a_gpu_of_its_own(tmp_path, monkeypatch, visible, refusal):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
-    other = runner_for(tmp_path, monkeypatch, update_baselines=True, worker="gw1")
+    other = runner_for(tmp_path, monkeypatch, update_baselines=True, worker="gw1", run_id="run")
     other.prepare()
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
     with pytest.raises(RunRefused, match=re.escape(refusal)):
-        runner_for(tmp_path, monkeypatch, update_baselines=True, worker="gw0").prepare()
+        runner_for(tmp_path, monkeypatch, update_baselines=True, worker="gw0", run_id="run").prepare()
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
-    runner_for(tmp_path, monkeypatch, update_baselines=True, worker="gw0").prepare()
+    runner_for(tmp_path, monkeypatch, update_baselines=True, worker="gw0", run_id="run").prepare()
     other.close()
-    on_cpu = runner_for(tmp_path, monkeypatch, update_baselines=True, worker="gw2")
+    on_cpu = runner_for(tmp_path, monkeypatch, update_baselines=True, worker="gw2", run_id="run")
     monkeypatch.setattr(Runner, "gpu", "cpu")  # on the CPU there is no GPU to share
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     on_cpu.prepare()

@@ -142,7 +142,7 @@ def compared(pytester, baselines, shared):
 def test_update_baselines_writes_one_file_per_configuration_in_the_cpu_folder(baselines, shared):
     update = shared["update"]
     update.assert_outcomes(passed=3, skipped=1, deselected=1)
-    assert sorted(p.name for p in shared["folder"].iterdir()) == [".sftbench.lock", "cpu"]  # the update run's lock
+    assert sorted(p.name for p in shared["folder"].iterdir()) == [".sftbench.lock", ".sftbench.lock.run", "cpu"]
     files = sorted(p.name for p in (shared["folder"] / "cpu").iterdir())
     assert files == sorted(f"{key(row_id)}.json" for row_id in WITH_BASELINE)  # no .tmp left behind
     store = BaselineStore(baselines)

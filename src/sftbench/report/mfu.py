@@ -57,8 +57,9 @@ def mfu(result: Result) -> float | None:
 
 @cache
 def _zoo_shape(model_type: str) -> dict[str, int]:
-    """Result.model_shape from the zoo's config, for results written before that field existed (the
-    committed H200 baselines); imports torch and transformers. ChatGLM's embedding is its padded vocabulary."""
+    """Result.model_shape from the zoo's config, for results written before that field existed (by sftbench before
+    2026-11-29; every committed baseline has it); imports torch and transformers. ChatGLM's embedding is its padded
+    vocabulary."""
     from sftbench.models import get_model
 
     config = get_model(model_type).make_config()

@@ -51,3 +51,23 @@ def test_the_kernels_alone_agree_with_the_attention_families_within_2_points(tmp
     compared = [row for row in rows if row[header.index("difference")]]
     assert len(compared) == 8 and all(row[-1].endswith("✔") for row in compared)
     assert json.loads((DATA / "attention-2.6.3.json").read_text())[0]["flash-attn"] == "2.6.3"
+
+
+def test_results_without_gpu_minutes_are_reported_not_a_crash(tmp_path, result_factory):
+    """An OOM (the committed qwen-72b-chat bf16 baseline is one) and a run without the GPU kernel clock have no
+    GPU-minutes: their step cell says so instead of a TypeError."""
+    from sftbench.catalog import rows_of
+    from sftbench.report.upgrade import upgrade_markdown
+    from sftbench.spec import CaseSpec
+    from sftbench.storage.baselines import BaselineStore
+
+    oom_spec, cpu_spec = CaseSpec("qwen-72b-chat"), CaseSpec("qwen-7b-chat", max_length=512)
+    store = BaselineStore(tmp_path)
+    oom = result_factory(oom_spec, outcome="oom", message="CUDA out of memory", minutes=None)
+    store.write(oom, rows_of(oom_spec), {})
+    store.write(result_factory(cpu_spec, gpu_minutes_per_1000_samples=1.0), rows_of(cpu_spec), {})
+    unclocked = result_factory(cpu_spec, clock="unavailable: no CUPTI")
+    text = upgrade_markdown("t", store, {"run": {oom.key: oom, unclocked.key: unclocked}}, {})
+    rows = {row[0]: row for row in markdown_sections(text)["run"][1]}
+    assert rows["`qwen-72b-chat.lora.len2048.bs1.gc`"][1:3] == ["pass", "–"]
+    assert rows["`qwen-7b-chat.lora.len512.bs1.gc`"][2] == "–"
