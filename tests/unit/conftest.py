@@ -55,6 +55,22 @@ def kernels_factory():
 
 
 @pytest.fixture
+def store(tmp_path):
+    """A baselines folder of the test's own."""
+    from sftbench.storage.baselines import BaselineStore
+
+    return BaselineStore(tmp_path / "baselines")
+
+
+@pytest.fixture
+def written(store, result_factory):
+    """The path of a baseline of QWEN_7B_4096 measured on an H200, written to the store."""
+    from sftbench.catalog import rows_of
+
+    return store.write(result_factory(QWEN_7B_4096), rows_of(QWEN_7B_4096), {"commit": "abc1234", "mode": "quick"})
+
+
+@pytest.fixture
 def rules_file(tmp_path, monkeypatch):
     """A kernel_families.toml for the test to write, read instead of sftbench's (the rules and each kernel's
     family are cached: cleared before and after)."""

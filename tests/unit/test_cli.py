@@ -13,7 +13,6 @@ from sftbench.__main__ import main
 from sftbench.catalog import rows_of
 from sftbench.spec import CaseSpec
 from sftbench.storage import schema
-from sftbench.storage.baselines import BaselineStore
 
 from .conftest import traced
 
@@ -21,17 +20,6 @@ SPEC = CaseSpec("qwen-7b-chat", max_length=4096)
 ROW = "test_lora_max_length[qwen-7b-chat-4096]"  # SPEC's
 # A traced step's kernels: two thirds GEMM, a third attention backward.
 TRACED = {"kernels": traced(["nvjet_a", "flash_bwd_kernel<1>"], [(8192, 1.0, [[0, 10, 4_000_000], [1, 5, 2_000_000]])])}
-
-
-@pytest.fixture
-def store(tmp_path):
-    return BaselineStore(tmp_path / "baselines")
-
-
-@pytest.fixture
-def written(store, result_factory):
-    """A baseline of SPEC measured on an H200, written to the store."""
-    return store.write(result_factory(SPEC), rows_of(SPEC), {"commit": "abc1234", "mode": "quick"})
 
 
 # --- run --------------------------------------------------------------------------------------------------------

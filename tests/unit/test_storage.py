@@ -3,6 +3,7 @@ schema 1 read through its migration, baselines by GPU, atomic writes, rescued fi
 
 import json
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -17,17 +18,6 @@ from sftbench.storage.results import ResultStore, read_result, scan_results
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = CaseSpec("qwen-7b-chat", max_length=4096)
-
-
-@pytest.fixture
-def store(tmp_path):
-    return BaselineStore(tmp_path / "baselines")
-
-
-@pytest.fixture
-def written(store, result_factory):
-    """A baseline of SPEC measured on an H200, written to the store."""
-    return store.write(result_factory(SPEC), rows_of(SPEC), {"commit": "abc1234", "mode": "quick"})
 
 
 def rewrite(path: Path, change) -> None:
@@ -101,8 +91,8 @@ def test_a_field_of_the_wrong_type_is_one_line_naming_the_file_and_the_field(tmp
 
 
 @pytest.mark.parametrize("data, problem", [
-    ({"schema": 3, "kind": "result", "result": {}}, "schema 3: this sftbench reads schemas 1 and 2 (a newer sftbench "
-                                                    "wrote it, or it is not an sftbench file)"),
+    ({"schema": 3, "kind": "result", "result": {}}, ("schema 3: this sftbench reads schemas 1 and 2 (a newer sftbench "
+                                                     "wrote it, or it is not an sftbench file)")),
     ({"schema": "x"}, "schema 'x': this sftbench reads schemas 1 and 2"),
     ([1, 2], "is not an sftbench file (it names no schema, and is no result of schema 1)"),
     ({"schema": 2, "kind": "notes"}, "is of no kind sftbench writes, not a result"),
@@ -112,8 +102,9 @@ def test_a_field_of_the_wrong_type_is_one_line_naming_the_file_and_the_field(tmp
 def test_a_file_of_an_unknown_schema_or_another_kind_is_refused_naming_it(tmp_path, data, problem):
     path = tmp_path / "x.json"
     path.write_text(json.dumps(data))
-    with pytest.raises(schema.StorageError, match=f"^{str(path)}:? {problem}".replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(schema.StorageError) as error:
         read_result(path)
+    assert re.match(f"^{re.escape(str(path))}:? {re.escape(problem)}", str(error.value))
 
 
 def test_a_schema_1_result_is_read_through_the_migration(tmp_path):
@@ -206,8 +197,8 @@ def test_a_baseline_of_another_gpu_or_configuration_in_this_folder_is_refused(st
 
 @pytest.mark.parametrize("change, problem", [
     (lambda r: r["timing"].__setitem__("minutes_per_1000_samples", None), "timing.minutes_per_1000_samples is missing"),
-    (lambda r: r["timing"].__setitem__("minutes_per_1000_samples", 0), "timing.minutes_per_1000_samples is 0.0, not a "
-                                                                       "number > 0"),
+    (lambda r: r["timing"].__setitem__("minutes_per_1000_samples", 0),
+     "timing.minutes_per_1000_samples is 0.0, not a number > 0"),
     (lambda r: r["memory"].__setitem__("max_reserved_mib", None), "memory.max_reserved_mib is missing"),
     (lambda r: r["kernels"].__setitem__("gpu_minutes_per_1000_samples", -1.0),
      "kernels.gpu_minutes_per_1000_samples is -1.0, not a number > 0"),
