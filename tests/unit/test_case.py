@@ -55,5 +55,5 @@ def test_a_hidden_library_looks_uninstalled_to_find_spec_and_import(tmp_path):
             "assert importlib.util.find_spec('sftbench_probe_library') is None\n"
             "try:\n    import sftbench_probe_library\nexcept ImportError:\n    print('hidden')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False,
-                          env={**os.environ, "PYTHONPATH": str(tmp_path)})
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])})
     assert done.stdout.strip() == "hidden", done.stderr
