@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from statistics import median
 
 from sftbench import kernels
-from sftbench.result import Result
+from sftbench.result import Result, minutes_per_1000_samples
 
 # GPU kernel time of a configuration repeats to 0.01-0.4% on one GPU, whatever the host is doing, and
 # between H200s it moved up to 1.0% where the steps ran at the top clock...
@@ -193,14 +193,16 @@ def compare(result: Result, baseline: Result | None, tolerances: Tolerances = To
                        **differ)
     same_host = _same_host(old, result)
     same_gpu = _same_gpu(old, result)
+    too_noisy = (old.timing.wall_noise_pct or 0.0) >= MAX_WALL_NOISE_PCT
     limited = (bool(old.kernels.clock_limits) or bool(result.kernels.clock_limits)) and not same_gpu
     metrics = [finding for name, (read, kind) in METRICS.items()
-               if (finding := _metric(name, kind, read(old), read(result), old, result, tolerances, limited, same_host))]
+               if (finding := _metric(name, kind, read(old), read(result), old, result, tolerances, limited,
+                                      same_host and not too_noisy))]
     notes = _missing_gpu_time(old, result, same_host)
     wall_judged = same_host or None in (old.timing.minutes_per_1000_samples, result.timing.minutes_per_1000_samples)
     if not wall_judged:
         notes.append(Note("wall time not judged", {"host": "another" if old.machine.get("host") else "unknown"}))
-    elif same_host and (old.timing.wall_noise_pct or 0.0) >= MAX_WALL_NOISE_PCT:
+    elif same_host and too_noisy:
         notes.append(Note("wall time too noisy", {"spread_pct": old.timing.wall_noise_pct,
                                                   "max_pct": MAX_WALL_NOISE_PCT}))
     notes += _clock_change(old, result)
@@ -215,18 +217,18 @@ def compare(result: Result, baseline: Result | None, tolerances: Tolerances = To
 
 
 def _metric(name: str, kind: str, before, after, old: Result, new: Result, tolerances: Tolerances, limited: bool,
-            same_host: bool) -> MetricFinding | None:
-    """A metric's finding; None where either run lacks it or (wall time) it is not judged."""
+            judge_wall: bool) -> MetricFinding | None:
+    """A metric's finding; None where either run lacks it or (wall time) it is not judged: another host, or a
+    baseline too noisy."""
     if before is None or after is None:
         return None
     threshold, basis, p_value = tolerances.of(kind), "tolerance", None
     if kind == "gpu" and limited and tolerances.limited_gpu_time_pct > threshold:
         threshold, basis = tolerances.limited_gpu_time_pct, "clock-limited tolerance"
     if kind == "wall":
-        spread = old.timing.wall_noise_pct or 0.0
-        if not same_host or spread >= MAX_WALL_NOISE_PCT:
+        if not judge_wall:
             return None
-        threshold, basis = max((threshold, "noise band"), (spread, "baseline's spread"))
+        threshold, basis = max((threshold, "noise band"), (old.timing.wall_noise_pct or 0.0, "baseline's spread"))
         p_value = step_samples_p_value(old, new)
     change = (after - before) / before * 100 if before else 0.0
     beyond = abs(change) > threshold and (p_value is None or p_value < SIGNIFICANCE)
@@ -284,7 +286,7 @@ def compare_families(old: Result, new: Result, tolerances: Tolerances,
             beyond = share >= FAMILY_SHARE_PCT
         verdict = "same" if not beyond else "worse" if n > b * pace else "better"
         findings.append(FamilyFinding(
-            family, *(_minutes(seconds, samples) for seconds in (b, n)), share, 100 * (n - b) / old_step,
+            family, *(minutes_per_1000_samples(seconds, samples) for seconds in (b, n)), share, 100 * (n - b) / old_step,
             100 * (pace - 1), change, threshold, basis, combined, verdict,
             _kernel_moves(kernels.epoch_kernels(old.kernels, family), kernels.epoch_kernels(new.kernels, family),
                           micro_steps)))
@@ -299,10 +301,6 @@ def _combined_noise(noise: list[dict[str, float]], family: str) -> float | None:
     if not spreads:
         return None
     return math.sqrt(sum(s * s for s in spreads) * 2 / len(spreads))
-
-
-def _minutes(seconds: float, samples: int) -> float:
-    return seconds / 60 * 1000 / samples
 
 
 def _kernel_moves(before: dict[str, float], now: dict[str, float], micro_steps: float) -> list[KernelMove]:

@@ -3,7 +3,6 @@ and baselines (sftbench.storage.baselines); reading either back with every check
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from pathlib import Path
@@ -53,11 +52,7 @@ class ResultStore:
 def read_result(path: Path) -> Result:
     """A result file's result, or a baseline file's (reports and diagnostics read either); StorageError naming
     the file and the field otherwise."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise schema.StorageError(f"{path} cannot be read ({type(error).__name__}: {error})") from None
+    data = schema.read_json(path)
     model = BaselineFile if schema.identify(data)[1] == "baseline" else ResultFile
     result = schema.parse(data, model, str(path)).result
     if problems := result_problems(result):

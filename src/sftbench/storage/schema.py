@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -46,12 +45,15 @@ def _plain(value):
 def load(path: Path, model: type[BaseModel]) -> BaseModel:
     """The file at `path` as `model` (a file envelope of one kind), migrated from schema 1 where it is older;
     StorageError naming the file otherwise."""
-    path = Path(path)
+    return parse(read_json(path), model, str(path))
+
+
+def read_json(path: Path):
+    """A file's JSON; StorageError naming the file where it cannot be read or is no JSON."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise StorageError(f"{path} cannot be read ({type(error).__name__}: {error})") from None
-    return parse(data, model, str(path))
 
 
 def parse(data, model: type[BaseModel], source: str) -> BaseModel:
