@@ -121,6 +121,10 @@ def note_text(note: Note) -> str:
         change = 100 * (d["now_mhz"] / d["before_mhz"] - 1)
         return (f"GPU SM clock in the traced steps: {d['before_mhz']:.0f} -> {d['now_mhz']:.0f} MHz "
                 f"({change:+.1f}%, median of the steps' means)")
+    if note.code == "host pace":
+        change = 100 * (d["now_ms"] / d["before_ms"] - 1)
+        return (f"the host's own pace between timed steps (a fixed burst of kernel launches): {d['before_ms']:.2f} -> "
+                f"{d['now_ms']:.2f} ms ({change:+.1f}%)")
     return NOTES[note.code].format(**d)
 
 

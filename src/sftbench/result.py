@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from statistics import median
 from typing import Literal
 
 from typing_extensions import (
@@ -49,6 +50,9 @@ class Timing:
     # How far the projections from the two interleaved halves of the timed steps differ, in % of the whole's:
     # the run's own wall-time spread, stored with a baseline as its noise band (bounded: sftbench.verdicts).
     wall_noise_pct: float | None = None
+    # Host seconds of trackers.host_probe_s before each timed step: how fast the host itself was meanwhile at
+    # the work a host-bound step is made of (Python, torch's dispatcher, kernel launches).
+    host_probe_s: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -151,6 +155,7 @@ class Metrics:
     tokens_per_s: float | None = None
     wall_noise_pct: float | None = None
     wall_s: float | None = None
+    host_probe_ms: float | None = None  # median of Timing.host_probe_s
     max_reserved_mib: float | None = None
     max_allocated_mib: float | None = None
     max_rss_mib: float | None = None
@@ -163,6 +168,8 @@ class Metrics:
                    attention=result.attention, minutes_per_1000_samples=timing.minutes_per_1000_samples,
                    gpu_minutes_per_1000_samples=kernels.gpu_minutes_per_1000_samples, gpu_busy_pct=kernels.busy_pct,
                    tokens_per_s=timing.tokens_per_s, wall_noise_pct=timing.wall_noise_pct,
-                   wall_s=result.overhead.get("wall_s"), max_reserved_mib=memory.max_reserved_mib,
+                   wall_s=result.overhead.get("wall_s"),
+                   host_probe_ms=1000 * median(timing.host_probe_s) if timing.host_probe_s else None,
+                   max_reserved_mib=memory.max_reserved_mib,
                    max_allocated_mib=memory.max_allocated_mib, max_rss_mib=memory.max_rss_mib,
                    gpu_minutes_by_family=kernels.gpu_minutes_by_family)

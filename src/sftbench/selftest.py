@@ -114,6 +114,7 @@ def summarize(records: list[tuple[Path, RunRecord]]) -> dict:
                 "verdicts": _labels(configurations),
                 "gpu_time_change_pct": _changes(configurations, SPEED_METRICS["gpu"]),
                 "wall_time_change_pct": _changes(configurations, SPEED_METRICS["wall"]),
+                "host_pace_change_pct": _changes(configurations, "host_probe_ms"),
                 "max_reserved_change_pct": _changes(configurations, "max_reserved_mib"),
                 "nearest_family": _family_margins(configurations)})
         if KERNELS in knobs:
@@ -181,8 +182,9 @@ def markdown(summary: dict) -> str:
         lines.append(f"| {name} ({', '.join(f'{k}={v}' for k, v in stage['knobs'].items())}) | {stage['commit']} | "
                      f"{stage['flagged']} | {len(stage['configurations'])} | {_counts(stage['verdicts'])} |")
     reruns = summary["clean_reruns"]
-    lines += ["", ("Per configuration, against its baseline: GPU-minutes and wall minutes (%), and the family nearest "
-                   "its threshold (change against the GPU's pace / threshold, %)."), "",
+    lines += ["", ("Per configuration, against its baseline: GPU-minutes and wall minutes (%), the host's own pace "
+                   "between timed steps (%, a burst of kernel launches; where recorded), and the family nearest its "
+                   "threshold (change against the GPU's pace / threshold, %)."), "",
               "| configuration | " + " | ".join(f"clean {i}" for i in range(1, len(reruns) + 1)) + " |",
               "|---|" + "---|" * len(reruns)]
     for key in sorted({k for rerun in reruns for k in rerun["configurations"]}):
@@ -191,8 +193,10 @@ def markdown(summary: dict) -> str:
             nearest = rerun["nearest_family"].get(key)
             family = "" if nearest is None else \
                 f"; {nearest['family']} {nearest['change_pct']:+.2f} / {nearest['threshold_pct']:g}"
+            host = rerun["host_pace_change_pct"].get(key)
+            host = "" if host is None else f" (host {_pct(host)})"
             cells.append(f"{_pct(rerun['gpu_time_change_pct'].get(key))} / "
-                         f"{_pct(rerun['wall_time_change_pct'].get(key))}{family}")
+                         f"{_pct(rerun['wall_time_change_pct'].get(key))}{host}{family}")
         lines.append(f"| `{key}` | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

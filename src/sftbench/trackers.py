@@ -55,6 +55,23 @@ class StepTimer:
         self.tokens.append(tokens)
 
 
+HOST_PROBE_LAUNCHES = 1000
+
+
+def host_probe_s(scratch: torch.Tensor) -> float:
+    """Host seconds to dispatch HOST_PROBE_LAUNCHES in-place adds to a one-element tensor on the training device:
+    the host's own pace at what a host-bound step is made of (Python, torch's dispatcher, a kernel launch each,
+    ~5 us apiece on the GPU hosts), taken between timed steps. Wall time of host-bound steps moved by up to 33%
+    between runs on one idle H100 host while their GPU time held to 0.3%; this says whether the host moved."""
+    synchronize(scratch.device)
+    start = time.perf_counter()
+    for _ in range(HOST_PROBE_LAUNCHES):
+        scratch.add_(1)
+    elapsed = time.perf_counter() - start
+    synchronize(scratch.device)
+    return elapsed
+
+
 def kernel_clock_unavailable(device: torch.device) -> str | None:
     """Why GPU kernel time cannot be measured on `device` (one line), or None."""
     if device.type != "cuda":

@@ -24,6 +24,8 @@ among `kernel_steps` representatives and one optimizer step, projected over the 
 time. A full epoch traces every step (its wall time then includes CUPTI's tracing) and reads the
 records every FLUSH_EVERY micro-steps, outside the timed steps. Either way the shortest and the longest
 batch are then traced FAMILY_REPEATS more times: how much each kernel family repeats, for its verdict.
+Before each timed step, a fixed burst of tiny kernel launches (trackers.host_probe_s) measures the host's
+own pace, which wall time of host-bound steps follows between runs.
 The self-test's knobs act through an Injector (sftbench.injection) around each micro-step.
 """
 
@@ -43,7 +45,7 @@ from sftbench.data import Batch, collate
 from sftbench.injection import Injection, Injector
 from sftbench.result import Kernels, Timing, minutes_per_1000_samples
 from sftbench.spec import RunOptions
-from sftbench.trackers import KernelTimer, StepTimer
+from sftbench.trackers import KernelTimer, StepTimer, host_probe_s
 
 MAX_GRAD_NORM = 0.5
 WARMUP_RATIO = 0.05
@@ -77,6 +79,7 @@ class Trainer:
         self.max_length, self.accumulation, self.device = max_length, accumulation, device
         self.amp_dtype = amp_dtype
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+        self._probe_scratch = torch.zeros(1, device=device)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer_steps = math.ceil(len(batches) / accumulation)
         self.optimizer = torch.optim.AdamW(self.params, lr=LEARNING_RATE[sft_type], weight_decay=0.01)
@@ -213,6 +216,7 @@ class Trainer:
         # The warm-up left gradients behind: the epoch starts from a clean accumulation.
         self.optimizer.zero_grad(set_to_none=True)
         for i, batch in enumerate(self.batches, 1):
+            self._probe_host(epoch.timing)
             if kernel_timer is not None:
                 self._first_traced.setdefault(shape(batch), kernel_timer.traced)
             with timer.step(batch.tokens), _traced(kernel_timer, batch.tokens):
@@ -234,6 +238,7 @@ class Trainer:
     def _representative_steps(self, ordered: list[Batch], count: int, timer: StepTimer, timing: Timing,
                               progress) -> None:
         for batch in representatives(ordered, count):
+            self._probe_host(timing)
             with timer.step(batch.tokens):
                 self.micro_step(batch)
         progress(f"timed {len(timer.durations)} representative micro-steps")
@@ -249,6 +254,10 @@ class Trainer:
                                              timing.optimizer_step_s)
         timing.wall_noise_pct = half_split_spread_pct(timer.tokens, timer.durations, epoch_tokens,
                                                       self.optimizer_steps, timing.optimizer_step_s)
+
+    def _probe_host(self, timing: Timing) -> None:
+        """The host's pace just before a timed step (trackers.host_probe_s), outside it."""
+        timing.host_probe_s.append(host_probe_s(self._probe_scratch))
 
 
 def _traced(kernels: KernelTimer | None, tokens: int):

@@ -205,7 +205,7 @@ def compare(result: Result, baseline: Result | None, tolerances: Tolerances = To
     elif same_host and too_noisy:
         notes.append(Note("wall time too noisy", {"spread_pct": old.timing.wall_noise_pct,
                                                   "max_pct": MAX_WALL_NOISE_PCT}))
-    notes += _clock_change(old, result)
+    notes += _clock_change(old, result) + _host_pace(old, result, metrics)
     if limited and any(f.kind == "gpu" for f in metrics):
         notes.append(_clock_limits(old, result))
     families, family_notes = compare_families(old, result, tolerances, same_gpu)
@@ -389,6 +389,16 @@ def _clock_change(old: Result, new: Result) -> list[Note]:
     if before is None or now is None or abs(now - before) < 0.01 * before:
         return []
     return [Note("SM clock moved", {"before_mhz": float(before), "now_mhz": float(now)})]
+
+
+def _host_pace(old: Result, new: Result, metrics: list[MetricFinding]) -> list[Note]:
+    """The host's own pace between the timed steps of both runs (median of Timing.host_probe_s), beside a wall-time
+    change: whether the host itself was slower or faster, which the verdict alone cannot tell from the software."""
+    wall = [f for f in metrics if f.kind == "wall" and f.verdict != "same"]
+    if not wall or not old.timing.host_probe_s or not new.timing.host_probe_s:
+        return []
+    return [Note("host pace", {"before_ms": 1000 * median(old.timing.host_probe_s),
+                               "now_ms": 1000 * median(new.timing.host_probe_s)})]
 
 
 def _clock_limits(old: Result, new: Result) -> Note:

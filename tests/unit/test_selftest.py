@@ -19,9 +19,9 @@ def family(name, change, verdict="same", threshold=2.0):
 
 
 def configuration(key, status="pass", kinds=(), gpu=(3.0, 3.0), wall=(5.0, 5.0), reserved=(100.0, 100.0),
-                  families=(), baseline_families=None):
+                  families=(), baseline_families=None, host=(None, None)):
     def metrics(i):
-        return Metrics(gpu_minutes_per_1000_samples=gpu[i], minutes_per_1000_samples=wall[i],
+        return Metrics(gpu_minutes_per_1000_samples=gpu[i], minutes_per_1000_samples=wall[i], host_probe_ms=host[i],
                        max_reserved_mib=reserved[i], max_allocated_mib=reserved[i],
                        gpu_minutes_by_family=baseline_families if i == 0 else None)
     findings = [MetricFinding("gpu_minutes_per_1000_samples", "gpu", gpu[0], gpu[1], 100 * (gpu[1] / gpu[0] - 1), 2.0,
@@ -41,7 +41,8 @@ RECORDS = [
     record({}, configuration("a"), update=True),  # the baseline run: left out
     record({}, configuration("a", gpu=(3.0, 3.03), families=[family("GEMM", 0.5), family("attention forward", -1.2)]),
            configuration("b", "improvement"), minute=1),
-    record({}, configuration("a", "regression", ["wall-time"]), configuration("b"), minute=2),
+    record({}, configuration("a", "regression", ["wall-time"], wall=(5.0, 6.5), host=(5.0, 6.25)), configuration("b"),
+           minute=2),
     record({"SFTBENCH_INJECT_GPU_PCT": "5", "SFTBENCH_INJECT_MEMORY_PCT": "3"},
            configuration("a", "regression", ["kernel", "memory"], gpu=(3.0, 3.18), reserved=(100.0, 103.0)),
            configuration("b", "regression", ["kernel"], gpu=(3.0, 3.15)), minute=3),
@@ -70,7 +71,8 @@ def test_the_summary_counts_failures_of_clean_reruns_and_what_each_injection_fla
     assert injected["host_time"]["wall_time_change_pct"] == {"a": 30.0, "b": 8.0}
     page = markdown(summary)
     assert "| clean rerun 1 | abc1234 | 1 failures | 2 |" in page
-    assert "| `a` | +0.00 / +0.00 | +1.00 / +0.00; attention forward -1.20 / 2 |" in page
+    assert summary["clean_reruns"][0]["host_pace_change_pct"] == {"a": 25.0, "b": None}
+    assert "| `a` | +0.00 / +30.00 (host +25.00) | +1.00 / +0.00; attention forward -1.20 / 2 |" in page
 
 
 def test_a_family_injection_counts_the_configurations_it_could_slow_and_the_families_they_named():

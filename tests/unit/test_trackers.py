@@ -12,7 +12,7 @@ import torch
 
 from sftbench import kernels, trackers
 from sftbench.result import MemoryPeaks
-from sftbench.trackers import MIB, MemoryTracker, StepTimer
+from sftbench.trackers import HOST_PROBE_LAUNCHES, MIB, MemoryTracker, StepTimer, host_probe_s
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)
 
@@ -355,3 +355,8 @@ def test_clock_limits_are_counted_by_name_over_the_steps_read():
     assert trackers.clock_limit_counts([0x4, 0x4 | 0x40, 0, None]) == {"power cap": 2, "thermal (hardware)": 1}
     assert trackers.clock_limit_counts([0, 0]) == {}  # read, never limited
     assert trackers.clock_limit_counts([None]) is None and trackers.clock_limit_counts([]) is None
+
+
+def test_the_host_probe_times_a_fixed_burst_of_launches_on_the_device():
+    scratch = torch.zeros(1)
+    assert host_probe_s(scratch) > 0 and scratch.item() == HOST_PROBE_LAUNCHES

@@ -113,6 +113,7 @@ def test_quick_mode_times_representative_steps_and_projects_the_epoch(trainer, m
     chosen = representatives(sorted(trainer.batches, key=lambda b: -b.tokens), 4)
     assert timing.step_tokens == [b.tokens for b in chosen]
     assert len(timing.step_durations_s) == 4 and all(d > 0 for d in timing.step_durations_s)
+    assert len(timing.host_probe_s) == 4 and all(p > 0 for p in timing.host_probe_s)  # one before each timed step
     assert epoch.overhead["warmup_s"] > 0 and timing.optimizer_step_s > 0 and epoch.kernels is None
     assert (timing.epoch_micro_batches, timing.epoch_optimizer_steps) == (6, 2)
     assert timing.minutes_per_1000_samples == pytest.approx(timing.epoch_seconds / 60 * 1000 / 12)
@@ -143,6 +144,7 @@ def test_full_mode_times_every_batch_in_training_order(trainer, monkeypatch):
     timing = trainer.run(RunOptions(full_epoch=True), progress=lambda line: None).timing
     assert timing.step_tokens == [b.tokens for b in trainer.batches]
     assert len(timing.step_durations_s) == len(trainer.batches) and all(d > 0 for d in timing.step_durations_s)
+    assert len(timing.host_probe_s) == len(trainer.batches)
     assert len(calls) == 1 + trainer.optimizer_steps  # the warm-up's, then one per 4 micro-steps and the rest
     assert timing.optimizer_step_s > 0 and timing.wall_noise_pct is None  # a full epoch's time is not projected
     assert timing.epoch_seconds >= sum(timing.step_durations_s) + timing.optimizer_step_s

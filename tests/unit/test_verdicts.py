@@ -161,6 +161,19 @@ def test_the_baselines_own_spread_widens_the_wall_band(result_factory):
     assert "(+30.0%, baseline's spread 35%, step samples p=" in render.metric_text(wall)
 
 
+@pytest.mark.parametrize("probe_now, wall, note", [
+    ([0.0065, 0.0066, 0.0064], 13.0, ("the host's own pace between timed steps (a fixed burst of kernel launches): "
+                                      "5.00 -> 6.50 ms (+30.0%)")),  # the host itself was slower
+    ([0.0050] * 3, 10.0, None),  # wall time within its band: nothing to explain
+    ([], 13.0, None),  # a run that did not probe the host
+])
+def test_a_wall_time_change_names_the_hosts_own_pace(result_factory, probe_now, wall, note):
+    old = timed(result_factory, host_probe_s=[0.0049, 0.0050, 0.0051])
+    found = compare(timed(result_factory, wall, step_factor=wall / 10.0, host_probe_s=probe_now), old, Tolerances())
+    assert found.verdict == ("regression" if wall > 10.0 else "pass")
+    assert [render.note_text(n) for n in found.notes if n.code == "host pace"] == ([note] if note else [])
+
+
 @pytest.mark.parametrize("spread", [50.0, 110.0])
 def test_a_baseline_too_noisy_to_judge_wall_time_says_so_and_judges_none(result_factory, spread):
     # A baseline whose own steps spread 100% would pass a 2x slow-down and never show an improvement.
