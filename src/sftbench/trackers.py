@@ -58,14 +58,14 @@ class StepTimer:
 HOST_PROBE_LAUNCHES = 1000
 
 
-def host_probe_s(scratch: torch.Tensor) -> float:
-    """Host seconds to dispatch HOST_PROBE_LAUNCHES in-place adds to a one-element tensor on the training device:
+def host_probe_s(scratch: torch.Tensor, launches: int = HOST_PROBE_LAUNCHES) -> float:
+    """Host seconds to dispatch `launches` in-place adds to a one-element tensor on the training device:
     the host's own pace at what a host-bound step is made of (Python, torch's dispatcher, a kernel launch each,
     ~5 us apiece on the GPU hosts), taken between timed steps. Wall time of host-bound steps moved by up to 33%
     between runs on one idle H100 host while their GPU time held to 0.3%; this says whether the host moved."""
     synchronize(scratch.device)
     start = time.perf_counter()
-    for _ in range(HOST_PROBE_LAUNCHES):
+    for _ in range(launches):
         scratch.add_(1)
     elapsed = time.perf_counter() - start
     synchronize(scratch.device)

@@ -39,6 +39,7 @@ from sftbench.trackers import (
     MemoryTracker,
     StepTimer,
     clock_limit_names,
+    host_probe_s,
     kernel_clock_unavailable,
     synchronize,
 )
@@ -88,15 +89,10 @@ def profile_row(row: Row, out: Path, *, steps: int = 20, blocks: int = 3, memory
 
 
 def launch_floor_us(device: torch.device, launches: int = 20000) -> float:
-    x = torch.zeros(1, device=device)
-    for _ in range(100):
-        x.add_(1)
-    synchronize(device)
-    started = time.perf_counter()
-    for _ in range(launches):
-        x.add_(1)
-    synchronize(device)
-    return (time.perf_counter() - started) / launches * 1e6
+    """Host microseconds per launch of a one-element add, after a warm-up burst."""
+    scratch = torch.zeros(1, device=device)
+    host_probe_s(scratch, 100)
+    return host_probe_s(scratch, launches) / launches * 1e6
 
 
 def nvml_ab(trainer: Trainer, batch, device: torch.device, steps: int, blocks: int) -> dict:
