@@ -198,6 +198,12 @@ def markdown(summary: dict) -> str:
             cells.append(f"{_pct(rerun['gpu_time_change_pct'].get(key))} / "
                          f"{_pct(rerun['wall_time_change_pct'].get(key))}{host}{family}")
         lines.append(f"| `{key}` | " + " | ".join(cells) + " |")
+    moves = [(abs(change), key) for rerun in reruns for key, change in rerun["wall_time_change_pct"].items()
+             if change is not None]
+    if moves:
+        largest, key = max(moves)
+        lines += ["", (f"Wall time of the clean reruns moved by up to {largest:.1f}% against its baseline (`{key}`): "
+                       "on this host a `--sftbench-time-tolerance` under that fails clean reruns.")]
     return "\n".join(lines) + "\n"
 
 

@@ -73,6 +73,8 @@ def test_the_summary_counts_failures_of_clean_reruns_and_what_each_injection_fla
     assert "| clean rerun 1 | abc1234 | 1 failures | 2 |" in page
     assert summary["clean_reruns"][0]["host_pace_change_pct"] == {"a": 25.0, "b": None}
     assert "| `a` | +0.00 / +30.00 (host +25.00) | +1.00 / +0.00; attention forward -1.20 / 2 |" in page
+    assert page.endswith("Wall time of the clean reruns moved by up to 30.0% against its baseline (`a`): on this host "
+                         "a `--sftbench-time-tolerance` under that fails clean reruns.\n")
 
 
 def test_a_family_injection_counts_the_configurations_it_could_slow_and_the_families_they_named():
