@@ -70,6 +70,7 @@ def run_case(spec: CaseSpec, options: RunOptions, log=print) -> Result:
     device = torch.device(spec.device)
     memory = MemoryTracker(device)
     started = time.perf_counter()
+    categories = None
     try:
         memory.start()
         faults.at("build")
@@ -102,6 +103,7 @@ def run_case(spec: CaseSpec, options: RunOptions, log=print) -> Result:
         epoch = trainer.run(options, progress=log)
         result.timing, result.overhead = epoch.timing, {**result.overhead, **epoch.overhead}
         result.kernels = epoch.kernels or result.kernels
+        categories = epoch.memory
     except Exception as error:  # noqa: BLE001 - any failure is this case's outcome, not the session's
         if _is_oom(error):
             result.outcome, result.message = "oom", str(error).split("\n")[0]
@@ -109,6 +111,7 @@ def run_case(spec: CaseSpec, options: RunOptions, log=print) -> Result:
             result.outcome = "error"
             result.message = f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=-4)}"
     result.memory = memory.stop()
+    result.memory.categories = categories
     result.overhead["case_s"] = time.perf_counter() - started
     log(f"{result.outcome} in {result.overhead['case_s']:.1f} s")
     return result

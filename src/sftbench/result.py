@@ -24,12 +24,35 @@ def minutes_per_1000_samples(epoch_seconds: float, samples: int) -> float:
 
 
 @dataclass
+class MemoryGroup:
+    where: str  # the Python line that allocated the blocks (sftbench.memory.allocation_site)
+    mib: float
+    blocks: int
+
+
+@dataclass
+class MemoryCategories:
+    """The bytes alive at the allocated peak of a recorded micro-step of the longest batch and the optimizer step
+    after it (sftbench.memory), by what holds them: they add up to peak_mib."""
+
+    peak_mib: float
+    trainable_parameters_mib: float
+    frozen_parameters_mib: float  # quantized weights, their scales and the model's buffers among them
+    gradients_mib: float
+    optimizer_states_mib: float
+    activations_mib: float  # activations and temporaries: everything else alive then
+    slack_mib: float  # reserved minus allocated at that moment
+    groups: list[MemoryGroup] = field(default_factory=list)  # the largest of activations and temporaries
+
+
+@dataclass
 class MemoryPeaks:
     max_reserved_mib: float | None = None  # the seed's metric
     max_allocated_mib: float | None = None
     max_active_mib: float | None = None
     nvml_peak_mib: float | None = None  # whole device, sampled; None without nvidia-ml-py
     max_rss_mib: float | None = None  # host memory of the case's process
+    categories: MemoryCategories | None = None  # None on the CPU, and in results from before sftbench took them
 
 
 @dataclass

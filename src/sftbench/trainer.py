@@ -24,6 +24,8 @@ among `kernel_steps` representatives and one optimizer step, projected over the 
 time. A full epoch traces every step (its wall time then includes CUPTI's tracing) and reads the
 records every FLUSH_EVERY micro-steps, outside the timed steps. Either way the shortest and the longest
 batch are then traced FAMILY_REPEATS more times: how much each kernel family repeats, for its verdict.
+Last, on a GPU, one more micro-step of the longest batch and an optimizer step run with the allocator recording,
+to sort the memory at the peak by category (sftbench.memory).
 Before each timed step, a fixed burst of tiny kernel launches (trackers.host_probe_s) measures the host's
 own pace, which wall time of host-bound steps follows between runs.
 The self-test's knobs act through an Injector (sftbench.injection) around each micro-step.
@@ -40,10 +42,10 @@ from statistics import mean, median
 import numpy as np
 import torch
 
-from sftbench import kernels
+from sftbench import kernels, memory
 from sftbench.data import Batch, collate
 from sftbench.injection import Injection, Injector
-from sftbench.result import Kernels, Timing, minutes_per_1000_samples
+from sftbench.result import Kernels, MemoryCategories, Timing, minutes_per_1000_samples
 from sftbench.spec import RunOptions
 from sftbench.trackers import KernelTimer, StepTimer, host_probe_s
 
@@ -60,11 +62,13 @@ FAMILY_REPEATS = 3
 
 @dataclass
 class TrainedEpoch:
-    """What Trainer.run measured: the wall-time record, the kernel record (None without a kernel clock), and
-    where the trainer's own time went (warm-up, tracing, reading CUPTI's records), in seconds."""
+    """What Trainer.run measured: the wall-time record, the kernel record (None without a kernel clock), the
+    memory at the peak by category (None on the CPU), and where the trainer's own time went (warm-up, tracing,
+    reading CUPTI's records, recording the allocator), in seconds."""
 
     timing: Timing
     kernels: Kernels | None = None
+    memory: MemoryCategories | None = None
     overhead: dict[str, float] = field(default_factory=dict)
 
 
@@ -144,7 +148,19 @@ class Trainer:
             epoch.kernels = self.kernel_timer.stop()
             epoch.overhead["kernel_trace_s"] += time.perf_counter() - started
             self._project_kernels(epoch, options.full_epoch)
+        if self.device.type == "cuda":
+            self._memory_categories(ordered[0], epoch, progress)
         return epoch
+
+    def _memory_categories(self, longest: Batch, epoch: TrainedEpoch, progress) -> None:
+        """The memory at the peak by category (sftbench.memory), after everything timed and traced. A failure
+        there is said and leaves the case's measurements as they are."""
+        started = time.perf_counter()
+        try:
+            epoch.memory = memory.categories_at_peak(self, longest)
+        except Exception as error:  # noqa: BLE001 - the categories explain memory; the case stands without them
+            progress(f"memory by category not taken ({type(error).__name__}: {error})")
+        epoch.overhead["memory_categories_s"] = time.perf_counter() - started
 
     def _timing(self) -> Timing:
         return Timing(epoch_micro_batches=len(self.batches), epoch_optimizer_steps=self.optimizer_steps,

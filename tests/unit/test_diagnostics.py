@@ -1,5 +1,5 @@
-"""sftbench.diagnostics: the allocator-trace replay behind the report's memory causes, a CPU profile run,
-the memory-diagnostic format the report reads, and the commands' handling of an unknown row."""
+"""sftbench.diagnostics: a CPU profile run, the memory-diagnostic format the report reads, and the commands'
+handling of an unknown row."""
 
 import json
 import subprocess
@@ -7,35 +7,7 @@ import sys
 
 import pytest
 
-from sftbench.diagnostics import memory_at_peak
-
-from sftbench.diagnostics import step_profile
-
-
-def frame(line: int, filename: str = "/src/sftbench/models/qwen.py") -> list[dict]:
-    return [{"filename": "/site-packages/torch/nn/functional.py", "line": 1, "name": "linear"},
-            {"filename": filename, "line": line, "name": "forward"}]
-
-
-def test_peak_groups_are_the_blocks_alive_at_the_highest_point():
-    events = [
-        {"action": "alloc", "addr": 1, "size": 100, "frames": frame(10)},
-        {"action": "alloc", "addr": 2, "size": 300, "frames": frame(20)},
-        {"action": "alloc", "addr": 3, "size": 50, "frames": frame(10)},
-        {"action": "free_completed", "addr": 2, "size": 300},  # peak was 450, just before this
-        {"action": "free_completed", "addr": 99, "size": 40},  # a block from before the trace
-        {"action": "alloc", "addr": 4, "size": 200, "frames": []},  # backward: no Python frames
-    ]
-    peak, groups = step_profile.peak_groups(events)
-    assert peak == 450
-    assert [(where.split(" (")[-1], size, count) for where, size, count in groups] == [
-        ("qwen.py:20)", 300, 1), ("qwen.py:10)", 150, 2)]
-
-
-def test_allocations_are_placed_at_the_innermost_frame_outside_torch():
-    here = step_profile.__file__
-    assert step_profile._where(frame(7, here)).endswith("(step_profile.py:7)")
-    assert step_profile._where([]) == "in the backward pass"
+from sftbench.diagnostics import memory_at_peak, step_profile
 
 
 def test_a_cpu_profile_writes_its_report_and_an_unknown_row_is_one_clear_error(tmp_path):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from sftbench.catalog import rows_of
+from sftbench.result import MemoryCategories, MemoryGroup
 from sftbench.spec import CaseSpec
 from sftbench.storage import files, locks, schema
 from sftbench.storage.baselines import BaselineError, BaselineStore, listing
@@ -32,6 +33,8 @@ def rewrite(path: Path, change) -> None:
 def test_a_result_round_trips_through_its_file(tmp_path, result_factory, kernels_factory):
     result = result_factory(versions={"torch": "2.13.0", "flash-attn": None},
                             kernels=kernels_factory(["nvjet_a"], [(2048, 1000.0, [[0, 3, 5000]]), (0, 63.0, [[0, 1, 9]])]))
+    result.memory.categories = MemoryCategories(100.0, 10.0, 50.0, 10.0, 20.0, 10.0, 4.0,
+                                                [MemoryGroup("`x = f(y)` (qwen.py:12)", 6.0, 3)])
     path = ResultStore(tmp_path).write(result)
     data = json.loads(path.read_text())
     assert path == tmp_path / "nvidia-h200" / f"{SPEC.key}.json"

@@ -115,6 +115,7 @@ def test_quick_mode_times_representative_steps_and_projects_the_epoch(trainer, m
     assert len(timing.step_durations_s) == 4 and all(d > 0 for d in timing.step_durations_s)
     assert len(timing.host_probe_s) == 4 and all(p > 0 for p in timing.host_probe_s)  # one before each timed step
     assert epoch.overhead["warmup_s"] > 0 and timing.optimizer_step_s > 0 and epoch.kernels is None
+    assert epoch.memory is None  # no allocator record on the CPU
     assert (timing.epoch_micro_batches, timing.epoch_optimizer_steps) == (6, 2)
     assert timing.minutes_per_1000_samples == pytest.approx(timing.epoch_seconds / 60 * 1000 / 12)
     assert timing.epoch_tokens == sum(trainer.corpus.lengths.clip(max=trainer.max_length))

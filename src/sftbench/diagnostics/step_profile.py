@@ -22,7 +22,6 @@ import cProfile
 import gc
 import io
 import json
-import linecache
 import pstats
 import time
 import warnings
@@ -31,6 +30,7 @@ from statistics import median
 
 import torch
 
+from sftbench import memory
 from sftbench.case import build_case_model, case_trainer, prepare_for_training
 from sftbench.catalog import Row
 from sftbench.spec import RunOptions
@@ -183,16 +183,12 @@ def sync_lines(trainer: Trainer, batch) -> dict[str, int]:
 
 
 def memory_at_peak(trainer: Trainer, batch, device: torch.device) -> dict:
-    """Replay the allocator's trace of one micro-step; group the bytes alive at its peak."""
+    """Replay the allocator's record of one micro-step; group the bytes allocated in it and alive at its peak."""
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
-    torch.cuda.memory._record_memory_history(enabled="all", context="all", stacks="python", max_entries=2_000_000)
-    trainer.micro_step(batch)
-    torch.cuda.synchronize()
-    snapshot = torch.cuda.memory._snapshot()
-    torch.cuda.memory._record_memory_history(enabled=None)
-    peak, groups = peak_groups(snapshot["device_traces"][device.index or 0])
+    blocks, peak, _ = memory.live_at_peak(*memory.recorded(device, lambda: trainer.micro_step(batch)))
+    groups = memory.by_site([block for block in blocks if block.where != memory.HELD_BEFORE])
     return {
         "batch_tokens": batch.tokens,
         "allocated_before_mib": round(before / MIB),
@@ -201,37 +197,3 @@ def memory_at_peak(trainer: Trainer, batch, device: torch.device) -> dict:
         "max_reserved_mib": round(torch.cuda.max_memory_reserved(device) / MIB),
         "groups_mib": [[where, round(size / MIB), count] for where, size, count in groups[:20]],
     }
-
-
-def peak_groups(events: list[dict]) -> tuple[int, list[tuple[str, int, int]]]:
-    """Replay an allocator trace: the highest bytes allocated during it (net of frees, also of blocks
-    allocated before it) and the blocks alive at that moment, as (where, bytes, blocks), largest first."""
-    live: dict[int, tuple[int, str]] = {}  # blocks allocated during the trace: size, where
-    now = peak = 0
-    at_peak: dict[int, tuple[int, str]] = {}
-    for event in events:
-        if event["action"] == "alloc":
-            live[event["addr"]] = (event["size"], _where(event.get("frames", [])))
-            now += event["size"]
-        elif event["action"] == "free_completed":
-            now -= live.pop(event["addr"], (event["size"], ""))[0]
-        if now > peak:
-            peak, at_peak = now, dict(live)
-    groups: dict[str, list[int]] = {}
-    for size, where in at_peak.values():
-        group = groups.setdefault(where, [0, 0])
-        group[0] += size
-        group[1] += 1
-    return peak, sorted(((where, size, count) for where, (size, count) in groups.items()), key=lambda g: -g[1])
-
-
-def _where(frames: list[dict]) -> str:
-    """The innermost frame outside torch itself (torch.utils.checkpoint counts as outside: it saves the
-    layers' inputs), with its line of code; the backward pass runs in autograd's own thread, without
-    Python frames."""
-    for frame in frames:
-        name = frame.get("filename", "")
-        if "/torch/" not in name or "checkpoint" in name:
-            code = linecache.getline(name, frame.get("line", 0)).strip()
-            return f"`{code}` ({Path(name).name}:{frame.get('line')})"
-    return f"in {frames[0]['name']}" if frames else "in the backward pass"

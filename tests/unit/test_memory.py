@@ -1,0 +1,93 @@
+"""sftbench.memory: the allocator record replayed to the blocks alive at its peak, and those sorted by category."""
+
+import pytest
+import torch
+
+from sftbench import memory
+from sftbench.memory import (
+    ACTIVATIONS,
+    FROZEN,
+    GRADIENTS,
+    HELD_BEFORE,
+    MIB,
+    OPTIMIZER,
+    TRAINABLE,
+)
+
+QWEN = "/src/sftbench/models/qwen.py"
+
+
+def frame(line: int, filename: str = QWEN) -> list[dict]:
+    return [{"filename": "/site-packages/torch/nn/functional.py", "line": 1, "name": "linear"},
+            {"filename": filename, "line": line, "name": "forward"}]
+
+
+# A weight from before the record (alive at its end), a gradient freed during it, and three activations.
+EVENTS = [
+    {"action": "alloc", "addr": 1, "size": 100 * MIB, "frames": frame(10)},
+    {"action": "segment_alloc", "addr": 1000, "size": 512 * MIB},
+    {"action": "alloc", "addr": 2, "size": 300 * MIB, "frames": frame(20)},
+    {"action": "alloc", "addr": 3, "size": 50 * MIB, "frames": frame(10)},
+    {"action": "free_completed", "addr": 2, "size": 300 * MIB},  # the peak was just before this
+    {"action": "free_completed", "addr": 99, "size": 40 * MIB},  # the gradient, allocated before the record
+    {"action": "alloc", "addr": 4, "size": 200 * MIB, "frames": []},  # backward: no Python frames
+]
+IN_USE_AT_END = [{"address": 50, "size": 1000 * MIB, "state": "active_allocated"},
+                 {"address": 1, "size": 100 * MIB, "state": "active_allocated"}]
+
+
+def test_the_blocks_alive_at_the_peak_include_those_held_from_before_the_record():
+    blocks, peak, reserved = memory.live_at_peak(EVENTS, IN_USE_AT_END)
+    assert (peak, reserved) == (450 * MIB, 512 * MIB)  # above the start
+    assert sorted((b.address, b.size // MIB) for b in blocks) == [(1, 100), (2, 300), (3, 50), (50, 1000), (99, 40)]
+    assert {b.address for b in blocks if b.where == HELD_BEFORE} == {50, 99}
+    groups = memory.by_site([b for b in blocks if b.where != HELD_BEFORE])
+    assert [(where.split(" (")[-1], size // MIB, count) for where, size, count in groups] == [
+        ("qwen.py:20)", 300, 1), ("qwen.py:10)", 150, 2)]
+
+
+def test_the_categories_add_up_to_the_allocated_peak_and_name_where_the_rest_was_allocated():
+    blocks, _, _ = memory.live_at_peak(EVENTS, IN_USE_AT_END)
+    found = memory.categorize(blocks, {50: TRAINABLE, 99: GRADIENTS}, reserved_mib=2000.0)
+    assert (found.trainable_parameters_mib, found.gradients_mib, found.activations_mib) == (1000, 40, 450)
+    assert (found.frozen_parameters_mib, found.optimizer_states_mib) == (0, 0)
+    assert found.peak_mib == 1490 and found.slack_mib == 510
+    assert [(g.where.split(" (")[-1], g.mib, g.blocks) for g in found.groups] == [("qwen.py:20)", 300, 1),
+                                                                                 ("qwen.py:10)", 150, 2)]
+
+
+def test_a_record_that_only_frees_peaks_at_its_start():
+    blocks, peak, _ = memory.live_at_peak([{"action": "free_completed", "addr": 9, "size": MIB}], [])
+    assert peak == 0 and [(b.address, b.where) for b in blocks] == [(9, HELD_BEFORE)]
+
+
+def test_owners_are_the_parameters_gradients_buffers_quantization_state_and_optimizer_states():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    model[1].weight.requires_grad_(False)
+    model.register_buffer("inv_freq", torch.ones(2))
+    model[0].bias.quant_state = type("QuantState", (), {})()  # bitsandbytes' scales hang off the weight
+    model[0].bias.quant_state.absmax = torch.ones(3)
+    model[0].bias.quant_state.state2 = type("QuantState", (), {"__init__": lambda self: None})()
+    model[0].bias.quant_state.state2.absmax = torch.ones(5)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+    model(torch.ones(2, 4)).sum().backward()
+    optimizer.step()
+    owned = memory.owners(model, optimizer)
+
+    def of(tensor):
+        return owned[tensor.untyped_storage().data_ptr()]
+
+    assert of(model[0].weight) == TRAINABLE and of(model[1].weight) == FROZEN and of(model.inv_freq) == FROZEN
+    assert of(model[0].weight.grad) == GRADIENTS
+    assert {of(t) for t in (model[0].bias.quant_state.absmax, model[0].bias.quant_state.state2.absmax)} == {FROZEN}
+    assert {of(t) for state in optimizer.state.values() for t in state.values() if t.numel()} == {OPTIMIZER}
+    assert ACTIVATIONS not in owned.values()
+
+
+@pytest.mark.parametrize("frames, site", [
+    (frame(7, memory.__file__), "(memory.py:7)"),  # the innermost frame outside torch, with its line
+    ([{"filename": "/site-packages/torch/utils/checkpoint.py", "line": 3, "name": "forward"}], "(checkpoint.py:3)"),
+    ([], "in the backward pass"),  # autograd's thread has no Python frames
+])
+def test_allocations_are_placed_at_the_innermost_frame_outside_torch(frames, site):
+    assert memory.allocation_site(frames).endswith(site)
