@@ -4,7 +4,7 @@ explanation, and the summary of a run. Everything else reads their fields."""
 from __future__ import annotations
 
 from sftbench.result import Metrics
-from sftbench.verdicts import CountChange, FamilyFinding, MetricFinding, Note, Verdict
+from sftbench.verdicts import CategoryMove, CountChange, FamilyFinding, MetricFinding, Note, Verdict
 
 MAX_COUNTS = 8  # operator or API names shown per line of counts
 
@@ -46,6 +46,8 @@ def explain(verdict: Verdict) -> list[str]:
     lines = [note_text(note) for note in verdict.notes]
     lines += counts_text(verdict.counts)
     lines += [metric_text(f) for f in verdict.metrics if f.verdict != "same"]
+    if any(f.kind == "memory" and f.verdict != "same" for f in verdict.metrics) and verdict.memory:
+        lines.append(memory_text(verdict.memory))
     # A family that grew makes the others shrink against the GPU's pace where it is one of them: name only the
     # grown ones then.
     shown = [f for f in verdict.families if f.verdict == "worse"] or [f for f in verdict.families if f.verdict != "same"]
@@ -68,6 +70,27 @@ def metric_text(f: MetricFinding) -> str:
     else:
         limit = f"{f.basis} {f.threshold_pct:.3g}%" + ("" if f.p_value is None else f", step samples p={f.p_value:.2g}")
     return f"{f.metric}: {f.before:.6g} -> {f.after:.6g} ({f.change_pct:+.1f}%, {limit})"
+
+
+def memory_text(moves: list[CategoryMove]) -> str:
+    """Where the memory at the peak moved: `at the peak: activations and temporaries +569 MiB (`x = f(y)`
+    (modeling.py:212) +512 MiB), gradients -2 MiB`."""
+    parts = []
+    for move in moves:
+        groups = [f"{g.where} {_mib(g.before_mib, g.after_mib)}" for g in move.groups]
+        parts.append(f"{move.category} {move.after_mib - move.before_mib:+.0f} MiB"
+                     + (f" ({', '.join(groups)})" if groups else ""))
+    if [move.category for move in moves] == ["allocator slack"]:
+        parts.append("every tensor the same: the allocator holds more (an allocator change)")
+    return "at the peak: " + ", ".join(parts)
+
+
+def _mib(before: float | None, after: float | None) -> str:
+    if before is None:
+        return f"new, {after:.0f} MiB"
+    if after is None:
+        return f"gone, {before:.0f} MiB"
+    return f"{after - before:+.0f} MiB"
 
 
 def family_text(f: FamilyFinding) -> str:

@@ -138,6 +138,27 @@ class FamilyFinding:
 
 
 @dataclass
+class GroupMove:
+    """A group of activations and temporaries alive at the peak (by the line that allocated them) that moved by
+    MIN_CATEGORY_MOVE_MIB or more, appeared (before None) or vanished (after None), MiB."""
+
+    where: str
+    before_mib: float | None
+    after_mib: float | None
+
+
+@dataclass
+class CategoryMove:
+    """A memory category at the allocated peak (sftbench.memory) that moved by MIN_CATEGORY_MOVE_MIB or more, MiB;
+    for activations and temporaries, the groups that moved most."""
+
+    category: str  # "trainable parameters", ..., "activations and temporaries", "allocator slack"
+    before_mib: float
+    after_mib: float
+    groups: list[GroupMove] = field(default_factory=list)
+
+
+@dataclass
 class CountChange:
     """How many more (or fewer) times a micro-step called a torch operator or CUDA API function."""
 
@@ -163,6 +184,7 @@ class Verdict:
     families: list[FamilyFinding] = field(default_factory=list)  # every family of either run
     notes: list[Note] = field(default_factory=list)
     counts: list[CountChange] = field(default_factory=list)
+    memory: list[CategoryMove] = field(default_factory=list)  # where both runs sorted their peak by category
     versions: dict[str, list[str | None]] = field(default_factory=dict)  # package -> [baseline's, now]
     settings: dict[str, list] = field(default_factory=dict)  # driver, CUDA, environment variable -> [before, now]
     wall_judged: bool = True  # False where both measured wall time but not on one known host
@@ -215,7 +237,7 @@ def compare(result: Result, baseline: Result | None, tolerances: Tolerances = To
     verdicts = {f.verdict for f in metrics} | {f.verdict for f in families}
     verdict = "regression" if "worse" in verdicts else "improvement" if "better" in verdicts else "pass"
     return Verdict(verdict, _kinds(metrics, families), metrics, families, notes, host_work_changes(old, result),
-                   wall_judged=wall_judged, **differ)
+                   category_moves(old, result), wall_judged=wall_judged, **differ)
 
 
 def _metric(name: str, kind: str, before, after, old: Result, new: Result, tolerances: Tolerances, limited: bool,
@@ -347,6 +369,36 @@ def host_work_changes(old: Result, new: Result) -> list[CountChange]:
         changes += [CountChange(what, tokens, name, delta[name])
                     for name in sorted((n for n, d in delta.items() if d), key=lambda n: (-abs(delta[n]), n))]
     return changes
+
+
+# The categories are exact byte counts, so any move is real; under a MiB it is a rounding of an allocation.
+MIN_CATEGORY_MOVE_MIB = 1.0
+MEMORY_CATEGORIES = {"trainable parameters": "trainable_parameters_mib", "frozen parameters": "frozen_parameters_mib",
+                     "gradients": "gradients_mib", "optimizer states": "optimizer_states_mib",
+                     "activations and temporaries": "activations_mib", "allocator slack": "slack_mib"}
+GROUP_MOVES = 3
+
+
+def category_moves(old: Result, new: Result) -> list[CategoryMove]:
+    """The memory categories at the peak that moved, largest move first: exact bytes, evidence of where memory grew
+    or shrank (a verdict is made on the peaks)."""
+    before, now = old.memory.categories, new.memory.categories
+    if before is None or now is None:
+        return []
+    moves = [CategoryMove(name, getattr(before, attribute), getattr(now, attribute))
+             for name, attribute in MEMORY_CATEGORIES.items()
+             if abs(getattr(now, attribute) - getattr(before, attribute)) >= MIN_CATEGORY_MOVE_MIB]
+    for move in moves:
+        if move.category == "activations and temporaries":
+            move.groups = _group_moves({g.where: g.mib for g in before.groups}, {g.where: g.mib for g in now.groups})
+    return sorted(moves, key=lambda m: -abs(m.after_mib - m.before_mib))
+
+
+def _group_moves(before: dict[str, float], now: dict[str, float]) -> list[GroupMove]:
+    """The groups that moved most (GROUP_MOVES at most): a group kept by only one run counts as appeared or gone."""
+    changes = {where: now.get(where, 0.0) - before.get(where, 0.0) for where in before.keys() | now.keys()}
+    largest = sorted((w for w, c in changes.items() if abs(c) >= MIN_CATEGORY_MOVE_MIB), key=lambda w: -abs(changes[w]))
+    return [GroupMove(where, before.get(where), now.get(where)) for where in largest[:GROUP_MOVES]]
 
 
 def step_samples_p_value(old: Result, new: Result) -> float | None:

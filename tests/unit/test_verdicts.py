@@ -436,3 +436,47 @@ def test_a_small_family_no_repeat_measured_is_not_judged_by_the_tolerance_alone(
     optimizer = family(found, "optimizer")
     assert (optimizer.threshold_pct, optimizer.basis, optimizer.verdict) == (None, "not repeated", "same")
     assert found.verdict == "pass" and family(found, "GEMM").basis == "same GPU"
+
+
+# --- memory by category ----------------------------------------------------------------------------------------
+
+def categorized(result_factory, activations=4000.0, slack=500.0, groups=(("`x = f(y)` (modeling.py:212)", 3000.0),),
+                **fields):
+    from sftbench.result import MemoryCategories, MemoryGroup
+
+    result = result_factory(**fields)
+    result.memory.categories = MemoryCategories(
+        16000 + activations, 15000.0, 0.0, 30.0, 60.0, activations, slack,
+        [MemoryGroup(where, mib, 10) for where, mib in groups])
+    return result
+
+
+def test_a_memory_regression_names_the_category_and_the_line_that_grew(result_factory):
+    old = categorized(result_factory, reserved=20000.0, allocated=19100.0)
+    new = categorized(result_factory, activations=4569.0, groups=(("`x = f(y)` (modeling.py:212)", 3512.0),
+                                                                   ("`y = g(z)` (modeling.py:80)", 57.0)),
+                      reserved=20600.0, allocated=19669.0)
+    found = compare(new, old, Tolerances())
+    assert found.kinds == ["memory"]
+    [move] = found.memory
+    assert (move.category, move.before_mib, move.after_mib) == ("activations and temporaries", 4000.0, 4569.0)
+    assert [(g.where, g.before_mib, g.after_mib) for g in move.groups] == [
+        ("`x = f(y)` (modeling.py:212)", 3000.0, 3512.0), ("`y = g(z)` (modeling.py:80)", None, 57.0)]
+    assert ("  at the peak: activations and temporaries +569 MiB (`x = f(y)` (modeling.py:212) +512 MiB, "
+            "`y = g(z)` (modeling.py:80) new, 57 MiB)") in lines(found)
+
+
+def test_slack_that_grew_with_every_tensor_the_same_reads_as_an_allocator_change(result_factory):
+    old = categorized(result_factory, reserved=20000.0)
+    new = categorized(result_factory, slack=1100.0, reserved=20600.0)
+    found = compare(new, old, Tolerances())
+    assert found.kinds == ["memory"] and [m.category for m in found.memory] == ["allocator slack"]
+    assert ("  at the peak: allocator slack +600 MiB, every tensor the same: the allocator holds more (an allocator "
+            "change)") in lines(found)
+
+
+def test_categories_are_evidence_only_beside_a_memory_finding(result_factory):
+    found = compare(categorized(result_factory, activations=4010.0), categorized(result_factory), Tolerances())
+    assert found.verdict == "pass" and [m.category for m in found.memory] == ["activations and temporaries"]
+    assert not any(line.strip().startswith("at the peak") for line in lines(found))
+    assert compare(categorized(result_factory), result_factory(), Tolerances()).memory == []  # a baseline without
