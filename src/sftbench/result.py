@@ -54,6 +54,16 @@ class MemoryPeaks:
     max_rss_mib: float | None = None  # host memory of the case's process
     categories: MemoryCategories | None = None  # None on the CPU, and in results from before sftbench took them
 
+    @property
+    def card_need_mib(self) -> float | None:
+        """What a card must hold for the case by its allocated peak: that peak, and what the process held outside
+        PyTorch's allocator (NVML's device peak minus the reserved peak: the CUDA context, libraries' own
+        memory). The slack a larger card's allocator kept beyond it is not needed: on a smaller card the
+        allocator frees its cache and retries before it runs out. None where a peak was not measured."""
+        if None in (self.max_allocated_mib, self.max_reserved_mib, self.nvml_peak_mib):
+            return None
+        return self.max_allocated_mib + max(self.nvml_peak_mib - self.max_reserved_mib, 0.0)
+
 
 @dataclass
 class Timing:

@@ -91,3 +91,14 @@ def test_owners_are_the_parameters_gradients_buffers_quantization_state_and_opti
 ])
 def test_allocations_are_placed_at_the_innermost_frame_outside_torch(frames, site):
     assert memory.allocation_site(frames).endswith(site)
+
+
+@pytest.mark.parametrize("peaks, need", [
+    (dict(max_allocated_mib=73712.0, max_reserved_mib=88080.0, nvml_peak_mib=89460.0), 75092.0),
+    (dict(max_allocated_mib=100.0, max_reserved_mib=200.0, nvml_peak_mib=150.0), 100.0),  # NVML sampled below it
+    (dict(max_allocated_mib=100.0, max_reserved_mib=200.0), None),  # no NVML: not measured
+])
+def test_what_a_card_must_hold_is_the_allocated_peak_and_what_the_process_held_outside_the_allocator(peaks, need):
+    from sftbench.result import MemoryPeaks
+
+    assert MemoryPeaks(**peaks).card_need_mib == need

@@ -90,11 +90,18 @@ def _outcome_notes(results: dict[str, Result]) -> list[list[str]]:
 
 
 def _outcome_cause(result: Result) -> str:
-    """A seed OOM that fits here because this card is larger: its peak is more than the seed's card holds."""
-    peak, card = result.memory.max_reserved_mib, result.machine.get("gpu_memory_mib")
-    if result.outcome == "ok" and peak and card and SEED_GPU_MIB < peak < card:
-        return f"needs more than the seed's 80 GB ({SEED_GPU_MIB} MiB); this GPU has {card} MiB"
-    return NOT_MEASURED
+    """A seed OOM that fits here: whether it would fit the seed's 80 GB card by its allocated peak
+    (MemoryPeaks.card_need_mib), not by the reserved peak of a larger card's allocator."""
+    memory, card = result.memory, result.machine.get("gpu_memory_mib")
+    need = memory.card_need_mib
+    if result.outcome != "ok" or need is None:
+        return NOT_MEASURED
+    held = (f"{number(memory.max_allocated_mib, 0)} MiB allocated at its peak and "
+            f"{number(need - memory.max_allocated_mib, 0)} MiB outside PyTorch's allocator")
+    if need > SEED_GPU_MIB:
+        return f"needs more than the seed's 80 GB ({SEED_GPU_MIB} MiB): {held}; this GPU has {card} MiB"
+    return (f"fits the seed's 80 GB ({SEED_GPU_MIB} MiB): {held}; the {number(memory.max_reserved_mib, 0)} MiB "
+            "reserved here is what this card's allocator kept, not what the case needs")
 
 
 def _trend_notes(results: dict[str, Result]) -> list[list[str]]:
