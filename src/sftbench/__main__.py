@@ -494,6 +494,8 @@ def _selftest(args) -> int:
               for name, stage in summary["injected"].items()]
     found += [f"{knob} flagged {stage['flagged']} of {len(stage['configurations'])} ({stage['named_right']} naming "
               f"{' and '.join(stage['families'])})" for knob, stage in summary["family_injected"].items()]
+    found += [f"{knob} flagged {stage['flagged']} of {len(stage['configurations'])} ({stage['named_right']} with "
+              f"{stage['category']} grown most)" for knob, stage in summary["memory_injected"].items()]
     print("sftbench: selftest: " + "; ".join(found))
     return 0
 

@@ -14,6 +14,10 @@ settings that differ, and `--sftbench-update-baselines` refuses a run made with 
   operator's share of its family's time, estimated from the warm-up's traced steps; the spin's kernel time
   counts in the family of the kernel before it, as "self-test spin (<family>)" (sftbench.kernels), so that
   the family's time grows, its kernels and the rest of the step do not. Not with SFTBENCH_INJECT_GPU_PCT.
+- SFTBENCH_INJECT_MEMORY_IN=TARGET:X (activations, optimizer or frozen): X% of the warm-up's allocated peak
+  added to one memory category only (sftbench.memory), at every peak: a temporary allocated at the start of
+  each micro-step and held through the optimizer step after it; an extra optimizer state per trainable
+  parameter, shared out by size; or an extra frozen parameter on the model. Not with SFTBENCH_INJECT_MEMORY_PCT.
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ import time
 from dataclasses import dataclass
 
 GPU_PCT, HOST_MS, MEMORY_PCT = "SFTBENCH_INJECT_GPU_PCT", "SFTBENCH_INJECT_HOST_MS", "SFTBENCH_INJECT_MEMORY_PCT"
-KERNELS = "SFTBENCH_INJECT_KERNELS"
-KNOBS = (GPU_PCT, HOST_MS, MEMORY_PCT, KERNELS)
+KERNELS, MEMORY_IN = "SFTBENCH_INJECT_KERNELS", "SFTBENCH_INJECT_MEMORY_IN"
+KNOBS = (GPU_PCT, HOST_MS, MEMORY_PCT, KERNELS, MEMORY_IN)
 # SFTBENCH_INJECT_KERNELS's targets: the torch operators after which it spins, and the family each one's kernels
 # are in (kernel_families.toml).
 KERNEL_TARGETS = {
@@ -34,6 +38,9 @@ KERNEL_TARGETS = {
                   "flash_attn::_flash_attn_varlen_backward": "attention backward"},
     "gemm": {name: "GEMM" for name in ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")},
 }
+# SFTBENCH_INJECT_MEMORY_IN's targets: the category of the memory at the peak each one grows (sftbench.memory).
+MEMORY_TARGETS = {"activations": "activations and temporaries", "optimizer": "optimizer states",
+                  "frozen": "frozen parameters"}
 
 
 @dataclass(frozen=True)
@@ -43,26 +50,40 @@ class Injection:
     memory_pct: float = 0.0
     kernels: str = ""  # a KERNEL_TARGETS key, or "" where no family is slowed
     kernels_pct: float = 0.0
+    memory_in: str = ""  # a MEMORY_TARGETS key, or "" where no category grows
+    memory_in_pct: float = 0.0
 
     @classmethod
     def from_environ(cls, environ=os.environ) -> Injection:
         values = {}
         for field, name in (("gpu_pct", GPU_PCT), ("host_ms", HOST_MS), ("memory_pct", MEMORY_PCT)):
             values[field] = _percentage(name, environ.get(name, "").strip())
-        text = environ.get(KERNELS, "").strip()
-        if text:
-            target, _, pct = text.partition(":")
-            if target not in KERNEL_TARGETS:
-                raise ValueError(f"{KERNELS}={text!r}: the target is one of {', '.join(KERNEL_TARGETS)} (e.g. attention:10)")
-            try:
-                values["kernels"], values["kernels_pct"] = target, float(pct)
-            except ValueError:
-                raise ValueError(f"{KERNELS}={text!r}: the percentage is not a number (e.g. attention:10)") from None
-            if not values["kernels_pct"] >= 0:
-                raise ValueError(f"{KERNELS}={text!r}: the percentage must be >= 0")
-            if values["gpu_pct"]:
-                raise ValueError(f"{KERNELS} and {GPU_PCT} cannot be set together: both are GPU spins")
+        values["kernels"], values["kernels_pct"] = _target(KERNELS, environ.get(KERNELS, ""), KERNEL_TARGETS)
+        values["memory_in"], values["memory_in_pct"] = _target(MEMORY_IN, environ.get(MEMORY_IN, ""), MEMORY_TARGETS)
+        for knob, other, why in (("kernels", "gpu_pct", "both are GPU spins"), ("memory_in", "memory_pct",
+                                                                                 "both add memory")):
+            if values[knob] and values[other]:
+                names = {"kernels": KERNELS, "gpu_pct": GPU_PCT, "memory_in": MEMORY_IN, "memory_pct": MEMORY_PCT}
+                raise ValueError(f"{names[knob]} and {names[other]} cannot be set together: {why}")
         return cls(**values)
+
+
+def _target(name: str, text: str, targets: dict) -> tuple[str, float]:
+    """A TARGET:X knob's (target, percentage); ("", 0.0) where it is not set."""
+    text = text.strip()
+    if not text:
+        return "", 0.0
+    target, _, pct = text.partition(":")
+    example = f"{next(iter(targets))}:3"
+    if target not in targets:
+        raise ValueError(f"{name}={text!r}: the target is one of {', '.join(targets)} (e.g. {example})")
+    try:
+        value = float(pct)
+    except ValueError:
+        raise ValueError(f"{name}={text!r}: the percentage is not a number (e.g. {example})") from None
+    if not value >= 0:
+        raise ValueError(f"{name}={text!r}: the percentage must be >= 0")
+    return target, value
 
 
 def _percentage(name: str, text: str) -> float:
@@ -102,12 +123,21 @@ class Injector:
         self.injection, self.kernel_timer, self.device = injection, kernel_timer, device
         self._spin_cycles = None  # tokens -> GPU cycles of the spin after each micro-step (SFTBENCH_INJECT_GPU_PCT)
         self._tokens = 0  # of the micro-step running: SFTBENCH_INJECT_KERNELS sizes its spins by them
-        self._ballast = None  # the allocation of SFTBENCH_INJECT_MEMORY_PCT
+        self._ballast = None  # the allocation of SFTBENCH_INJECT_MEMORY_PCT, or SFTBENCH_INJECT_MEMORY_IN=frozen's
+        self._temporary_bytes = 0  # SFTBENCH_INJECT_MEMORY_IN=activations: held from a micro-step's start ...
+        self._temporary = None  # ... through the optimizer step after it
 
     def before_micro_step(self, tokens: int) -> None:
         if self.injection.host_ms:
             time.sleep(self.injection.host_ms / 1000)
+        if self._temporary_bytes and self._temporary is None:
+            import torch
+
+            self._temporary = torch.empty(self._temporary_bytes, dtype=torch.uint8, device=self.device)
         self._tokens = tokens
+
+    def after_optimizer_step(self) -> None:
+        self._temporary = None
 
     def after_micro_step(self, tokens: int) -> None:
         if self._spin_cycles is not None:
@@ -115,14 +145,18 @@ class Injector:
 
             torch.cuda._sleep(self._spin_cycles(tokens))
 
-    def prepare(self, micro_step, shortest, longest) -> None:
-        """Once the case is warm: allocate the ballast, and size the GPU spins from the kernel time of the shortest
-        and the longest batch (`micro_step(batch)`) and of a calibration spin, traced and then discarded."""
+    def prepare(self, micro_step, shortest, longest, model=None, optimizer=None) -> None:
+        """Once the case is warm: allocate the ballast or the memory of a category, and size the GPU spins from
+        the kernel time of the shortest and the longest batch (`micro_step(batch)`) and of a calibration spin,
+        traced and then discarded."""
         import torch
 
         if self.injection.memory_pct and self.device.type == "cuda":
             size = int(self.injection.memory_pct / 100 * torch.cuda.max_memory_reserved(self.device))
             self._ballast = torch.empty(size, dtype=torch.uint8, device=self.device)
+        if self.injection.memory_in and self.device.type == "cuda":
+            self._grow(int(self.injection.memory_in_pct / 100 * torch.cuda.max_memory_allocated(self.device)),
+                       model, optimizer)
         if not (self.injection.gpu_pct or self.injection.kernels):
             return
         timer = self.kernel_timer
@@ -140,6 +174,25 @@ class Injector:
             self._spin_cycles = lambda n: int(share * (short + per_token * (n - tokens[0])))
         else:
             timer.after_operator = kernel_spins(calibration, self.injection, cycles_per_s, lambda: self._tokens)
+
+
+    def _grow(self, size: int, model, optimizer) -> None:
+        """SFTBENCH_INJECT_MEMORY_IN: `size` bytes more in its target's category (sftbench.memory sorts them by
+        address: a frozen parameter is found among the model's parameters, a state among the optimizer's)."""
+        import torch
+
+        if self.injection.memory_in == "activations":
+            self._temporary_bytes = size
+        elif self.injection.memory_in == "frozen":
+            self._ballast = torch.nn.Parameter(torch.zeros(size, dtype=torch.uint8, device=self.device),
+                                               requires_grad=False)
+            model.register_parameter("sftbench_injected_frozen", self._ballast)
+        else:
+            held = [p for group in optimizer.param_groups for p in group["params"] if p in optimizer.state]
+            total = sum(p.numel() for p in held)
+            for p in held:
+                optimizer.state[p]["sftbench_injected"] = torch.zeros(
+                    max(size * p.numel() // total, 1), dtype=torch.uint8, device=self.device)
 
 
 def kernel_spins(calibration, injection: Injection, cycles_per_s: float, tokens_now):

@@ -2,9 +2,11 @@
 
 A self-test is a set of ordinary benchmark runs of one selection of rows, against baselines written
 for it: clean reruns (nothing changed: no row may fail), a run with SFTBENCH_INJECT_GPU_PCT and
-SFTBENCH_INJECT_MEMORY_PCT (every configuration must show a kernel and a memory regression), and a run
+SFTBENCH_INJECT_MEMORY_PCT (every configuration must show a kernel and a memory regression), a run
 with SFTBENCH_INJECT_HOST_MS (a host-side regression, or within the wall-time noise band where that
-band is wider: the summary says which). See sftbench.injection for the knobs.
+band is wider: the summary says which), runs that slow one kernel family (SFTBENCH_INJECT_KERNELS: each
+configuration flagged naming that family) and runs that grow one memory category (SFTBENCH_INJECT_MEMORY_IN:
+each configuration flagged, the category that grew most at the peak the target's). See sftbench.injection.
 
 `python -m sftbench selftest --run -k SELECTION -- [pytest args]` makes the runs; `python -m sftbench
 selftest RECORD...` summarizes run records (each run's <results>/history/*.json) into one JSON.
@@ -23,7 +25,9 @@ from sftbench.injection import (
     HOST_MS,
     KERNEL_TARGETS,
     KERNELS,
+    MEMORY_IN,
     MEMORY_PCT,
+    MEMORY_TARGETS,
     injected,
 )
 from sftbench.storage.records import Configuration, RunRecord
@@ -35,6 +39,9 @@ STAGES = {
     "clean2": {},
     "attention3": {KERNELS: "attention:3"},
     "gemm3": {KERNELS: "gemm:3"},
+    "activations3": {MEMORY_IN: "activations:3"},
+    "optimizer3": {MEMORY_IN: "optimizer:3"},
+    "frozen3": {MEMORY_IN: "frozen:3"},
     "gpu5-memory3": {GPU_PCT: "5", MEMORY_PCT: "3"},
     "host60ms": {HOST_MS: "60"},
 }
@@ -101,7 +108,7 @@ def summarize(records: list[tuple[Path, RunRecord]]) -> dict:
     summary = {
         "gpu": newest.gpu, "driver": newest.machine.get("driver"), "versions": newest.versions,
         "records": [str(path) for path, _ in comparing],
-        "clean_reruns": [], "family_injected": {}, "injected": {},
+        "clean_reruns": [], "family_injected": {}, "memory_injected": {}, "injected": {},
     }
     for path, record in comparing:
         configurations = record.configurations
@@ -120,6 +127,9 @@ def summarize(records: list[tuple[Path, RunRecord]]) -> dict:
         if KERNELS in knobs:
             summary["family_injected"].setdefault(knobs[KERNELS], {  # the newest run of a knob
                 **stage, **family_stage(configurations, knobs[KERNELS].partition(":")[0])})
+        if MEMORY_IN in knobs:
+            summary["memory_injected"].setdefault(knobs[MEMORY_IN], {
+                **stage, **memory_stage(configurations, MEMORY_TARGETS[knobs[MEMORY_IN].partition(":")[0]])})
         kinds = {c.key: c.verdict.kinds if c.verdict else [] for c in configurations}
         if GPU_PCT in knobs:
             summary["injected"].setdefault(f"gpu_time_{knobs[GPU_PCT]}pct", {
@@ -164,6 +174,18 @@ def family_stage(configurations: list[Configuration], target: str) -> dict:
             "configurations": sorted(c.key for c in applicable)}
 
 
+def memory_stage(configurations: list[Configuration], category: str) -> dict:
+    """A memory-category run: how many configurations failed with a memory regression, how many of those had the
+    target category grow most at the peak, and each one's growth of max allocated and of each category."""
+    flagged = [c for c in configurations if c.verdict is not None and "memory" in c.verdict.kinds]
+    return {"category": category, "flagged": len(flagged),
+            "named_right": sum(bool(c.verdict.memory) and c.verdict.memory[0].category == category for c in flagged),
+            "verdicts": _labels(configurations),
+            "max_allocated_change_pct": _changes(configurations, "max_allocated_mib"),
+            "category_change_mib": {c.key: {m.category: round(m.after_mib - m.before_mib, 1) for m in c.verdict.memory}
+                                    for c in configurations if c.verdict is not None}}
+
+
 def markdown(summary: dict) -> str:
     """A short page of the self-test: what was run, and how many configurations each stage flagged."""
     lines = [f"# sftbench self-test: {summary['gpu']}", "",
@@ -178,6 +200,9 @@ def markdown(summary: dict) -> str:
         lines.append(f"| {KERNELS}={knob} | {stage['commit']} | {stage['flagged']} ({stage['named_right']} naming "
                      f"{' and '.join(stage['families'])}; {stage['step_under_2pct']} with the step under 2%) | "
                      f"{len(stage['configurations'])} | {_counts(stage['verdicts'])} |")
+    for knob, stage in summary["memory_injected"].items():
+        lines.append(f"| {MEMORY_IN}={knob} | {stage['commit']} | {stage['flagged']} ({stage['named_right']} with "
+                     f"{stage['category']} grown most) | {len(stage['configurations'])} | {_counts(stage['verdicts'])} |")
     for name, stage in summary["injected"].items():
         lines.append(f"| {name} ({', '.join(f'{k}={v}' for k, v in stage['knobs'].items())}) | {stage['commit']} | "
                      f"{stage['flagged']} | {len(stage['configurations'])} | {_counts(stage['verdicts'])} |")

@@ -108,6 +108,7 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.injector.after_optimizer_step()
 
     def warm_up(self, shortest: Batch, longest: Batch) -> None:
         self.micro_step(shortest)
@@ -121,7 +122,7 @@ class Trainer:
             self.warm_up(ordered[-1], ordered[0])
         if self.kernel_timer is not None:
             self.kernel_timer.start()
-        self.injector.prepare(self.micro_step, ordered[-1], ordered[0])
+        self.injector.prepare(self.micro_step, ordered[-1], ordered[0], self.model, self.optimizer)
         for batch in representatives(ordered, options.settle_steps):
             with warmup.step(batch.tokens):
                 self.micro_step(batch)

@@ -74,3 +74,47 @@ def test_the_injector_sizes_its_spins_from_traced_calibration_steps_it_then_disc
     assert spins[1] == round(0.1 * 0.02048 / 10 * 1e9)
     with pytest.raises(RuntimeError, match="need the GPU kernel clock"):
         Injector(Injection(gpu_pct=5), None, torch.device("cpu"))
+
+
+def test_the_memory_knob_names_a_category_and_a_percentage():
+    from sftbench.injection import MEMORY_IN
+
+    assert Injection.from_environ({MEMORY_IN: "optimizer:3"}) == Injection(memory_in="optimizer", memory_in_pct=3.0)
+    assert injected({MEMORY_IN: "frozen:3"}) == [MEMORY_IN] and injected({MEMORY_IN: "frozen:0"}) == []
+    for value, message in (("gradients:3", "the target is one of activations, optimizer, frozen"),
+                           ("frozen:x", "is not a number"), ("frozen:-1", "must be >= 0")):
+        with pytest.raises(ValueError, match=message):
+            Injection.from_environ({MEMORY_IN: value})
+    with pytest.raises(ValueError, match="cannot be set together: both add memory"):
+        Injection.from_environ({MEMORY_IN: "frozen:3", MEMORY_PCT: "3"})
+
+
+@pytest.mark.parametrize("target, category", [("activations", "activations and temporaries"),
+                                              ("optimizer", "optimizer states"), ("frozen", "frozen parameters")])
+def test_the_memory_knob_grows_its_category_only(target, category):
+    """On the CPU (prepare sizes the bytes from the GPU's allocated peak): where they go, and that
+    sftbench.memory finds them in the knob's category."""
+    import torch
+
+    from sftbench import memory
+    from sftbench.injection import MEMORY_TARGETS, Injector
+
+    model = torch.nn.Linear(64, 64)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.ones(2, 64)).sum().backward()
+    optimizer.step()
+    injector = Injector(Injection(memory_in=target, memory_in_pct=3.0), None, torch.device("cpu"))
+    injector._grow(3000, model, optimizer)
+    injector.before_micro_step(64)
+    if target == "activations":
+        grown = [injector._temporary]
+    elif target == "optimizer":
+        grown = [state["sftbench_injected"] for state in optimizer.state.values()]
+    else:
+        grown = [model.sftbench_injected_frozen]
+    assert sum(t.numel() for t in grown) == pytest.approx(3000, abs=2)
+    owned = memory.owners(model, optimizer)
+    assert {owned.get(t.untyped_storage().data_ptr(), memory.ACTIVATIONS) for t in grown} == {category}
+    assert MEMORY_TARGETS[target] == category
+    injector.after_optimizer_step()
+    assert injector._temporary is None

@@ -100,6 +100,28 @@ def test_a_family_injection_counts_the_configurations_it_could_slow_and_the_fami
            "3 with the step under 2%) | 4 |" in markdown(summarize(paths([RECORDS[1], injected])))
 
 
+def test_a_memory_injection_counts_the_configurations_flagged_and_those_whose_target_category_grew_most():
+    from sftbench.verdicts import CategoryMove
+
+    def grown(key, moves, kinds=("memory",)):
+        c = configuration(key, "regression" if kinds else "pass", kinds, reserved=(100.0, 103.0))
+        c.verdict.memory = [CategoryMove(name, 10.0, 10.0 + mib) for name, mib in moves]
+        return c
+
+    injected = record({"SFTBENCH_INJECT_MEMORY_IN": "optimizer:3"},
+                      grown("a", [("optimizer states", 3.0)]),
+                      grown("b", [("activations and temporaries", 3.0), ("optimizer states", 1.0)]),  # the wrong one
+                      grown("c", [("optimizer states", 1.5)], kinds=()),  # under the tolerance
+                      minute=6)
+    summary = summarize(paths([RECORDS[1], injected]))
+    stage = summary["memory_injected"]["optimizer:3"]
+    assert (stage["category"], stage["flagged"], stage["named_right"]) == ("optimizer states", 2, 1)
+    assert stage["configurations"] == ["a", "b", "c"] and stage["max_allocated_change_pct"]["a"] == 3.0
+    assert stage["category_change_mib"]["b"] == {"activations and temporaries": 3.0, "optimizer states": 1.0}
+    assert ("| SFTBENCH_INJECT_MEMORY_IN=optimizer:3 | abc1234 | 2 (1 with optimizer states grown most) | 3 |"
+            in markdown(summary))
+
+
 def test_the_command_writes_the_json_and_says_what_was_found(tmp_path, capsys):
     for i, r in enumerate(RECORDS):
         write_record(tmp_path, r, i)
