@@ -33,6 +33,7 @@ from sftbench.spec import CaseSpec, RunOptions
 from sftbench.trackers import (
     KernelTimer,
     MemoryTracker,
+    compute_capability,
     gpu_uuid,
     kernel_clock_unavailable,
 )
@@ -77,6 +78,7 @@ def run_case(spec: CaseSpec, options: RunOptions, log=print) -> Result:
         result.attention = environment.attention_kernel(spec.attention, options.attn_fallback)
         model, result.quantization_backend = build_case_model(spec, result.attention, device)
         result.machine["gpu_uuid"] = gpu_uuid(device)  # power-capped kernel time is a property of the GPU
+        result.machine["compute_capability"] = compute_capability(device)  # memory is judged across GPUs of it
         result.overhead["build_s"] = time.perf_counter() - started  # CUDA context, model (quantized: checkpoint)
         if spec.quantization != "bf16":
             from sftbench.quantization.gptq import checkpoint_overhead

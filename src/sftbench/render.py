@@ -4,7 +4,14 @@ explanation, and the summary of a run. Everything else reads their fields."""
 from __future__ import annotations
 
 from sftbench.result import Metrics
-from sftbench.verdicts import CategoryMove, CountChange, FamilyFinding, MetricFinding, Note, Verdict
+from sftbench.verdicts import (
+    CategoryMove,
+    CountChange,
+    FamilyFinding,
+    MetricFinding,
+    Note,
+    Verdict,
+)
 
 MAX_COUNTS = 8  # operator or API names shown per line of counts
 
@@ -152,6 +159,10 @@ def note_text(note: Note) -> str:
 
 
 NOTES = {
+    "another GPU model": ("memory only, against a baseline of {gpu} (compute capability {capability}: the same "
+                          "tensors); speed is not compared across GPU models"),
+    "reserved near capacity": ("max reserved not judged: a run reserved more than {max_pct:g}% of the smaller card, "
+                               "where an allocator keeps less cached"),
     "no baseline": "no baseline for {gpu}",
     "now OOM": "fitted in the baseline, now OOMs: {message}",
     "now fits": "OOMed in the baseline, now fits",

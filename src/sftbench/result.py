@@ -146,6 +146,15 @@ class Machine(TypedDict, total=False):
     allocator: str
     settings: dict[str, str]  # the environment variables that change speed or memory (environment.SETTINGS)
     gpu_uuid: str | None
+    compute_capability: str | None  # "9.0": GPUs of one capability and stack hold the same tensors (memory verdicts)
+
+
+# The compute capability of the GPU models whose results predate Machine["compute_capability"] (2026-12-06).
+KNOWN_CAPABILITIES = {"NVIDIA H100 80GB HBM3": "9.0", "NVIDIA H200": "9.0"}
+
+
+def compute_capability(machine: Machine) -> str | None:
+    return machine.get("compute_capability") or KNOWN_CAPABILITIES.get(machine.get("gpu", ""))
 
 
 @dataclass

@@ -19,7 +19,7 @@ from sftbench.injection import Injection, injected
 from sftbench.launcher import DEFAULT_TIMEOUT_S, Launcher, LauncherDidNotStart
 from sftbench import render
 from sftbench.render import describe
-from sftbench.result import Metrics, Result
+from sftbench.result import Metrics, Result, compute_capability
 from sftbench.spec import CaseSpec, RunOptions
 from sftbench.storage import locks
 from sftbench.storage.baselines import BaselineError, BaselineStore
@@ -228,7 +228,8 @@ class Runner:
 
     def _compare(self, row: Row, result: Result) -> RowOutcome:
         try:
-            baseline = self.baselines.load(self.gpu, result.key)
+            baseline = self.baselines.load(self.gpu, result.key) or self.baselines.load_same_capability(
+                self.gpu, result.key, compute_capability(result.machine))
         except BaselineError as error:
             return RowOutcome(row, "fail", "baseline error", str(error), result)
         run = self.config.tolerances

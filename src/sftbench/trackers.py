@@ -414,6 +414,13 @@ def gpu_uuid(device: torch.device) -> str | None:
     return uuid if uuid.startswith("GPU-") else f"GPU-{uuid}"
 
 
+def compute_capability(device: torch.device) -> str | None:
+    """The GPU's compute capability ("9.0"); None on the CPU."""
+    if device.type != "cuda":
+        return None
+    return "{}.{}".format(*torch.cuda.get_device_capability(device))
+
+
 def _nvml_handle(device: torch.device):
     """NVML handle of the torch device, or None where nvidia-ml-py is missing or fails."""
     try:

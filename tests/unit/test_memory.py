@@ -94,9 +94,9 @@ def test_allocations_are_placed_at_the_innermost_frame_outside_torch(frames, sit
 
 
 @pytest.mark.parametrize("peaks, need", [
-    (dict(max_allocated_mib=73712.0, max_reserved_mib=88080.0, nvml_peak_mib=89460.0), 75092.0),
-    (dict(max_allocated_mib=100.0, max_reserved_mib=200.0, nvml_peak_mib=150.0), 100.0),  # NVML sampled below it
-    (dict(max_allocated_mib=100.0, max_reserved_mib=200.0), None),  # no NVML: not measured
+    ({"max_allocated_mib": 73712.0, "max_reserved_mib": 88080.0, "nvml_peak_mib": 89460.0}, 75092.0),
+    ({"max_allocated_mib": 100.0, "max_reserved_mib": 200.0, "nvml_peak_mib": 150.0}, 100.0),  # NVML sampled below
+    ({"max_allocated_mib": 100.0, "max_reserved_mib": 200.0}, None),  # no NVML: not measured
 ])
 def test_what_a_card_must_hold_is_the_allocated_peak_and_what_the_process_held_outside_the_allocator(peaks, need):
     from sftbench.result import MemoryPeaks

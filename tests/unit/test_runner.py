@@ -40,6 +40,19 @@ def test_update_writes_the_configurations_baseline_once(tmp_path, monkeypatch, r
     assert first.message == second.message == f"baseline written: {tmp_path / 'nvidia-h200' / ROW.spec.key}.json"
 
 
+def test_a_gpu_model_without_baselines_is_judged_on_memory_against_another_of_its_compute_capability(
+        tmp_path, monkeypatch, result_factory):
+    writer = make_runner(tmp_path, monkeypatch, update_baselines=True)
+    writer.results[ROW.spec] = result_factory(allocated=900.0)
+    writer.check(ROW)
+    h100 = make_runner(tmp_path, monkeypatch)
+    monkeypatch.setattr(Runner, "gpu", "NVIDIA H100 80GB HBM3")
+    h100.results[ROW.spec] = result_factory(gpu="NVIDIA H100 80GB HBM3", allocated=950.0, minutes=30.0)
+    outcome = h100.check(ROW)
+    assert (outcome.action, outcome.verdict.kinds) == ("fail", ["memory"])  # allocated +5.6%; speed not compared
+    assert "memory only, against a baseline of NVIDIA H200 (compute capability 9.0" in outcome.message
+
+
 def test_compare_outcomes_fail_regressions_and_skip_mismatches(tmp_path, monkeypatch, result_factory):
     writer = make_runner(tmp_path, monkeypatch, update_baselines=True)
     writer.results[ROW.spec] = result_factory(minutes=10.0)

@@ -169,6 +169,14 @@ def test_load_reads_back_what_was_written_and_replaces_it(store, written, result
     assert store.load("NVIDIA H200", SPEC.key).result.timing.minutes_per_1000_samples == 12.0
 
 
+def test_a_gpu_model_without_a_baseline_may_use_one_of_another_model_of_its_compute_capability(store, written):
+    # The H200 baseline predates Machine["compute_capability"]: its GPU's is known (result.KNOWN_CAPABILITIES).
+    assert store.load_same_capability("NVIDIA H100 80GB HBM3", SPEC.key, "9.0").path == written
+    assert store.load_same_capability("NVIDIA A100-SXM4-80GB", SPEC.key, "8.0") is None
+    assert store.load_same_capability("NVIDIA H100 80GB HBM3", SPEC.key, None) is None  # a CPU run
+    assert store.load_same_capability("NVIDIA H200", SPEC.key, "9.0") is None  # its own model's is load()'s
+
+
 @pytest.mark.parametrize("target", ["nowhere.json", "loop"])
 def test_a_dangling_or_looping_link_is_a_baseline_error_not_a_missing_baseline(store, written, target):
     written.unlink()

@@ -12,7 +12,13 @@ import torch
 
 from sftbench import kernels, trackers
 from sftbench.result import MemoryPeaks
-from sftbench.trackers import HOST_PROBE_LAUNCHES, MIB, MemoryTracker, StepTimer, host_probe_s
+from sftbench.trackers import (
+    HOST_PROBE_LAUNCHES,
+    MIB,
+    MemoryTracker,
+    StepTimer,
+    host_probe_s,
+)
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)
 
@@ -84,9 +90,8 @@ def test_step_timer_synchronizes_the_gpu_before_reading_the_clock(monkeypatch):
 def test_a_step_that_raises_records_nothing(monkeypatch):
     no_cuda(monkeypatch)
     timer = StepTimer(CPU)
-    with pytest.raises(torch.OutOfMemoryError):
-        with timer.step(100):
-            raise torch.OutOfMemoryError("CUDA out of memory")
+    with pytest.raises(torch.OutOfMemoryError), timer.step(100):
+        raise torch.OutOfMemoryError("CUDA out of memory")
     assert timer.durations == [] and timer.tokens == []
 
 

@@ -480,3 +480,37 @@ def test_categories_are_evidence_only_beside_a_memory_finding(result_factory):
     assert found.verdict == "pass" and [m.category for m in found.memory] == ["activations and temporaries"]
     assert not any(line.strip().startswith("at the peak") for line in lines(found))
     assert compare(categorized(result_factory), result_factory(), Tolerances()).memory == []  # a baseline without
+
+
+# --- memory across GPU models of one compute capability ----------------------------------------------------------
+
+def on(result, gpu, card_mib, capability="9.0"):
+    result.machine = {**result.machine, "gpu": gpu, "gpu_memory_mib": card_mib, "compute_capability": capability,
+                      "gpu_uuid": f"GPU-{gpu}"}
+    return result
+
+
+def test_against_another_gpu_model_only_memory_is_judged_and_the_message_names_the_baseline_gpu(result_factory):
+    old = on(categorized(result_factory, reserved=20000.0, allocated=19100.0), "NVIDIA H200", 143771)
+    now = on(categorized(result_factory, reserved=20000.0, allocated=19100.0, minutes=30.0,
+                         gpu_minutes_per_1000_samples=20.0), "NVIDIA H100 80GB HBM3", 81559)
+    found = compare(now, old, Tolerances())
+    assert found.verdict == "pass" and {f.kind for f in found.metrics} == {"memory"} and not found.families
+    assert not found.wall_judged
+    assert lines(found)[1] == ("  memory only, against a baseline of NVIDIA H200 (compute capability 9.0: the same "
+                               "tensors); speed is not compared across GPU models")
+    grown = on(categorized(result_factory, activations=4569.0, reserved=20600.0, allocated=19669.0),
+               "NVIDIA H100 80GB HBM3", 81559)
+    found = compare(grown, old, Tolerances())
+    assert found.kinds == ["memory"] and found.memory[0].category == "activations and temporaries"
+
+
+@pytest.mark.parametrize("reserved, judged", [(75022.0, True), (78580.0, False)])  # 92.0% and 96.3% of the H100
+def test_max_reserved_is_judged_across_models_only_well_below_the_smaller_cards_capacity(result_factory, reserved,
+                                                                                           judged):
+    old = on(result_factory(reserved=73000.0, allocated=72000.0), "NVIDIA H200", 143771)
+    now = on(result_factory(reserved=reserved, allocated=72000.0), "NVIDIA H100 80GB HBM3", 81559)
+    found = compare(now, old, Tolerances())
+    assert ("max_reserved_mib" in {f.metric for f in found.metrics}) is judged
+    assert found.verdict == ("regression" if judged else "pass")  # +2.8% or +7.6% reserved, allocated the same
+    assert any(n.code == "reserved near capacity" for n in found.notes) is not judged

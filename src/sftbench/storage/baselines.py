@@ -10,7 +10,7 @@ from pathlib import Path
 from sftbench.catalog import Row
 from sftbench.environment import gpu_slug
 from sftbench.kernels import largest_family
-from sftbench.result import Result
+from sftbench.result import Result, compute_capability
 from sftbench.storage import schema
 from sftbench.storage.files import write_atomically
 from sftbench.storage.results import BaselineFile, result_problems
@@ -44,6 +44,18 @@ class BaselineStore:
         cannot be read (a dangling or looping link included) is a BaselineError, never a missing baseline."""
         path = self.path(gpu, key)
         return self.read(path) if path.is_symlink() or path.exists() else None
+
+    def load_same_capability(self, gpu: str, key: str, capability: str | None) -> Baseline | None:
+        """Where this GPU model has no baseline of the configuration: one of another GPU model of the same compute
+        capability (its memory is comparable, its speed is not: sftbench.verdicts), else None."""
+        if capability is None:
+            return None
+        for path in sorted(self.root.glob(f"*/{key}.json")):
+            if path.parent.name != gpu_slug(gpu):
+                baseline = self.read(path)
+                if compute_capability(baseline.result.machine) == capability:
+                    return baseline
+        return None
 
     def read(self, path: Path) -> Baseline:
         try:

@@ -32,11 +32,11 @@ def test_fidelity_notes_list_memory_beyond_10_percent_outcomes_and_reversed_tren
     assert memory[1][0] == "`test_lora_max_length[qwen-7b-chat-4096]`"
     assert notes["Outcome differs from the seed"][1] == [
         ["`test_full_max_length[qwen-7b-chat-8192]`", "OOM", "OK, 88080 MiB",
-         "fits the seed's 80 GB (81920 MiB): 73712 MiB allocated at its peak and 1380 MiB outside PyTorch's "
-         "allocator; the 88080 MiB reserved here is what this card's allocator kept, not what the case needs"],
+         ("fits the seed's 80 GB (81920 MiB): 73712 MiB allocated at its peak and 1380 MiB outside PyTorch's "
+          "allocator; the 88080 MiB reserved here is what this card's allocator kept, not what the case needs")],
         ["`test_full_max_length[qwen-14b-chat-512]`", "OOM", "OK, 135454 MiB",
-         "needs more than the seed's 80 GB (81920 MiB): 135336 MiB allocated at its peak and 1378 MiB outside "
-         "PyTorch's allocator; this GPU has 143771 MiB"]]
+         ("needs more than the seed's 80 GB (81920 MiB): 135336 MiB allocated at its peak and 1378 MiB outside "
+          "PyTorch's allocator; this GPU has 143771 MiB")]]
     assert notes["Within-table trend goes the other way"][1] == [
         ["Max Length (LoRA)", "qwen-7b-chat-1024 → qwen-7b-chat-2048", "min", "4.11 → 7.01 (+71%)",
          "5.00 → 4.00 (-20%)", "not yet measured"]]
