@@ -170,7 +170,7 @@ def _baselines(args) -> int:
         print(json.dumps(entries, indent=1))
     if not args.json and entries:
         print(aligned(["GPU", "row", "outcome", "GPU-min", "busy %", "wall min", "max reserved MiB", "host",
-                       "largest kernel family"], [_listed(e) for e in entries]))
+                       "largest kernel family", "largest at the memory peak"], [_listed(e) for e in entries]))
     for error in errors:
         print(f"sftbench: {error}", file=sys.stderr)
     return 2 if errors else 0
@@ -190,17 +190,19 @@ def _no_baselines(folder: Path, option: str) -> str | None:
 
 
 def _listed(entry: dict) -> list[str]:
-    """A baseline's line in `sftbench baselines`: what its verdicts compare, its host and its largest family."""
+    """A baseline's line in `sftbench baselines`: what its verdicts compare, its host, its largest family and its
+    largest memory category at the peak."""
     def number(value, digits):
         return "" if value is None else f"{value:.{digits}f}"
 
     host = entry["host"] or []
-    family = entry["largest_family"]
+    family, category = entry["largest_family"], entry["largest_memory_category"]
     return [entry["gpu"] or "", f"{entry['test']}[{entry['case_id']}]", entry["outcome"],
             number(entry["gpu_minutes_per_1000_samples"], 3), number(entry["gpu_busy_pct"], 0),
             number(entry["minutes_per_1000_samples"], 2), number(entry["max_reserved_mib"], 0),
             (host[0][:12] + (f" +{len(host) - 1}" if len(host) > 1 else "")) if host else "",
-            f"{family['family']} {family['share_pct']:.0f}%" if family else ""]
+            f"{family['family']} {family['share_pct']:.0f}%" if family else "",
+            f"{category['category']} {category['share_pct']:.0f}%" if category else ""]
 
 
 def aligned(header: list[str], rows: list[list[str]]) -> str:

@@ -11,6 +11,7 @@ import pytest
 from sftbench import environment
 from sftbench.__main__ import main
 from sftbench.catalog import rows_of
+from sftbench.result import MemoryCategories
 from sftbench.spec import CaseSpec
 from sftbench.storage import schema
 
@@ -91,7 +92,7 @@ def test_cli_lists_baselines_as_json(store, written, capsys):
     assert {"case_id", "tables", "gpu", "outcome", "max_reserved_mib", "max_allocated_mib",
             "minutes_per_1000_samples", "tokens_per_s", "attention", "quantization", "trainable_params",
             "versions", "gpu_minutes_per_1000_samples", "gpu_busy_pct", "gpu_minutes_by_family", "largest_family",
-            "host", "gpu_uuid"} <= set(entries[0])
+            "largest_memory_category", "host", "gpu_uuid"} <= set(entries[0])
     assert entries[0]["case_id"] == "qwen-7b-chat-4096"
     assert entries[0]["commit"] == "abc1234"
 
@@ -101,15 +102,18 @@ def test_cli_lists_baselines_for_people_in_aligned_columns_under_a_header(store,
     spec = CaseSpec("qwen-7b-chat", max_length=8192)  # a longer row name, with GPU time and families
     record = kernels_factory(["nvjet_a", "flash_bwd_kernel<1>"], [(8192, 1.0, [[0, 10, 4_000_000], [1, 5, 2_000_000]])],
                              gpu_minutes_per_1000_samples=6.1234, busy_pct=82.4)
-    store.write(result_factory(spec, kernels=record), rows_of(spec), {"commit": "abc1234", "mode": "quick"})
+    result = result_factory(spec, kernels=record)
+    result.memory.categories = MemoryCategories(1000.0, 10.0, 700.0, 10.0, 20.0, 260.0, 100.0)
+    store.write(result, rows_of(spec), {"commit": "abc1234", "mode": "quick"})
     assert main(["baselines", "--dir", str(store.root)]) == 0
     header, rule, *lines = capsys.readouterr().out.splitlines()
     titles = ("GPU", "row", "outcome", "GPU-min", "busy %", "wall min", "max reserved MiB", "host",
-              "largest kernel family")
+              "largest kernel family", "largest at the memory peak")
     assert [header.index(title) for title in titles] == sorted(header.index(title) for title in titles)
     assert set(rule) == {"-", " "} and len(lines) == 2
     row_8192 = next(line for line in lines if "qwen-7b-chat-8192]" in line)
-    assert "6.123" in row_8192 and " 82 " in row_8192 and row_8192.endswith("GEMM 67%")
+    assert "6.123" in row_8192 and " 82 " in row_8192 and row_8192.endswith("frozen parameters 70%")
+    assert row_8192[header.index("largest kernel family"):].startswith("GEMM 67% ")
     for line in lines:  # numbers end under their title, text starts under it
         assert line[:header.index("max reserved MiB") + len("max reserved MiB")].endswith("1000")
         assert line[:header.index("wall min") + len("wall min")].endswith("10.00")

@@ -20,7 +20,7 @@ from pathlib import Path
 from sftbench.catalog import seed_tables
 from sftbench.report.causes import fidelity_notes
 from sftbench.report.mfu import MFU_FORMULA, mfu, model_flops_per_token, peak_bf16_flops
-from sftbench.report.plots import family_plot, plot
+from sftbench.report.plots import family_plot, memory_plot, plot
 from sftbench.report.tables import coverage, stack, table
 from sftbench.result import Result
 
@@ -42,6 +42,7 @@ def markdown(results: dict[str, Result], plots_dir: Path | None = None,
     for t in seed_tables():
         lines += table(t, results)
         if plots_dir is not None:
-            lines += plot(t, results, Path(plots_dir)) + family_plot(t, results, Path(plots_dir))
+            lines += (plot(t, results, Path(plots_dir)) + family_plot(t, results, Path(plots_dir))
+                      + memory_plot(t, results, Path(plots_dir)))
     lines += fidelity_notes(results, diagnostics or {})
     return "\n".join(lines) + "\n"

@@ -13,6 +13,7 @@ from sftbench import kernels
 from sftbench.catalog import Row, Table
 from sftbench.report.values import SEED_GPU_MIB, column_text, numeric_column, run_value, seed_value, sweeps
 from sftbench.result import Result, minutes_per_1000_samples
+from sftbench.verdicts import MEMORY_CATEGORIES
 
 # Tables that get a plot, and how: "lines" along the table's numeric column, per model; "bars" per row.
 PLOTS = {"lora_max_length": "lines", "full_max_length": "lines", "batch_size": "lines",
@@ -155,7 +156,30 @@ def family_plot(t: Table, results: dict[str, Result], plots_dir: Path) -> list[s
     minutes = [{family: minutes_per_1000_samples(seconds, r.case["samples"])
                 for family, seconds in (kernels.epoch_families(r.kernels) or {}).items()} if r and r.outcome == "ok" else {}
                for _, r in runs]
-    if not any(minutes):
+    return _stacked(t, runs, minutes, family_colors(), plots_dir, name="families", what="GPU time by kernel family",
+                    ylabel="GPU-minutes per 1000 samples", missing="no families")
+
+
+def memory_plot(t: Table, results: dict[str, Result], plots_dir: Path) -> list[str]:
+    """Write where each row's memory goes at its allocated peak, a bar per row stacked by category (sftbench.memory),
+    the allocator's slack on top (the bar is then what it had reserved), and return the Markdown that links it;
+    nothing where no row has categories."""
+    from matplotlib import colormaps
+
+    runs = [(row, results.get(row.spec.key)) for row in t.rows]
+    mib = [{name: getattr(r.memory.categories, attribute) for name, attribute in MEMORY_CATEGORIES.items()}
+           if r and r.outcome == "ok" and r.memory.categories else {} for _, r in runs]
+    colors = {name: "lightgrey" if name == "allocator slack" else colormaps["tab10"](i)
+              for i, name in enumerate(MEMORY_CATEGORIES)}
+    return _stacked(t, runs, mib, colors, plots_dir, name="memory", what="memory at the peak by category",
+                    ylabel="MiB at the allocated peak", missing="no categories")
+
+
+def _stacked(t: Table, runs: list, values: list[dict[str, float]], colors: dict, plots_dir: Path, *, name: str,
+             what: str, ylabel: str, missing: str) -> list[str]:
+    """A bar per row of the table, stacked by the keys of `colors` (each row's values; {} where it has none), written
+    as <table>-<name>.png; the Markdown that links it, or nothing where no row has values."""
+    if not any(values):
         return []
     from matplotlib.figure import Figure
 
@@ -164,24 +188,24 @@ def family_plot(t: Table, results: dict[str, Result], plots_dir: Path) -> list[s
     varying = [c for c in t.columns if len({column_text(row, c) for row in t.rows}) > 1] or list(t.columns)
     xs = range(len(runs))
     bottom = [0.0] * len(runs)
-    for family, color in family_colors().items():
-        heights = [m.get(family, 0.0) for m in minutes]
+    for part, color in colors.items():
+        heights = [v.get(part, 0.0) for v in values]
         if any(heights):
-            axes.bar(xs, heights, bottom=bottom, color=color, label=family, width=0.6)
+            axes.bar(xs, heights, bottom=bottom, color=color, label=part, width=0.6)
             bottom = [b + h for b, h in zip(bottom, heights)]
     for x, (_, result) in zip(xs, runs):
-        if not minutes[x]:
-            axes.annotate("no families" if result and result.outcome == "ok" else
+        if not values[x]:
+            axes.annotate(missing if result and result.outcome == "ok" else
                           ("not run" if result is None else result.outcome.upper()),
                           (x, 0), textcoords="offset points", xytext=(0, 4), ha="center", rotation=90, fontsize="x-small",
                           color="grey")
     axes.set_xticks(list(xs), ["\n".join(column_text(row, c) for c in varying) for row, _ in runs], rotation=45,
                     ha="right", fontsize="small")
-    axes.set_ylabel("GPU-minutes per 1000 samples")
+    axes.set_ylabel(ylabel)
     axes.grid(alpha=0.3, axis="y")
     figure.legend(fontsize="small", loc="outside right upper")
     gpu = next(r for _, r in runs if r is not None).machine.get("gpu")
-    figure.suptitle(f"{t.title}: where the GPU time goes, by kernel family ({gpu})")
+    figure.suptitle(f"{t.title}: {what} ({gpu})")
     plots_dir.mkdir(parents=True, exist_ok=True)
-    figure.savefig(plots_dir / f"{t.name}-families.png", dpi=100)
-    return [f"![{t.title}: GPU time by kernel family]({plots_dir.name}/{t.name}-families.png)", ""]
+    figure.savefig(plots_dir / f"{t.name}-{name}.png", dpi=100)
+    return [f"![{t.title}: {what}]({plots_dir.name}/{t.name}-{name}.png)", ""]

@@ -10,10 +10,11 @@ from pathlib import Path
 from sftbench.catalog import Row
 from sftbench.environment import gpu_slug
 from sftbench.kernels import largest_family
-from sftbench.result import Result, compute_capability
+from sftbench.result import MemoryPeaks, Result, compute_capability
 from sftbench.storage import schema
 from sftbench.storage.files import write_atomically
 from sftbench.storage.results import BaselineFile, result_problems
+from sftbench.verdicts import MEMORY_CATEGORIES
 
 
 class BaselineError(schema.StorageError):
@@ -108,7 +109,8 @@ def listing(baselines: list[Baseline]) -> list[dict]:
                 "nvml_peak_mib": r.memory.nvml_peak_mib, "minutes_per_1000_samples": r.timing.minutes_per_1000_samples,
                 "gpu_minutes_per_1000_samples": r.kernels.gpu_minutes_per_1000_samples,
                 "gpu_busy_pct": r.kernels.busy_pct, "gpu_minutes_by_family": r.kernels.gpu_minutes_by_family,
-                "largest_family": largest_family(r.kernels), "host": r.machine.get("host"),
+                "largest_family": largest_family(r.kernels), "largest_memory_category": largest_category(r.memory),
+                "host": r.machine.get("host"),
                 "gpu_uuid": r.machine.get("gpu_uuid"), "tokens_per_s": r.timing.tokens_per_s,
                 "attention": r.attention, "quantization": r.case["quantization"],
                 "quantization_backend": r.quantization_backend, "trainable_params": r.trainable_params,
@@ -116,3 +118,14 @@ def listing(baselines: list[Baseline]) -> list[dict]:
                 "commit": baseline.metadata.get("commit"),
             })
     return entries
+
+
+def largest_category(memory: MemoryPeaks) -> dict | None:
+    """The memory category holding the most at the allocated peak, with its MiB and share of the peak; None where
+    the result has no categories."""
+    if memory.categories is None or not memory.categories.peak_mib:
+        return None
+    held = {name: getattr(memory.categories, attribute) for name, attribute in MEMORY_CATEGORIES.items()
+            if name != "allocator slack"}
+    name = max(held, key=held.get)
+    return {"category": name, "mib": held[name], "share_pct": 100 * held[name] / memory.categories.peak_mib}

@@ -63,3 +63,18 @@ def test_where_the_gpu_time_goes_is_drawn_per_table_for_rows_with_kernel_familie
     assert lines == ["![Max Length (LoRA): GPU time by kernel family](" + f"{tmp_path.name}/lora_max_length-families.png)", ""]
     assert (tmp_path / "lora_max_length-families.png").read_bytes().startswith(PNG_SIGNATURE)
     assert family_plot(table("lora_max_length"), results_of(result_factory(lora(max_length=512))), tmp_path) == []
+
+
+def test_where_the_memory_goes_at_the_peak_is_drawn_per_table_for_rows_with_categories(result_factory, tmp_path, lora,
+                                                                                         results_of):
+    from sftbench.catalog import table
+    from sftbench.report.plots import memory_plot
+    from sftbench.result import MemoryCategories
+
+    sorted_out = result_factory(lora(max_length=2048))
+    sorted_out.memory.categories = MemoryCategories(18372.0, 15.0, 14700.0, 15.0, 60.0, 3582.0, 894.0)
+    lines = memory_plot(table("lora_max_length"), results_of(sorted_out, result_factory(lora(max_length=512))), tmp_path)
+    assert lines == [f"![Max Length (LoRA): memory at the peak by category]({tmp_path.name}/lora_max_length-memory.png)",
+                     ""]
+    assert (tmp_path / "lora_max_length-memory.png").read_bytes().startswith(PNG_SIGNATURE)
+    assert memory_plot(table("lora_max_length"), results_of(result_factory(lora(max_length=512))), tmp_path) == []
