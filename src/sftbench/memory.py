@@ -126,7 +126,8 @@ def by_site(blocks: list[Block]) -> list[tuple[str, int, int]]:
 def recorded(device: torch.device, work) -> tuple[list[dict], list[dict]]:
     """Run `work` with the caching allocator recording each allocation with its Python stack: (the record's
     events, the blocks in use at its end)."""
-    torch.cuda.memory._record_memory_history(enabled="all", context="all", stacks="python", max_entries=2_000_000)
+    torch.cuda.memory._record_memory_history(enabled="all", context="alloc", stacks="python",
+                                            max_entries=2_000_000)
     try:
         work()
         torch.cuda.synchronize(device)
