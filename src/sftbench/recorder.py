@@ -39,7 +39,7 @@ class Recorder:
                 now=Metrics.of(first.result), verdict=first.verdict,
                 message="" if first.verdict is not None else first.message.split("\n")[0],
                 baseline=None if first.baseline is None else Metrics.of(first.baseline),
-                gpu_uuid=first.result.machine.get("gpu_uuid")))
+                gpu_uuid=first.result.machine.get("gpu_uuid"), overhead=dict(first.result.overhead)))
         return own + self.merged
 
     def part(self) -> list:

@@ -45,6 +45,7 @@ def test_the_run_record_keeps_each_configurations_verdict_as_data_beside_its_bas
     [wall] = [f for f in configuration.verdict.metrics if f.kind == "wall"]
     assert (wall.before, wall.after, wall.threshold_pct) == (10.0, 15.0, 40.0)
     assert configuration.gpu_uuid == "GPU-1234"  # under pytest-xdist each configuration names its own GPU
+    assert configuration.overhead == slower.overhead  # where the case's time went
     assert (configuration.baseline.minutes_per_1000_samples, configuration.now.minutes_per_1000_samples) == (10.0, 15.0)
     assert {"gpu", "driver", "settings"} <= set(record.machine) and record.versions and record.commit
     assert record.started <= record.finished and not record.interrupted
