@@ -2,12 +2,13 @@
 
 After the timed and traced steps, the case runs the longest batch once more with gradients present, then an
 optimizer step (the epoch's worst memory state, as the warm-up did), with the CUDA caching allocator recording
-every allocation and free with the Python line that made it. Replaying that record finds the moment of the
-highest allocated bytes and the blocks alive then. Each is put in one category by its address: a tensor the
+every allocation, with the Python line that made it, and every free. Replaying that record finds the moment of
+the highest allocated bytes and the blocks alive then. Each is put in one category by its address: a tensor the
 training holds from before (trainable or frozen parameters, quantized weights' scales and buffers among the
 frozen, gradients, optimizer states), or else activations and temporaries, grouped by where they were allocated.
 The categories add up to the allocated bytes at that moment exactly: every block is in one. Slack is reserved
-minus allocated then (after the warm-up the allocator reserves nothing new, so that is its reserved peak too). Costs a micro-step and an optimizer step recorded, a few seconds.
+minus allocated then (where the allocator reserves nothing new during the record, its reserved peak too). It
+costs a recorded micro-step and optimizer step, outside every timed and traced one.
 """
 
 from __future__ import annotations
@@ -68,9 +69,9 @@ def _quant_state_tensors(state, depth: int = 2) -> list[torch.Tensor]:
 
 def live_at_peak(events: list[dict], blocks_at_end: list[dict]) -> tuple[list[Block], int, int]:
     """Replay an allocator record: (the blocks alive at its allocated peak, the bytes allocated then beyond those
-    at the start, the bytes reserved then beyond those at the start). Blocks alive before the record are those freed during it without
-    being allocated in it, and those alive at its end (`blocks_at_end`: the snapshot's blocks in use) that were
-    not allocated in it."""
+    at the start, the bytes reserved then beyond those at the start). Blocks alive before the record are those
+    freed during it without being allocated in it, and those alive at its end (`blocks_at_end`: the snapshot's
+    blocks in use) that were not allocated in it."""
     window: dict[int, int] = {}  # address -> size of blocks allocated during the record and not yet freed
     before: dict[int, int] = {}
     for event in events:
