@@ -102,3 +102,51 @@ def test_what_a_card_must_hold_is_the_allocated_peak_and_what_the_process_held_o
     from sftbench.result import MemoryPeaks
 
     assert MemoryPeaks(**peaks).card_need_mib == need
+
+
+def test_categories_at_peak_records_a_step_with_gradients_present_and_sorts_what_it_held(monkeypatch):
+    """The orchestration, on the CPU with the allocator's record faked: the step runs with gradients present, then
+    the optimizer step; the record's blocks are sorted by the tensors the trainer held when it began."""
+    from sftbench.case import case_trainer, prepare_for_training
+    from sftbench.models import build_model
+    from sftbench.spec import CaseSpec
+
+    spec = CaseSpec("tiny-qwen", device="cpu", attention="sdpa", max_length=64, samples=4, gradient_checkpointing=False)
+    trainer = case_trainer(spec, prepare_for_training(build_model(spec.model_type, attn_implementation="sdpa",
+                                                                  device="cpu"), spec), torch.device("cpu"))
+    batch = max(trainer.batches, key=lambda b: b.tokens)
+    trainer.micro_step(batch)
+    trainer.optimizer_step()  # AdamW's states exist, the gradients do not: categories_at_peak makes them first
+    steps, record = [], {}
+    for name in ("micro_step", "optimizer_step"):
+        monkeypatch.setattr(trainer, name, lambda *a, run=getattr(trainer, name), name=name: (steps.append(name),
+                                                                                             run(*a))[1])
+
+    def start_recording(enabled=None, **options):  # what the trainer holds as the record begins, with the sizes
+        if enabled:
+            tensors = [*trainer.model.parameters(), *trainer.model.buffers(), *(p.grad for p in trainer.params),
+                       *(t for state in trainer.optimizer.state.values() for t in state.values())]
+            record["held"] = memory.owners(trainer.model, trainer.optimizer)
+            record["sizes"] = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+
+    def snapshot():  # an activation allocated and freed, then zero_grad frees the gradients
+        held, sizes = record["held"], record["sizes"]
+        events = [{"action": "alloc", "addr": 1, "size": 64 * MIB, "frames": frame(5)},
+                  {"action": "free_completed", "addr": 1, "size": 64 * MIB}]
+        events += [{"action": "free_completed", "addr": a, "size": sizes[a]} for a, c in held.items() if c == GRADIENTS]
+        return {"device_traces": [events], "segments": [{"blocks": [
+            {"address": a, "size": sizes[a], "state": "active_allocated"} for a, c in held.items() if c != GRADIENTS]}]}
+
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 512 * MIB)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda.memory, "_record_memory_history", start_recording)
+    monkeypatch.setattr(torch.cuda.memory, "_snapshot", snapshot)
+    found = memory.categories_at_peak(trainer, batch)
+    assert steps == ["micro_step", "micro_step", "optimizer_step"]  # gradients first, then the recorded step
+    assert set(record["held"].values()) == {TRAINABLE, FROZEN, GRADIENTS, OPTIMIZER}
+    assert found.activations_mib == 64 and found.groups[0].where.endswith("(qwen.py:5)")
+    assert found.gradients_mib > 0 and found.optimizer_states_mib > 0 and found.frozen_parameters_mib > 0
+    assert found.peak_mib == pytest.approx(sum((found.trainable_parameters_mib, found.frozen_parameters_mib,
+                                                found.gradients_mib, found.optimizer_states_mib, found.activations_mib)))
+    assert found.slack_mib == pytest.approx(512 - found.peak_mib)
