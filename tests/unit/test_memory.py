@@ -118,9 +118,17 @@ def test_categories_at_peak_records_a_step_with_gradients_present_and_sorts_what
     trainer.micro_step(batch)
     trainer.optimizer_step()  # AdamW's states exist, the gradients do not: categories_at_peak makes them first
     steps, record = [], {}
+
+    def counted(name):
+        run = getattr(trainer, name)
+
+        def step(*args):
+            steps.append(name)
+            return run(*args)
+        return step
+
     for name in ("micro_step", "optimizer_step"):
-        monkeypatch.setattr(trainer, name, lambda *a, run=getattr(trainer, name), name=name: (steps.append(name),
-                                                                                             run(*a))[1])
+        monkeypatch.setattr(trainer, name, counted(name))
 
     def start_recording(enabled=None, **options):  # what the trainer holds as the record begins, with the sizes
         if enabled:
