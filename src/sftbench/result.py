@@ -87,6 +87,11 @@ class Timing:
     # the work a host-bound step is made of (Python, torch's dispatcher, kernel launches).
     host_probe_s: list[float] = field(default_factory=list)
 
+    @property
+    def host_probe_ms(self) -> float | None:
+        """The median burst of host_probe_s, in ms; None in a run that did not probe the host."""
+        return 1000 * median(self.host_probe_s) if self.host_probe_s else None
+
 
 @dataclass
 class TracedStep:
@@ -197,7 +202,7 @@ class Metrics:
     tokens_per_s: float | None = None
     wall_noise_pct: float | None = None
     wall_s: float | None = None
-    host_probe_ms: float | None = None  # median of Timing.host_probe_s
+    host_probe_ms: float | None = None  # Timing.host_probe_ms
     max_reserved_mib: float | None = None
     max_allocated_mib: float | None = None
     max_rss_mib: float | None = None
@@ -211,7 +216,7 @@ class Metrics:
                    gpu_minutes_per_1000_samples=kernels.gpu_minutes_per_1000_samples, gpu_busy_pct=kernels.busy_pct,
                    tokens_per_s=timing.tokens_per_s, wall_noise_pct=timing.wall_noise_pct,
                    wall_s=result.overhead.get("wall_s"),
-                   host_probe_ms=1000 * median(timing.host_probe_s) if timing.host_probe_s else None,
+                   host_probe_ms=timing.host_probe_ms,
                    max_reserved_mib=memory.max_reserved_mib,
                    max_allocated_mib=memory.max_allocated_mib, max_rss_mib=memory.max_rss_mib,
                    gpu_minutes_by_family=kernels.gpu_minutes_by_family)

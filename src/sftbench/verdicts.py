@@ -473,13 +473,13 @@ def _clock_change(old: Result, new: Result) -> list[Note]:
 
 
 def _host_pace(old: Result, new: Result, metrics: list[MetricFinding]) -> list[Note]:
-    """The host's own pace between the timed steps of both runs (median of Timing.host_probe_s), beside a wall-time
+    """The host's own pace between the timed steps of both runs (Timing.host_probe_ms), beside a wall-time
     change: whether the host itself was slower or faster, which the verdict alone cannot tell from the software."""
     wall = [f for f in metrics if f.kind == "wall" and f.verdict != "same"]
-    if not wall or not old.timing.host_probe_s or not new.timing.host_probe_s:
+    before, now = old.timing.host_probe_ms, new.timing.host_probe_ms
+    if not wall or before is None or now is None:
         return []
-    return [Note("host pace", {"before_ms": 1000 * median(old.timing.host_probe_s),
-                               "now_ms": 1000 * median(new.timing.host_probe_s)})]
+    return [Note("host pace", {"before_ms": before, "now_ms": now})]
 
 
 def _clock_limits(old: Result, new: Result) -> Note:
