@@ -241,9 +241,7 @@ def compare(result: Result, baseline: Result | None, tolerances: Tolerances = To
         notes.append(_clock_limits(old, result))
     families, family_notes = compare_families(old, result, tolerances, same_gpu)
     notes += family_notes
-    verdicts = {f.verdict for f in metrics} | {f.verdict for f in families}
-    verdict = "regression" if "worse" in verdicts else "improvement" if "better" in verdicts else "pass"
-    return Verdict(verdict, _kinds(metrics, families), metrics, families, notes, host_work_changes(old, result),
+    return Verdict(_overall(metrics + families), _kinds(metrics, families), metrics, families, notes, host_work_changes(old, result),
                    category_moves(old, result), wall_judged=wall_judged, **differ)
 
 
@@ -261,10 +259,14 @@ def _another_model(old: Result, new: Result, tolerances: Tolerances, differ: dic
     metrics = [finding for name, (read, kind) in METRICS.items()
                if kind == "memory" and (comparable or name != "max_reserved_mib")
                and (finding := _metric(name, kind, read(old), read(new), old, new, tolerances, False, False))]
-    verdicts = {f.verdict for f in metrics}
-    verdict = "regression" if "worse" in verdicts else "improvement" if "better" in verdicts else "pass"
-    return Verdict(verdict, _kinds(metrics, []), metrics, notes=notes, memory=category_moves(old, new),
+    return Verdict(_overall(metrics), _kinds(metrics, []), metrics, notes=notes, memory=category_moves(old, new),
                    wall_judged=False, **differ)
+
+
+def _overall(findings: list[MetricFinding | FamilyFinding]) -> str:
+    """A regression where any finding is worse, else an improvement where any is better, else a pass."""
+    verdicts = {f.verdict for f in findings}
+    return "regression" if "worse" in verdicts else "improvement" if "better" in verdicts else "pass"
 
 
 def _metric(name: str, kind: str, before, after, old: Result, new: Result, tolerances: Tolerances, limited: bool,
