@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from sftbench.result import MemoryCategories, MemoryGroup
+from sftbench.result import MEMORY_CATEGORIES, MemoryCategories, MemoryGroup
 
 MIB = 2**20
 TRAINABLE, FROZEN, GRADIENTS, OPTIMIZER = "trainable parameters", "frozen parameters", "gradients", "optimizer states"
@@ -107,11 +107,9 @@ def categorize(blocks: list[Block], owned: dict[int, str], reserved_mib: float) 
     peak_mib = sum(by_category.values()) / MIB
     others = by_site([block for block in blocks if block.address not in owned])
     return MemoryCategories(
-        peak_mib=peak_mib, trainable_parameters_mib=by_category[TRAINABLE] / MIB,
-        frozen_parameters_mib=by_category[FROZEN] / MIB, gradients_mib=by_category[GRADIENTS] / MIB,
-        optimizer_states_mib=by_category[OPTIMIZER] / MIB, activations_mib=by_category[ACTIVATIONS] / MIB,
-        slack_mib=reserved_mib - peak_mib,
-        groups=[MemoryGroup(where, size / MIB, count) for where, size, count in others[:GROUPS]])
+        peak_mib=peak_mib, slack_mib=reserved_mib - peak_mib,
+        groups=[MemoryGroup(where, size / MIB, count) for where, size, count in others[:GROUPS]],
+        **{MEMORY_CATEGORIES[name]: size / MIB for name, size in by_category.items()})
 
 
 def by_site(blocks: list[Block]) -> list[tuple[str, int, int]]:

@@ -3,7 +3,7 @@ explanation, and the summary of a run. Everything else reads their fields."""
 
 from __future__ import annotations
 
-from sftbench.result import Metrics
+from sftbench.result import SLACK, Metrics
 from sftbench.verdicts import (
     CategoryMove,
     CountChange,
@@ -87,7 +87,7 @@ def memory_text(moves: list[CategoryMove]) -> str:
         groups = [f"{g.where} {_mib(g.before_mib, g.after_mib)}" for g in move.groups]
         parts.append(f"{move.category} {move.after_mib - move.before_mib:+.0f} MiB"
                      + (f" ({', '.join(groups)})" if groups else ""))
-    if [move.category for move in moves] == ["allocator slack"]:
+    if [move.category for move in moves] == [SLACK]:
         parts.append("every tensor the same: the allocator holds more (an allocator change)")
     return "at the peak: " + ", ".join(parts)
 

@@ -44,6 +44,17 @@ class MemoryCategories:
     slack_mib: float  # reserved minus allocated at that moment
     groups: list[MemoryGroup] = field(default_factory=list)  # the largest of activations and temporaries
 
+    def by_name(self) -> dict[str, float]:
+        """MiB of each category by its name in findings (MEMORY_CATEGORIES), the allocator's slack last."""
+        return {name: getattr(self, attribute) for name, attribute in MEMORY_CATEGORIES.items()}
+
+
+SLACK = "allocator slack"  # reserved beyond the allocated peak: held by the allocator, not by a tensor
+# Each memory category by its name in findings and reports, and its field of MemoryCategories.
+MEMORY_CATEGORIES = {"trainable parameters": "trainable_parameters_mib", "frozen parameters": "frozen_parameters_mib",
+                     "gradients": "gradients_mib", "optimizer states": "optimizer_states_mib",
+                     "activations and temporaries": "activations_mib", SLACK: "slack_mib"}
+
 
 @dataclass
 class MemoryPeaks:

@@ -157,7 +157,7 @@ class CategoryMove:
     """A memory category at the allocated peak (sftbench.memory) that moved by MIN_CATEGORY_MOVE_MIB or more, MiB;
     for activations and temporaries, the groups that moved most."""
 
-    category: str  # "trainable parameters", ..., "activations and temporaries", "allocator slack"
+    category: str  # a name of result.MEMORY_CATEGORIES
     before_mib: float
     after_mib: float
     groups: list[GroupMove] = field(default_factory=list)
@@ -402,9 +402,6 @@ def host_work_changes(old: Result, new: Result) -> list[CountChange]:
 
 # The categories are exact byte counts, so any move is real; under a MiB it is a rounding of an allocation.
 MIN_CATEGORY_MOVE_MIB = 1.0
-MEMORY_CATEGORIES = {"trainable parameters": "trainable_parameters_mib", "frozen parameters": "frozen_parameters_mib",
-                     "gradients": "gradients_mib", "optimizer states": "optimizer_states_mib",
-                     "activations and temporaries": "activations_mib", "allocator slack": "slack_mib"}
 GROUP_MOVES = 3
 
 
@@ -414,9 +411,9 @@ def category_moves(old: Result, new: Result) -> list[CategoryMove]:
     before, now = old.memory.categories, new.memory.categories
     if before is None or now is None:
         return []
-    moves = [CategoryMove(name, getattr(before, attribute), getattr(now, attribute))
-             for name, attribute in MEMORY_CATEGORIES.items()
-             if abs(getattr(now, attribute) - getattr(before, attribute)) >= MIN_CATEGORY_MOVE_MIB]
+    mib_before, mib_now = before.by_name(), now.by_name()
+    moves = [CategoryMove(name, mib_before[name], mib_now[name]) for name in mib_before
+             if abs(mib_now[name] - mib_before[name]) >= MIN_CATEGORY_MOVE_MIB]
     for move in moves:
         if move.category == "activations and temporaries":
             move.groups = _group_moves({g.where: g.mib for g in before.groups}, {g.where: g.mib for g in now.groups})

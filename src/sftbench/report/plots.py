@@ -11,9 +11,15 @@ from pathlib import Path
 
 from sftbench import kernels
 from sftbench.catalog import Row, Table
-from sftbench.report.values import SEED_GPU_MIB, column_text, numeric_column, run_value, seed_value, sweeps
-from sftbench.result import Result, minutes_per_1000_samples
-from sftbench.verdicts import MEMORY_CATEGORIES
+from sftbench.report.values import (
+    SEED_GPU_MIB,
+    column_text,
+    numeric_column,
+    run_value,
+    seed_value,
+    sweeps,
+)
+from sftbench.result import MEMORY_CATEGORIES, SLACK, Result, minutes_per_1000_samples
 
 # Tables that get a plot, and how: "lines" along the table's numeric column, per model; "bars" per row.
 PLOTS = {"lora_max_length": "lines", "full_max_length": "lines", "batch_size": "lines",
@@ -167,10 +173,8 @@ def memory_plot(t: Table, results: dict[str, Result], plots_dir: Path) -> list[s
     from matplotlib import colormaps
 
     runs = [(row, results.get(row.spec.key)) for row in t.rows]
-    mib = [{name: getattr(r.memory.categories, attribute) for name, attribute in MEMORY_CATEGORIES.items()}
-           if r and r.outcome == "ok" and r.memory.categories else {} for _, r in runs]
-    colors = {name: "lightgrey" if name == "allocator slack" else colormaps["tab10"](i)
-              for i, name in enumerate(MEMORY_CATEGORIES)}
+    mib = [r.memory.categories.by_name() if r and r.outcome == "ok" and r.memory.categories else {} for _, r in runs]
+    colors = {name: "lightgrey" if name == SLACK else colormaps["tab10"](i) for i, name in enumerate(MEMORY_CATEGORIES)}
     return _stacked(t, runs, mib, colors, plots_dir, name="memory", what="memory at the peak by category",
                     ylabel="MiB at the allocated peak", missing="no categories")
 

@@ -10,11 +10,10 @@ from pathlib import Path
 from sftbench.catalog import Row
 from sftbench.environment import gpu_slug
 from sftbench.kernels import largest_family
-from sftbench.result import MemoryPeaks, Result, compute_capability
+from sftbench.result import SLACK, MemoryPeaks, Result, compute_capability
 from sftbench.storage import schema
 from sftbench.storage.files import write_atomically
 from sftbench.storage.results import BaselineFile, result_problems
-from sftbench.verdicts import MEMORY_CATEGORIES
 
 
 class BaselineError(schema.StorageError):
@@ -125,7 +124,6 @@ def largest_category(memory: MemoryPeaks) -> dict | None:
     the result has no categories."""
     if memory.categories is None or not memory.categories.peak_mib:
         return None
-    held = {name: getattr(memory.categories, attribute) for name, attribute in MEMORY_CATEGORIES.items()
-            if name != "allocator slack"}
+    held = {name: mib for name, mib in memory.categories.by_name().items() if name != SLACK}
     name = max(held, key=held.get)
     return {"category": name, "mib": held[name], "share_pct": 100 * held[name] / memory.categories.peak_mib}
