@@ -60,11 +60,10 @@ class Injection:
             values[field] = _percentage(name, environ.get(name, "").strip())
         values["kernels"], values["kernels_pct"] = _target(KERNELS, environ.get(KERNELS, ""), KERNEL_TARGETS)
         values["memory_in"], values["memory_in_pct"] = _target(MEMORY_IN, environ.get(MEMORY_IN, ""), MEMORY_TARGETS)
-        for knob, other, why in (("kernels", "gpu_pct", "both are GPU spins"), ("memory_in", "memory_pct",
-                                                                                 "both add memory")):
-            if values[knob] and values[other]:
-                names = {"kernels": KERNELS, "gpu_pct": GPU_PCT, "memory_in": MEMORY_IN, "memory_pct": MEMORY_PCT}
-                raise ValueError(f"{names[knob]} and {names[other]} cannot be set together: {why}")
+        if values["kernels"] and values["gpu_pct"]:
+            raise ValueError(f"{KERNELS} and {GPU_PCT} cannot be set together: both are GPU spins")
+        if values["memory_in"] and values["memory_pct"]:
+            raise ValueError(f"{MEMORY_IN} and {MEMORY_PCT} cannot be set together: both add memory")
         return cls(**values)
 
 
@@ -174,7 +173,6 @@ class Injector:
             self._spin_cycles = lambda n: int(share * (short + per_token * (n - tokens[0])))
         else:
             timer.after_operator = kernel_spins(calibration, self.injection, cycles_per_s, lambda: self._tokens)
-
 
     def _grow(self, size: int, model, optimizer) -> None:
         """SFTBENCH_INJECT_MEMORY_IN: `size` bytes more in its target's category (sftbench.memory sorts them by
