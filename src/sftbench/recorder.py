@@ -39,8 +39,13 @@ class Recorder:
                 now=Metrics.of(first.result), verdict=first.verdict,
                 message="" if first.verdict is not None else first.message.split("\n")[0],
                 baseline=None if first.baseline is None else Metrics.of(first.baseline),
-                gpu_uuid=first.result.machine.get("gpu_uuid"), overhead=dict(first.result.overhead)))
+                gpu_uuid=first.result.machine.get("gpu_uuid"), overhead=self._overhead(first.result)))
         return own + self.merged
+
+    def _overhead(self, result) -> dict[str, float]:
+        """Where the case's time went (Result.overhead) and the runner's writing of its result file."""
+        written = self.runner.write_s.get(result.key)
+        return {**result.overhead, **({} if written is None else {"write_s": written})}
 
     def part(self) -> list:
         """This part's own configurations as plain data, for the controller of pytest-xdist workers."""

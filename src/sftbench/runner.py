@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -91,6 +92,7 @@ class Runner:
         self.results: dict[CaseSpec, Result] = {}
         self.outcomes: list[RowOutcome] = []  # of every row that trained, in the order checked
         self.baselines_written: list[Path] = []
+        self.write_s: dict[str, float] = {}  # seconds writing each configuration's result file, by key
         self._launcher: Launcher | None = None
         self._ready: RunRefused | bool = False  # checked before the first case trains
         self._locks: list = []
@@ -185,10 +187,12 @@ class Runner:
             self.log(f"sftbench: {label}: {describe(Metrics.of(result))}")
             self.results[spec] = result
             if self.results_store is not None:
+                started = time.perf_counter()
                 try:
                     self.results_store.write(result)
                 except NotWritten as error:
                     self.log(f"sftbench: {label}: {error}")
+                self.write_s[result.key] = time.perf_counter() - started
         return self.results[spec]
 
     def check(self, row: Row) -> RowOutcome:

@@ -126,16 +126,19 @@ class Trainer:
         for batch in representatives(ordered, options.settle_steps):
             with warmup.step(batch.tokens):
                 self.micro_step(batch)
-        epoch = TrainedEpoch(self._timing(), overhead={"warmup_s": sum(warmup.durations), "kernel_trace_s": 0.0})
+        epoch = TrainedEpoch(self._timing(), overhead={"warmup_s": sum(warmup.durations), "kernel_read_s": 0.0})
         timer = StepTimer(self.device)
+        started = time.perf_counter()
         if options.full_epoch:
             self._full_epoch(timer, epoch, progress)
+            epoch.overhead["timed_steps_s"] = time.perf_counter() - started - epoch.overhead["kernel_read_s"]
         else:
             settle = warmup.durations[1:]
             count = options.representative_steps
             if settle and mean(settle) >= LONG_STEP_S:
                 count //= 2
             self._representative_steps(ordered, count, timer, epoch.timing, progress)
+            epoch.overhead["timed_steps_s"] = time.perf_counter() - started
             if self.kernel_timer is not None:
                 self._kernel_steps(ordered, options.kernel_steps, epoch.overhead, progress)
         timing = epoch.timing
@@ -145,9 +148,12 @@ class Trainer:
         timing.samples_per_s = samples / timing.epoch_seconds
         if self.kernel_timer is not None:
             started = time.perf_counter()
-            self._repeat_steps(ordered)
+            repeats = self._repeat_steps(ordered)
+            read = time.perf_counter()
             epoch.kernels = self.kernel_timer.stop()
-            epoch.overhead["kernel_trace_s"] += time.perf_counter() - started
+            mark_repeats(epoch.kernels, repeats)
+            epoch.overhead["kernel_repeats_s"] = read - started
+            epoch.overhead["kernel_read_s"] += time.perf_counter() - read
             self._project_kernels(epoch, options.full_epoch)
         if self.device.type == "cuda":
             self._memory_categories(ordered[0], epoch, progress)
@@ -183,7 +189,7 @@ class Trainer:
                 progress(f"traced {i}/{len(shapes)} batch shapes")
         with self.kernel_timer.step(0):
             self.optimizer_step()
-        overhead["kernel_trace_s"] += reading_s
+        overhead["kernel_read_s"] += reading_s
         overhead["kernel_steps_s"] = time.perf_counter() - started - reading_s
 
     def _traced_micro_step(self, batch: Batch) -> None:
@@ -191,9 +197,9 @@ class Trainer:
         with self.kernel_timer.step(batch.tokens):
             self.micro_step(batch)
 
-    def _repeat_steps(self, ordered: list[Batch]) -> None:
-        """Trace the shortest and the longest batch FAMILY_REPEATS more times each, marked as repeats of the first
-        traced step of their shape (the projection leaves them out; kernels.family_noise_pct reads them). Each
+    def _repeat_steps(self, ordered: list[Batch]) -> list[int]:
+        """Trace the shortest and the longest batch FAMILY_REPEATS more times each, as the last steps traced, and
+        return the index of the first traced step of their shape for each (mark_repeats). Each
         batch first runs once untraced: the traced optimizer step before left no gradients, and a backward that
         allocates them launches other kernels than one that adds to them, as the repeated steps did (on an H100,
         full fine-tuning's first step after it launched 5021 kernels instead of 5280: no jitter, another step)."""
@@ -205,9 +211,7 @@ class Trainer:
                     repeats.append(self._first_traced[shape(batch)])
                     with self.kernel_timer.step(batch.tokens):
                         self.micro_step(batch)
-        self.kernel_timer.collect()
-        for step, original in zip(self.kernel_timer.record.steps[-len(repeats):] if repeats else [], repeats):
-            step.repeat_of, step.weight = original, 0.0
+        return repeats
 
     def _project_kernels(self, epoch: TrainedEpoch, full_epoch: bool) -> None:
         """The epoch's kernel time: summed over a traced full epoch, else projected like the wall time, as the
@@ -244,7 +248,7 @@ class Trainer:
             if kernel_timer is not None and i % FLUSH_EVERY == 0:
                 started = time.perf_counter()
                 kernel_timer.collect()
-                epoch.overhead["kernel_trace_s"] += time.perf_counter() - started
+                epoch.overhead["kernel_read_s"] += time.perf_counter() - started
             if i % 100 == 0:
                 progress(f"micro-step {i}/{len(self.batches)}, {sum(timer.durations):.1f} s")
         timing = epoch.timing
@@ -275,6 +279,13 @@ class Trainer:
     def _probe_host(self, timing: Timing) -> None:
         """The host's pace just before a timed step (trackers.host_probe_s), outside it."""
         timing.host_probe_s.append(host_probe_s(self._probe_scratch))
+
+
+def mark_repeats(record: Kernels, repeats: list[int]) -> None:
+    """Mark the record's last steps as repeats of the first traced step of their shape: the projection leaves
+    them out, kernels.family_noise_pct reads them."""
+    for step, original in zip(record.steps[-len(repeats):] if repeats else [], repeats):
+        step.repeat_of, step.weight = original, 0.0
 
 
 def _traced(kernels: KernelTimer | None, tokens: int):

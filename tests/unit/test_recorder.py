@@ -45,10 +45,21 @@ def test_the_run_record_keeps_each_configurations_verdict_as_data_beside_its_bas
     [wall] = [f for f in configuration.verdict.metrics if f.kind == "wall"]
     assert (wall.before, wall.after, wall.threshold_pct) == (10.0, 15.0, 40.0)
     assert configuration.gpu_uuid == "GPU-1234"  # under pytest-xdist each configuration names its own GPU
-    assert configuration.overhead == slower.overhead  # where the case's time went
+    assert configuration.overhead == slower.overhead  # where the case's time went (the result, not trained, unwritten)
     assert (configuration.baseline.minutes_per_1000_samples, configuration.now.minutes_per_1000_samples) == (10.0, 15.0)
     assert {"gpu", "driver", "settings"} <= set(record.machine) and record.versions and record.commit
     assert record.started <= record.finished and not record.interrupted
+
+
+def test_the_run_record_says_how_long_writing_each_result_file_took(tmp_path, monkeypatch, result_factory):
+    runner = make_runner(tmp_path, monkeypatch, update_baselines=True)
+    result = result_factory()
+    monkeypatch.setattr(runner, "_launcher", type("Launcher", (), {"run": lambda self, spec, options: result})())
+    runner.check(ROW)
+    [configuration] = Recorder(runner).record().configurations
+    assert (tmp_path / "results" / "nvidia-h200" / f"{result.key}.json").exists()
+    assert configuration.overhead.keys() == {*result.overhead, "write_s"} and configuration.overhead["write_s"] > 0
+    assert "write_s" not in result.overhead  # the file holds the result as it was written
 
 
 def test_a_merged_part_joins_the_summary_and_the_run_record(tmp_path, monkeypatch, result_factory):

@@ -33,8 +33,9 @@ class Configuration:
     message: str = ""  # one line where it was not compared: why
     baseline: Metrics | None = None
     gpu_uuid: str | None = None
-    # Where the case's time went, in seconds (Result.overhead: spawn, build, set-up, warm-up, tracing, the memory
-    # categories, the whole case): what a run of many configurations spends beside the timed steps.
+    # Where the case's time went, in seconds (Result.overhead: spawn, build, set-up, warm-up, timed steps, traced
+    # steps, their repeats, reading CUPTI's records, the memory categories, the whole case; and write_s, the
+    # runner's writing of the result file): what a run of many configurations spends beside the timed steps.
     overhead: dict[str, float] = field(default_factory=dict)
 
     @property
