@@ -111,9 +111,11 @@ def summary(run: RunRecord) -> str:
              f"{verdict_counts(configurations)}{lost_text(run)}. Stack: {stack(run)}.", ""]
     if run.interrupted:
         lines += [f"The run was interrupted; baselines it rewrote: {', '.join(run.baselines_written) or 'none'}.", ""]
-    if unjudged := sum(c.verdict is not None and not c.verdict.wall_judged for c in configurations):
+    if unjudged := render.wall_not_judged(configurations):
         lines += [(f"Wall time not judged in {unjudged} of {len(configurations)} configurations: their baselines "
                    "ran on another host or do not name theirs."), ""]
+    if across := render.across_gpu_models(configurations):
+        lines += [across[0].upper() + across[1:] + ".", ""]
     for verdict, title in (("regression", "Regressions"), ("improvement", "Improvements")):
         chosen = [c for c in configurations if c.status == verdict]
         if chosen:

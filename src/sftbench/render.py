@@ -176,6 +176,29 @@ NOTES = {
 }
 
 
+def _across_gpu_models(configuration) -> Note | None:
+    """The note of a verdict judged against a baseline of another GPU model, if it was."""
+    verdict = configuration.verdict
+    return None if verdict is None else next((n for n in verdict.notes if n.code == "another GPU model"), None)
+
+
+def wall_not_judged(configurations) -> int:
+    """How many configurations had GPU time and memory judged but not wall time, their baseline's host not this one
+    (those judged against another GPU model's baseline are counted by across_gpu_models)."""
+    return sum(c.verdict is not None and not c.verdict.wall_judged and not _across_gpu_models(c)
+               for c in configurations)
+
+
+def across_gpu_models(configurations) -> str | None:
+    """A line on the configurations judged on memory alone against baselines of other GPU models, if any."""
+    gpus = [note.detail["gpu"] for c in configurations if (note := _across_gpu_models(c))]
+    if not gpus:
+        return None
+    return (f"memory alone judged in {len(gpus)} of {len(configurations)} configurations: against baselines of "
+            f"{', '.join(dict.fromkeys(map(str, gpus)))} (another GPU model of the same compute capability; baselines "
+            "written on this GPU model judge speed too)")
+
+
 def _limits(limits: dict[str, int] | None, steps: int) -> str:
     if limits is None:
         return "not recorded"
@@ -202,12 +225,16 @@ def run_summary(record, skipped: int = 0, results: str = "no results folder") ->
             lines.append("  the same configuration: " + ", ".join(c.rows[1:]))
         if c.status in ("regression", "improvement", "not-comparable"):
             lines += [f"  {line}" for line in explain(c.verdict)]
+        elif across := _across_gpu_models(c):
+            lines.append(f"  {note_text(across)}")  # a pass judged on memory alone says against which GPU
     statuses = [c.status for c in record.configurations]
     lines.append(", ".join([f"{statuses.count(s)} {s}" for s in dict.fromkeys(statuses)] + [f"{skipped} skipped"]))
-    if unjudged := sum(c.verdict is not None and not c.verdict.wall_judged for c in record.configurations):
+    if unjudged := wall_not_judged(record.configurations):
         lines.append(f"wall time not judged in {unjudged} of {len(statuses)} configurations: their baselines ran "
                      "on another host or do not name theirs (GPU time and memory judged them; baselines "
                      "written on this host judge wall time too)")
+    if across := across_gpu_models(record.configurations):
+        lines.append(across)
     lines += [f"{name} ended without its report (it crashed): the configurations it finished are missing from "
               f"this summary and the run record; their results: {results}" for name in record.lost_parts]
     if record.interrupted:

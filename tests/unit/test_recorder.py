@@ -62,6 +62,21 @@ def test_the_run_record_says_how_long_writing_each_result_file_took(tmp_path, mo
     assert "write_s" not in result.overhead  # the file holds the result as it was written
 
 
+def test_a_pass_against_another_gpu_models_baseline_says_it_was_judged_on_memory_alone(tmp_path, monkeypatch,
+                                                                                       result_factory):
+    checked(make_runner(tmp_path, monkeypatch, update_baselines=True), result_factory(allocated=900.0))
+    h100 = make_runner(tmp_path, monkeypatch)
+    monkeypatch.setattr(Runner, "gpu", "NVIDIA H100 80GB HBM3")
+    checked(h100, result_factory(gpu="NVIDIA H100 80GB HBM3", allocated=900.0, minutes=30.0))
+    lines = run_summary(Recorder(h100).record())
+    assert lines[0].endswith("-> pass") and lines[1] == (
+        "  memory only, against a baseline of NVIDIA H200 (compute capability 9.0: the same tensors); speed is not "
+        "compared across GPU models")
+    assert lines[2:] == ["1 pass, 0 skipped", "memory alone judged in 1 of 1 configurations: against baselines of "
+                         "NVIDIA H200 (another GPU model of the same compute capability; baselines written on this "
+                         "GPU model judge speed too)"]  # and not "wall time not judged ... (GPU time ... judged them)"
+
+
 def test_a_merged_part_joins_the_summary_and_the_run_record(tmp_path, monkeypatch, result_factory):
     worker = Recorder(checked(make_runner(tmp_path, monkeypatch), result_factory(OTHER.spec), OTHER))
     whole = Recorder(checked(make_runner(tmp_path, monkeypatch), result_factory()))

@@ -112,13 +112,15 @@ def test_a_memory_injection_counts_the_configurations_flagged_and_those_whose_ta
                       grown("a", [("optimizer states", 3.0)]),
                       grown("b", [("activations and temporaries", 3.0), ("optimizer states", 1.0)]),  # the wrong one
                       grown("c", [("optimizer states", 1.5)], kinds=()),  # under the tolerance
+                      grown("d", [("allocator slack", 4.0), ("optimizer states", 3.0)]),  # ordered before slack went last
+                      grown("e", [("allocator slack", 4.0)]),  # an allocator change names no category
                       minute=6)
     summary = summarize(paths([RECORDS[1], injected]))
     stage = summary["memory_injected"]["optimizer:3"]
-    assert (stage["category"], stage["flagged"], stage["named_right"]) == ("optimizer states", 2, 1)
-    assert stage["configurations"] == ["a", "b", "c"] and stage["max_allocated_change_pct"]["a"] == 3.0
+    assert (stage["category"], stage["flagged"], stage["named_right"]) == ("optimizer states", 4, 2)
+    assert stage["configurations"] == ["a", "b", "c", "d", "e"] and stage["max_allocated_change_pct"]["a"] == 3.0
     assert stage["category_change_mib"]["b"] == {"activations and temporaries": 3.0, "optimizer states": 1.0}
-    assert ("| SFTBENCH_INJECT_MEMORY_IN=optimizer:3 | abc1234 | 2 (1 with optimizer states grown most) | 3 |"
+    assert ("| SFTBENCH_INJECT_MEMORY_IN=optimizer:3 | abc1234 | 4 (2 with optimizer states grown most) | 5 |"
             in markdown(summary))
 
 
