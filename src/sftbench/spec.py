@@ -17,7 +17,19 @@ DEVICES = ("cuda", "cpu")
 
 
 class InvalidSpec(ValueError):
-    """A configuration that cannot be trained (an impossible combination or an unknown value)."""
+    """A configuration that cannot be trained (an impossible combination, an unknown value or one of the wrong type)."""
+
+
+@dataclass(frozen=True)
+class UserModel:
+    """A model of a user catalog (sftbench.user_catalog): built from its config.json by transformers' own class.
+
+    The case's process builds it from this alone (sftbench.models.user). None target lists are the defaults: swift's
+    q_proj, k_proj, v_proj for DEFAULT, every Linear but the output head for ALL."""
+
+    config: str  # the absolute path of its config.json
+    lora_default: tuple[str, ...] | None = None
+    lora_all: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -35,8 +47,14 @@ class CaseSpec:
     truncation: str = "left"
     device: str = "cuda"
     weights_path: str | None = None  # a local checkpoint folder instead of random weights
+    user_model: UserModel | None = None  # model_type names a model of a user catalog, not of the zoo
 
     def __post_init__(self) -> None:
+        for name in ("max_length", "batch_size", "samples", "lora_rank"):
+            if type(getattr(self, name)) is not int:  # a bool is an int, but not a length
+                raise InvalidSpec(f"{name} must be a whole number, got {getattr(self, name)!r}")
+        if type(self.gradient_checkpointing) is not bool:
+            raise InvalidSpec(f"gradient_checkpointing must be true or false, got {self.gradient_checkpointing!r}")
         _check_choice("sft_type", self.sft_type, SFT_TYPES)
         _check_choice("quantization", self.quantization, QUANTIZATIONS)
         _check_choice("attention", self.attention, ATTENTIONS)

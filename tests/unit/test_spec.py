@@ -43,6 +43,10 @@ def test_impossible_combinations_are_one_clear_error(changes, message):
     ({"samples": 0}, "samples must be >= 1, got 0"),
     ({"quantization": "int4-gptq", "weights_path": "/models/q"}, "a checkpoint folder \\(weights_path\\) is for bf16"),
     ({"device": "cpu", "attention": "sdpa", "quantization": "int8-gptq"}, "int8-gptq / sdpa need a CUDA GPU"),
+    ({"max_length": "long"}, "max_length must be a whole number, got 'long'"),
+    ({"lora_rank": True}, "lora_rank must be a whole number, got True"),
+    ({"samples": 6.0}, "samples must be a whole number, got 6.0"),
+    ({"gradient_checkpointing": 1}, "gradient_checkpointing must be true or false, got 1"),
 ])
 def test_unknown_values_and_impossible_inputs_name_the_setting(changes, message):
     with pytest.raises(InvalidSpec, match=message) as error:
