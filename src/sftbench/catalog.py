@@ -1,4 +1,7 @@
-"""The seed's tables (catalog.toml) as Table and Row objects, each row expanded to a CaseSpec."""
+"""The seed's tables (catalog.toml) as Table and Row objects, each row expanded to a CaseSpec.
+
+A user catalog's tables (sftbench.user_catalog) are read by the same `read_table`.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +10,18 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
-from sftbench.spec import CaseSpec
+from sftbench.spec import CaseSpec, InvalidSpec
 
 # Row keys that describe the seed's measurement rather than the configuration.
 _SEED_KEYS = ("seed_minutes", "seed_memory_mib", "seed_trainable", "seed_outcome")
 _TOLERANCE_KEYS = ("gpu_time_tolerance_pct", "time_tolerance_pct", "memory_tolerance_pct")
+ROW_FIELDS = ("id", "model_type", "sft_type", "quantization", "max_length", "batch_size", "gradient_checkpointing",
+              "use_flash_attn", "attention", "lora_rank", "lora_targets", "samples", *_SEED_KEYS, *_TOLERANCE_KEYS)
+USER_TEST = "test_user_rows"  # the test function holding the rows of user catalogs (tests/benchmarks)
+
+
+class CatalogError(ValueError):
+    """A table or row that cannot be read: one line naming the table, the row and the field."""
 
 
 @dataclass(frozen=True)
@@ -26,10 +36,11 @@ class Row:
     gpu_time_tolerance_pct: float | None = None  # per-case overrides of the run's tolerances
     time_tolerance_pct: float | None = None
     memory_tolerance_pct: float | None = None
+    test: str | None = None  # the test function holding the row; None (rows made by hand): its seed table's
 
     @property
     def node_id(self) -> str:
-        return f"{table(self.table).test}[{self.id}]"
+        return f"{self.test or table(self.table).test}[{self.id}]"
 
 
 @dataclass(frozen=True)
@@ -43,10 +54,18 @@ class Table:
 
 
 @cache
+def _seed_catalog() -> dict:
+    return tomllib.loads(resources.files("sftbench").joinpath("catalog.toml").read_text(encoding="utf-8"))
+
+
+@cache
 def tables() -> tuple[Table, ...]:
-    data = tomllib.loads(resources.files("sftbench").joinpath("catalog.toml").read_text(encoding="utf-8"))
-    defaults = data["defaults"]
-    return tuple(_table(entry, defaults) for entry in data["tables"])
+    return tuple(read_table(entry, seed_defaults()) for entry in _seed_catalog()["tables"])
+
+
+def seed_defaults() -> dict:
+    """The seed's [defaults]: what a row does not state (a user catalog's [defaults] go over them)."""
+    return dict(_seed_catalog()["defaults"])
 
 
 def table(name: str) -> Table:
@@ -84,22 +103,50 @@ def rows_of(spec: CaseSpec) -> list[Row]:
     return [row for row in all_rows() if row.spec == spec]
 
 
-def _table(entry: dict, defaults: dict) -> Table:
+def read_table(entry: dict, defaults: dict, user_models: dict[str, dict] | None = None) -> Table:
+    """A table of catalog.toml; with `user_models`, of a user catalog: its rows are cases of USER_TEST with the ids
+    `<table>-<row id>`, and a row of one of these models gets its CaseSpec fields (sftbench.user_catalog)."""
+    name = entry["name"]
     device = entry.get("device", "cuda")
-    rows = tuple(_row(entry["name"], raw, defaults, device) for raw in entry["rows"])
-    ids = [row.id for row in rows]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"catalog table {entry['name']!r} repeats a row id: {ids}")
-    return Table(entry["name"], entry["title"], entry["test"], tuple(entry["columns"]), device, rows)
+    test = entry["test"] if user_models is None else USER_TEST
+    rows = tuple(_row(name, test, raw, defaults, device, user_models) for raw in entry["rows"])
+    ids = [raw["id"] for raw in entry["rows"]]
+    repeated = next((row_id for row_id in ids if ids.count(row_id) > 1), None)
+    if repeated is not None:
+        raise CatalogError(f"table {name!r} repeats the row id {repeated!r}")
+    return Table(name, entry.get("title", name), test, tuple(entry.get("columns", ())), device, rows)
 
 
-def _row(table_name: str, raw: dict, defaults: dict, device: str) -> Row:
+def _row(table_name: str, test: str, raw: dict, defaults: dict, device: str,
+         user_models: dict[str, dict] | None) -> Row:
     fields = {**defaults, **raw}
-    row_id = fields.pop("id")
-    seed = {key: fields.pop(key) for key in _SEED_KEYS if key in fields}
-    tolerances = {key: fields.pop(key) for key in _TOLERANCE_KEYS if key in fields}
-    # The seed's use_flash_attn: true is flash-attn's kernel, false is the eager attention it fell back to.
-    use_flash = fields.pop("use_flash_attn")
-    fields.setdefault("attention", "flash_attention_2" if use_flash else "eager")
-    spec = CaseSpec(device=device, **fields)
-    return Row(table=table_name, id=row_id, spec=spec, **seed, **tolerances)
+    try:
+        unknown = [key for key in fields if key not in ROW_FIELDS]
+        if unknown:
+            raise InvalidSpec(f"unknown field {unknown[0]!r}; a row has {', '.join(ROW_FIELDS)}")
+        row_id, model_type = fields.pop("id", None), fields.get("model_type")
+        for key, value in (("id", row_id), ("model_type", model_type)):
+            if not isinstance(value, str) or not value:
+                raise InvalidSpec(f"{key} must be a name, got {value!r}")
+        seed = {key: fields.pop(key) for key in _SEED_KEYS if key in fields}
+        tolerances = {key: fields.pop(key) for key in _TOLERANCE_KEYS if key in fields}
+        _check_measures({**seed, **tolerances})
+        # The seed's use_flash_attn: true is flash-attn's kernel, false is the eager attention it fell back to.
+        use_flash = fields.pop("use_flash_attn")
+        if type(use_flash) is not bool:
+            raise InvalidSpec(f"use_flash_attn must be true or false, got {use_flash!r}")
+        fields.setdefault("attention", "flash_attention_2" if use_flash else "eager")
+        spec = CaseSpec(device=device, **fields, **(user_models or {}).get(model_type, {}))
+    except InvalidSpec as error:
+        raise CatalogError(f"table {table_name!r} row {raw.get('id')!r}: {error}") from None
+    pytest_id = row_id if user_models is None else f"{table_name}-{row_id}"
+    return Row(table=table_name, id=pytest_id, spec=spec, test=test, **seed, **tolerances)
+
+
+def _check_measures(values: dict) -> None:
+    """The seed's numbers and the tolerances of a row: numbers >= 0, and an outcome of ok or oom."""
+    for key, value in values.items():
+        if key == "seed_outcome" and value not in ("ok", "oom"):
+            raise InvalidSpec(f"seed_outcome must be 'ok' or 'oom', got {value!r}")
+        if key != "seed_outcome" and (type(value) not in (int, float) or value < 0):
+            raise InvalidSpec(f"{key} must be a number >= 0, got {value!r}")
