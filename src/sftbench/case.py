@@ -25,8 +25,8 @@ from sftbench.injection import Injection
 from sftbench.models import (
     build_model,
     enable_activation_checkpointing,
-    get_model,
     lora_target_modules,
+    model_of,
 )
 from sftbench.result import Kernels, Result
 from sftbench.spec import CaseSpec, RunOptions
@@ -89,7 +89,7 @@ def run_case(spec: CaseSpec, options: RunOptions, log=print) -> Result:
         model = prepare_for_training(model, spec)
         result.overhead["prepare_s"] = time.perf_counter() - started - result.overhead["build_s"]  # peft, LoRA
         result.trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        result.total_params = get_model(spec.model_type).total_params
+        result.total_params = model_of(spec).total_params
         unavailable = kernel_clock_unavailable(device)
         kernel_timer = None if unavailable else KernelTimer(device)
         result.kernels = Kernels(clock=f"unavailable: {unavailable}") if unavailable else kernel_timer.record
@@ -128,11 +128,11 @@ def _is_oom(error: Exception) -> bool:
 def build_case_model(spec: CaseSpec, attention: str, device: torch.device):
     """(the case's model in the spec's precision, its quantization backend or None)."""
     if spec.quantization == "bf16":
-        return build_model(spec.model_type, attn_implementation=attention, dtype=torch.bfloat16, device=device,
+        return build_model(model_of(spec), attn_implementation=attention, dtype=torch.bfloat16, device=device,
                            weights_path=spec.weights_path), None
     from sftbench import quantization
 
-    model = quantization.build_quantized_model(get_model(spec.model_type), spec.quantization,
+    model = quantization.build_quantized_model(model_of(spec), spec.quantization,
                                                attn_implementation=attention, device=device,
                                                cache_dir=quantization.default_cache_dir())
     return model, quantization.describe_quantized(model).get("backend")
@@ -165,7 +165,7 @@ def prepare_for_training(model, spec: CaseSpec):
         model.enable_input_require_grads()
     if spec.sft_type == "lora":
         config = peft.LoraConfig(r=spec.lora_rank, lora_alpha=32, lora_dropout=0.05, task_type="CAUSAL_LM",
-                                 target_modules=lora_target_modules(spec.model_type, spec.lora_targets))
+                                 target_modules=lora_target_modules(model_of(spec), spec.lora_targets))
         model = peft.get_peft_model(model, config)
     model.train()
     return model

@@ -1,4 +1,5 @@
-"""The model zoo: seed model types with the original checkpoints' shapes, plus tiny test types."""
+"""The model zoo: seed model types with the original checkpoints' shapes, plus tiny test types; and the models of
+user catalogs, from their config.json (user.py)."""
 
 from .chatglm import ChatGLMConfig, ChatGLMForConditionalGeneration
 from .qwen import QWenConfig, QWenLMHeadModel
@@ -15,6 +16,7 @@ from .registry import (
     lora_target_modules,
     models_summary,
 )
+from .user import model_of
 
 __all__ = [
     "MODELS",
@@ -31,5 +33,6 @@ __all__ = [
     "enable_activation_checkpointing",
     "get_model",
     "lora_target_modules",
+    "model_of",
     "models_summary",
 ]

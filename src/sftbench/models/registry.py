@@ -28,13 +28,13 @@ from .qwen import QWenConfig, QWenLMHeadModel
 @dataclass(frozen=True)
 class ModelEntry:
     model_type: str
-    family: str  # "qwen" | "chatglm" | "llama" | "mistral"
+    family: str  # "qwen" | "chatglm" | "llama" | "mistral"; a user catalog's model: its config's model_type
     make_config: Callable[[], PreTrainedConfig]  # the original checkpoint's config
     model_class: type  # PreTrainedModel subclass with a causal-LM head: takes labels, returns loss
     lora_default: tuple[str, ...]  # swift's DEFAULT lora_target_modules
     lora_all: tuple[str, ...]  # every Linear except the output head
-    total_params: int | None  # the original checkpoint's count; None for tiny test types
-    source: str  # where the shapes came from
+    total_params: int | None  # the original checkpoint's count (a user model's: its config's); None for tiny types
+    source: str  # where the shapes came from (a user model's config.json)
 
 
 class UnknownModelType(ValueError):
@@ -295,9 +295,14 @@ def get_model(model_type: str) -> ModelEntry:
         raise UnknownModelType(model_type) from None
 
 
-def lora_target_modules(model_type: str, targets: str) -> list[str]:
-    """swift's `--lora_target_modules DEFAULT | ALL` resolved to module names."""
-    entry = get_model(model_type)
+def as_entry(model: str | ModelEntry) -> ModelEntry:
+    """A model type's entry; an entry (a user catalog's model, sftbench.models.user) as it is."""
+    return model if isinstance(model, ModelEntry) else get_model(model)
+
+
+def lora_target_modules(entry: str | ModelEntry, targets: str) -> list[str]:
+    """swift's `--lora_target_modules DEFAULT | ALL` resolved to module names, for a model type or its entry."""
+    entry = as_entry(entry)
     if targets == "DEFAULT":
         return list(entry.lora_default)
     if targets == "ALL":
@@ -330,21 +335,22 @@ def empty_model(
 
 
 def build_model(
-    model_type: str,
+    entry: str | ModelEntry,
     *,
     attn_implementation: str = "sdpa",
     dtype: torch.dtype = torch.bfloat16,
     device: str | torch.device = "cpu",
     weights_path: str | None = None,
 ) -> PreTrainedModel:
-    """The model on `device` in `dtype`: random weights, or the checkpoint in `weights_path`.
+    """The model (of a model type or its entry) on `device` in `dtype`: random weights, or the checkpoint in
+    `weights_path`.
 
     Every tensor is created directly on `device` (a 7B model is never materialized on the CPU
     first) and initialized once: torch's per-layer init in the constructors is skipped, then
     transformers' normal init (std 0.02, norms at 1) runs, or the checkpoint is copied in tensor
     by tensor.
     """
-    entry = get_model(model_type)
+    entry = as_entry(entry)
     check_attn_implementation(attn_implementation)
     model = empty_model(entry, device, dtype=dtype, attn_implementation=attn_implementation)
     with torch.device(device):
