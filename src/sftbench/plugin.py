@@ -12,7 +12,7 @@ import pytest
 from pytest_benchmark.logger import PytestBenchmarkWarning
 
 from sftbench import environment, xdist_workers
-from sftbench.catalog import Row, all_rows
+from sftbench.catalog import CatalogError, Row, Table, all_rows
 from sftbench.launcher import DEFAULT_TIMEOUT_S, MAX_TIMEOUT_S, STARTUP_TIMEOUT_S
 from sftbench.runner import RunConfig
 from sftbench.session import BenchmarkStandIn, BenchSession, CompareFailVerdict
@@ -28,6 +28,8 @@ from sftbench.verdicts import (
 )
 
 SESSION = pytest.StashKey[BenchSession]()
+USER_TABLES = pytest.StashKey[tuple[Table, ...]]()  # the tables of --sftbench-catalog
+USER_ROWS_MARK = "sftbench_user_rows"  # on the test function whose cases are the user catalogs' rows
 
 
 def pytest_addoption(parser):
@@ -69,6 +71,9 @@ def pytest_addoption(parser):
     group.addoption("--sftbench-weights", action="append", default=[], metavar="MODEL_TYPE=PATH",
                     help="train MODEL_TYPE's bf16 rows from a local checkpoint folder instead of random weights "
                          "(repeatable)")
+    group.addoption("--sftbench-catalog", action="append", default=[], metavar="FILE",
+                    help="also run the rows of this catalog of your own (catalog.toml's shape; models by their "
+                         "config.json), as cases of test_user_rows (repeatable)")
     group.addoption("--sftbench-shard", default=None, metavar="I/N",
                     help="run only the I-th of N parts of the selected configurations (1-based)")
     group.addoption("--sftbench-require-baseline", action="store_true",
@@ -118,6 +123,8 @@ def pytest_configure_node(node):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "sftbench: a seed row trained and compared with its baseline")
+    config.addinivalue_line("markers", f"{USER_ROWS_MARK}: the test function whose cases are the rows of "
+                                       "--sftbench-catalog")
     if not config.pluginmanager.has_plugin("xdist"):
         config.addinivalue_line("markers", "xdist_group: pytest-xdist's marker, unused without it")
     # pytest-benchmark turns itself off under pytest-xdist and says so; sftbench's rows still reach it (session.py).
@@ -133,7 +140,9 @@ def pytest_configure(config):
     else:
         config.pluginmanager.register(CompareFailVerdict(), "sftbench-compare-fail-verdict")
     root = Path(config.rootpath)
-    weights = tuple(_parse_weights(config.getoption("sftbench_weights")))
+    config.stash[USER_TABLES] = _user_tables(config.getoption("sftbench_catalog"))
+    user_rows = [row for t in config.stash[USER_TABLES] for row in t.rows]
+    weights = tuple(_parse_weights(config.getoption("sftbench_weights"), all_rows() + user_rows))
     baselines = Path(config.getoption("sftbench_baselines") or root / "baselines")
     results = Path(config.getoption("sftbench_results") or root / "results")
     if _nested(baselines, results):
@@ -163,8 +172,20 @@ def _nested(a: Path, b: Path) -> bool:
     return a == b or a in b.parents or b in a.parents
 
 
-def _parse_weights(values: list[str]):
-    known = sorted({row.spec.model_type for row in all_rows()})
+def _user_tables(paths: list[str]) -> tuple[Table, ...]:
+    if not paths:
+        return ()
+    # Imported here: it imports torch and transformers, which a run without user rows never needs in this process.
+    from sftbench import user_catalog
+
+    try:
+        return user_catalog.load(paths)
+    except CatalogError as error:
+        raise pytest.UsageError(f"--sftbench-catalog {error}") from None
+
+
+def _parse_weights(values: list[str], rows: list[Row]):
+    known = sorted({row.spec.model_type for row in rows})
     for value in values:
         model_type, sep, path = value.partition("=")
         if not sep or not model_type or not path:
@@ -189,6 +210,23 @@ def _write_line(config, line: str) -> None:
         elif reporter is not None:
             reporter.write_line(line)
             reporter.flush()
+
+
+def pytest_generate_tests(metafunc):
+    """The user catalogs' rows as the cases of the function marked USER_ROWS_MARK (tests/benchmarks)."""
+    if metafunc.definition.get_closest_marker(USER_ROWS_MARK):
+        rows = [row for t in metafunc.config.stash[USER_TABLES] for row in t.rows]
+        metafunc.parametrize("row", rows, ids=lambda row: row.id)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_pycollect_makeitem(collector, name, obj):
+    """Without user rows their function collects nothing (pytest would collect it once, skipped for its empty
+    parameter set)."""
+    items = yield
+    if isinstance(items, list) and not any(t.rows for t in collector.config.stash[USER_TABLES]):
+        items = [item for item in items if not item.get_closest_marker(USER_ROWS_MARK)]
+    return items
 
 
 def pytest_itemcollected(item):

@@ -55,6 +55,16 @@ def kernels_factory():
 
 
 @pytest.fixture
+def no_gpu(monkeypatch):
+    """For pytest runs started by a test: they see no GPU even on a GPU machine (the GPU slug is "cpu")."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    # Under `make test ARGS="-n 2"` these tests run in a pytest-xdist worker, whose variables would tell the runs
+    # they start that they are workers too (pytest-benchmark then disables itself: no --benchmark-json).
+    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
 def store(tmp_path):
     """A baselines folder of the test's own."""
     from sftbench.storage.baselines import BaselineStore

@@ -68,14 +68,7 @@ def key(row_id: str) -> str:
                     gradient_checkpointing=False).key
 
 
-@pytest.fixture(autouse=True)
-def no_gpu(monkeypatch):
-    # The runs see no GPU even on a GPU machine: the GPU slug is "cpu" and the cuda row is skipped.
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    # Under `make test ARGS="-n 2"` these tests run in a pytest-xdist worker, whose variables would tell the runs
-    # they start that they are workers too (pytest-benchmark then disables itself: no --benchmark-json).
-    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
-        monkeypatch.delenv(name, raising=False)
+pytestmark = pytest.mark.usefixtures("no_gpu")  # the cuda row is skipped (conftest.py)
 
 
 def write_module(pytester, extra: str = "") -> None:
