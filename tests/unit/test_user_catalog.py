@@ -140,6 +140,16 @@ def test_a_user_models_targets_and_size_come_from_its_model_on_the_meta_device(t
     assert entry.total_params == expected
 
 
+def test_the_example_catalogs_models_have_their_published_sizes():
+    [table] = user_catalog.load([ROOT / "examples" / "current-models.toml"])
+    sizes = {row.spec.model_type: model_of(row.spec).total_params for row in table.rows}
+    assert {name: round(size / 1e9, 2) for name, size in sizes.items()} == {
+        "qwen2.5-7b-instruct": 7.62, "llama-3.1-8b-instruct": 8.03, "qwen3-8b": 8.19, "mistral-7b-instruct-v0.3": 7.25}
+    assert {row.spec.key for row in table.rows} >= {
+        "qwen2.5-7b-instruct.lora.bf16.len4096.bs1.gc.flash_attention_2.r8-DEFAULT",
+        "qwen3-8b.lora.bf16.len2048.bs1.gc.flash_attention_2.r8-DEFAULT"}
+
+
 def test_a_tiny_user_model_trains_on_the_cpu_as_the_smoke_rows_do(tmp_path):
     [table] = user_catalog.load([write_catalog(tmp_path)])
     result = run_case(table.rows[0].spec, RunOptions(representative_steps=4), log=lambda line: None)
