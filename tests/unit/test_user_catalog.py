@@ -12,6 +12,7 @@ from sftbench import user_catalog
 from sftbench.case import run_case
 from sftbench.catalog import CatalogError
 from sftbench.models import model_of
+from sftbench.quantization import synthesize_gptq_checkpoint
 from sftbench.spec import RunOptions
 from sftbench.storage.baselines import BaselineStore
 
@@ -140,6 +141,14 @@ def test_a_user_models_targets_and_size_come_from_its_model_on_the_meta_device(t
     assert entry.total_params == expected
 
 
+def test_a_user_models_quantized_rows_get_a_synthetic_gptq_checkpoint_as_the_zoos_do(tmp_path):
+    [table] = user_catalog.load([write_catalog(tmp_path)])
+    path = synthesize_gptq_checkpoint(model_of(table.rows[0].spec), 4, tmp_path / "cache")
+    config = json.loads((path / "config.json").read_text())
+    assert path.name.startswith("tiny-mine-gptq-int4-") and config["model_type"] == "llama"
+    assert config["quantization_config"]["block_name_to_quantize"] == "model.layers"
+
+
 def test_the_example_catalogs_models_have_their_published_sizes():
     [table] = user_catalog.load([ROOT / "examples" / "current-models.toml"])
     sizes = {row.spec.model_type: model_of(row.spec).total_params for row in table.rows}
@@ -174,6 +183,12 @@ def test_the_user_rows_are_collected_and_selected_only_with_a_catalog(pytester, 
     assert collected(pytester, "--sftbench-catalog", str(path)) == ["test_user_rows[mine-lora]",
                                                                      "test_user_rows[mine-other]"]
     assert collected(pytester, "--sftbench-catalog", str(path), "-k", "mine and other") == ["test_user_rows[mine-other]"]
+
+
+def test_sftbench_weights_takes_a_user_models_name(pytester, tmp_path):
+    path = write_catalog(tmp_path)
+    assert collected(pytester, "--sftbench-catalog", str(path), "--sftbench-weights", f"tiny-mine={tmp_path}") == [
+        "test_user_rows[mine-lora]"]
 
 
 def test_a_bad_catalog_stops_pytest_with_its_line(pytester, tmp_path):
