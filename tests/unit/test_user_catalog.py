@@ -57,6 +57,10 @@ def load_error(*paths) -> str:
     ({"config": {**TINY_LLAMA, "model_type": "phi3", "pad_token_id": 0}},
      ("model 'tiny-mine': config {folder}/tiny.json: Phi3ForCausalLM has no q_proj, k_proj, v_proj Linear layers "
       "for swift's DEFAULT LoRA targets: give lora_default")),
+    ({"text": MODEL + 'lora_all = ["q_proj", "qkv_proj"]\n'},
+     "model 'tiny-mine': config {folder}/tiny.json: lora_all: LlamaForCausalLM has no module 'qkv_proj'"),
+    ({"text": MODEL + 'lora_default = "q_proj"\n'},
+     "model 'tiny-mine': lora_default must be a list of module names, got 'q_proj'"),
     ({"text": MODEL + 'lora_targets = ["q_proj"]\n'},
      "model 'tiny-mine': unknown field 'lora_targets'; it has config, weights, lora_default, lora_all"),
     ({"text": MODEL + 'weights = "nowhere"\n'}, "model 'tiny-mine': weights {folder}/nowhere is not a folder"),

@@ -52,7 +52,12 @@ def user_model_entry(name: str, model: UserModel) -> ModelEntry:
     except Exception as error:  # noqa: BLE001 - whatever the model's constructor refuses, in one line
         raise UnusableConfig(f"transformers cannot build {model_class.__name__} from it: {_one_line(error)}") from None
     linears = _linear_names(meta)
-    lora_default = model.lora_default or tuple(name for name in LLAMA_LORA_DEFAULT if name in linears)
+    modules = {module_name.rsplit(".", 1)[-1] for module_name, _ in meta.named_modules()}
+    for key, targets in (("lora_default", model.lora_default), ("lora_all", model.lora_all)):
+        absent = [target for target in targets or () if target not in modules]
+        if absent:
+            raise UnusableConfig(f"{key}: {model_class.__name__} has no module {absent[0]!r}")
+    lora_default = model.lora_default or tuple(target for target in LLAMA_LORA_DEFAULT if target in linears)
     if not lora_default:
         raise UnusableConfig(f"{model_class.__name__} has no {', '.join(LLAMA_LORA_DEFAULT)} Linear layers for "
                              "swift's DEFAULT LoRA targets: give lora_default")
