@@ -110,11 +110,12 @@ def test_a_catalogs_rows_get_their_ids_specs_and_keys(tmp_path):
     path = tmp_path / "mine.toml"
     path.write_text('[models.tiny-mine]\nconfig = "configs"\nweights = "checkpoint"\nlora_default = ["q_proj"]\n'
                     '[defaults]\nsamples = 6\nuse_flash_attn = false\n'
-                    + TABLE.format(rows=ROW.replace("samples = 6", 'sft_type = "full"') + ",\n  "
+                    + TABLE.format(rows=ROW.replace('"lora"', '"full"').replace("samples = 6", 'sft_type = "full"')
+                                   + ",\n  "
                                    '{ id = "seed-model", model_type = "tiny-qwen", max_length = 64 }'))
     [table] = user_catalog.load([path])
     full, seed_model = table.rows
-    assert [row.node_id for row in table.rows] == ["test_user_rows[mine-lora]", "test_user_rows[mine-seed-model]"]
+    assert [row.node_id for row in table.rows] == ["test_user_rows[mine-full]", "test_user_rows[mine-seed-model]"]
     assert (table.title, table.test, table.device) == ("mine", "test_user_rows", "cpu")
     assert full.spec.user_model.config == str(tmp_path / "configs" / "config.json")
     assert full.spec.user_model.lora_default == ("q_proj",) and full.spec.user_model.lora_all is None
