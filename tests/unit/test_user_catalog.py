@@ -12,6 +12,7 @@ from sftbench import user_catalog
 from sftbench.case import run_case
 from sftbench.catalog import CatalogError
 from sftbench.models import model_of
+from sftbench.models.user import model_of_case
 from sftbench.quantization import synthesize_gptq_checkpoint
 from sftbench.spec import RunOptions
 from sftbench.storage.baselines import BaselineStore
@@ -172,6 +173,8 @@ def test_a_tiny_user_model_trains_on_the_cpu_as_the_smoke_rows_do(tmp_path):
     assert result.total_params == model_of(table.rows[0].spec).total_params
     assert result.trainable_params == 2 * 8 * (64 + 64) + 2 * 2 * 8 * (64 + 32)  # r8 on q (64->64), k and v (64->32)
     assert result.timing.minutes_per_1000_samples > 0
+    stored = json.loads(json.dumps(result.case))  # as a result file holds it: lists, not tuples
+    assert model_of_case(stored) == model_of(table.rows[0].spec)  # what the diagnostics read a stored result by
 
 
 def collected(pytester, *args) -> list[str]:

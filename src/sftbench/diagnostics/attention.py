@@ -18,7 +18,7 @@ from statistics import median
 
 import torch
 
-from sftbench.models import get_model
+from sftbench.models.user import model_of_case
 from sftbench.result import Result, minutes_per_1000_samples
 from sftbench.trackers import KernelTimer
 
@@ -41,9 +41,9 @@ def attention_kernels(result: Result, repeats: int = 5, calls: int = 10) -> dict
     `repeats` traced blocks of `calls` forward+backward calls), and projected over its epoch."""
     from flash_attn import flash_attn_func
 
-    config = get_model(result.case["model_type"]).make_config()
+    config = model_of_case(result.case).make_config()
     heads, layers = config.num_attention_heads, config.num_hidden_layers
-    head_dim = config.hidden_size // heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads  # Qwen3 sets its own
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     forwards = 2 if result.case["gradient_checkpointing"] else 1
     device = torch.device("cuda")

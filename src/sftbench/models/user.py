@@ -34,6 +34,15 @@ def model_of(spec: CaseSpec) -> ModelEntry:
     return user_model_entry(spec.model_type, spec.user_model)
 
 
+def model_of_case(case: dict) -> ModelEntry:
+    """The model of a stored result's case (Result.case: CaseSpec.to_dict(), user_model as a dict or absent)."""
+    user = case.get("user_model")
+    if user is None:
+        return get_model(case["model_type"])
+    lists = (tuple(user[key]) if user.get(key) else None for key in ("lora_default", "lora_all"))
+    return user_model_entry(case["model_type"], UserModel(user["config"], *lists))
+
+
 @cache
 def user_model_entry(name: str, model: UserModel) -> ModelEntry:
     """The ModelEntry of a user catalog's model `name`; UnusableConfig where its config cannot make one."""
