@@ -72,9 +72,9 @@ def test_a_pass_against_another_gpu_models_baseline_says_it_was_judged_on_memory
     assert lines[0].endswith("-> pass") and lines[1] == (
         "  memory only, against a baseline of NVIDIA H200 (compute capability 9.0: the same tensors); speed is not "
         "compared across GPU models")
-    assert lines[2:] == ["1 pass, 0 skipped", "memory alone judged in 1 of 1 configurations: against baselines of "
-                         "NVIDIA H200 (another GPU model of the same compute capability; baselines written on this "
-                         "GPU model judge speed too)"]  # and not "wall time not judged ... (GPU time ... judged them)"
+    across = ("memory alone judged in 1 of 1 configurations: against baselines of NVIDIA H200 (another GPU model of "
+              "the same compute capability; baselines written on this GPU model judge speed too)")
+    assert lines[2:] == ["1 pass, 0 skipped", across]  # and not "wall time not judged ... (GPU time ... judged them)"
 
 
 def test_a_merged_part_joins_the_summary_and_the_run_record(tmp_path, monkeypatch, result_factory):
