@@ -105,8 +105,6 @@ def count_optimizer_steps(trainer, monkeypatch) -> list[int]:
 def test_quick_mode_times_representative_steps_and_projects_the_epoch(trainer, monkeypatch):
     assert len(trainer.batches) == 6 and trainer.optimizer_steps == math.ceil(6 / 4)
     calls = count_optimizer_steps(trainer, monkeypatch)
-    # No settle step counts as long, however slowly this host runs them: four steps are timed.
-    monkeypatch.setattr(trainer_module, "LONG_STEP_S", math.inf)
     progress = []
     epoch = trainer.run(RunOptions(representative_steps=4), progress=progress.append)
     timing = epoch.timing
@@ -126,17 +124,10 @@ def test_quick_mode_times_representative_steps_and_projects_the_epoch(trainer, m
     assert progress == ["timed 4 representative micro-steps"]
 
 
-def test_quick_mode_times_half_as_many_steps_where_settle_steps_are_long(trainer, monkeypatch):
-    monkeypatch.setattr(trainer_module, "LONG_STEP_S", 0.0)  # every step counts as long
-    timing = trainer.run(RunOptions(representative_steps=4, settle_steps=2), progress=lambda line: None).timing
-    chosen = representatives(sorted(trainer.batches, key=lambda b: -b.tokens), 2)
-    assert timing.step_tokens == [b.tokens for b in chosen]
-
-
-def test_without_settle_steps_quick_mode_times_all_representatives(trainer, monkeypatch):
-    monkeypatch.setattr(trainer_module, "LONG_STEP_S", 0.0)
-    timing = trainer.run(RunOptions(representative_steps=4, settle_steps=0), progress=lambda line: None).timing
-    assert len(timing.step_tokens) == 4
+def test_quick_mode_times_the_representatives_however_long_its_steps(trainer):
+    for settle in (0, 2):
+        timing = trainer.run(RunOptions(representative_steps=4, settle_steps=settle), progress=lambda line: None).timing
+        assert timing.step_tokens == [b.tokens for b in representatives(sorted(trainer.batches, key=lambda b: -b.tokens), 4)]
 
 
 def test_full_mode_times_every_batch_in_training_order(trainer, monkeypatch):
@@ -206,18 +197,18 @@ class FakeKernelTimer:
         return self.record
 
 
-def test_quick_mode_traces_kernel_steps_after_the_timed_ones_and_projects_gpu_time(trainer, monkeypatch):
-    monkeypatch.setattr(trainer_module, "LONG_STEP_S", math.inf)
+def test_quick_mode_traces_kernel_steps_after_the_timed_ones_and_projects_gpu_time(trainer):
     trainer.kernel_timer = FakeKernelTimer()
     epoch = trainer.run(RunOptions(representative_steps=4, kernel_steps=3), progress=lambda line: None)
     ordered = sorted(trainer.batches, key=lambda b: -b.tokens)
     chosen = distinct_shapes(representatives(ordered, 3))
     record = epoch.kernels
-    # Each shape traced once, then an optimizer step, then the repeats of the longest and the shortest batch.
-    assert [s.tokens for s in record.steps] == [b.tokens for b in chosen] + [0] + \
-        [ordered[0].tokens] * 3 + [ordered[-1].tokens] * 3
-    repeats = record.steps[len(chosen) + 1:]
-    assert {s.weight for s in repeats} == {0.0} and [s.repeat_of for s in repeats] == [0] * 3 + [len(chosen) - 1] * 3
+    # Each shape traced once, then the repeats of the longest and the shortest batch, then an optimizer step.
+    assert [s.tokens for s in record.steps] == [b.tokens for b in chosen] + \
+        [ordered[0].tokens] * 2 + [ordered[-1].tokens] * 2 + [0]
+    repeats = record.steps[len(chosen):-1]
+    assert {s.weight for s in repeats} == {0.0} and [s.repeat_of for s in repeats] == [0] * 2 + [len(chosen) - 1] * 2
+    assert all(s.repeat_of is None for s in record.steps[:len(chosen)] + record.steps[-1:])
     assert record.optimizer_s == 0.01 and len(epoch.timing.step_durations_s) == 4
     assert record.epoch_seconds == pytest.approx(
         sum(b.tokens * 1e-4 for b in trainer.batches) + trainer.optimizer_steps * 0.01, rel=0.05)
@@ -278,27 +269,42 @@ def test_the_kernel_injection_spins_after_its_targets_own_operators_by_their_fam
     assert spins == [15625]
 
 
-def test_repeats_run_with_gradients_present_as_the_steps_they_repeat(trainer, monkeypatch):
-    """After the traced optimizer step (its zero_grad leaves no gradients) each repeated batch first runs once
-    untraced: a backward that allocates the gradients launches other kernels than the accumulating ones repeated."""
-    monkeypatch.setattr(trainer_module, "LONG_STEP_S", math.inf)
+def repeats_traced(trainer, monkeypatch, options):
+    """(what the repeats ran: ("micro", tokens) untraced, ("traced", tokens, gradients present)), and the epoch."""
     timer = trainer.kernel_timer = FakeKernelTimer()
     calls = []
-    step, micro_step = timer.step, trainer.micro_step
+    step, micro_step, repeat_steps = timer.step, trainer.micro_step, trainer._repeat_steps
+
+    def watched(ordered):
+        calls.clear()
+        repeat_steps(ordered)
+        calls.append("done")
 
     @contextlib.contextmanager
     def traced_step(tokens):
-        calls.append(("traced", tokens))
+        calls.append(("traced", tokens, all(p.grad is not None for p in trainer.params)))
         with step(tokens):
             yield
 
     monkeypatch.setattr(timer, "step", traced_step)
     monkeypatch.setattr(trainer, "micro_step", lambda batch: (calls.append(("micro", batch.tokens)), micro_step(batch)))
-    epoch = trainer.run(RunOptions(representative_steps=4, kernel_steps=3), progress=lambda line: None)
+    monkeypatch.setattr(trainer, "_repeat_steps", watched)
+    epoch = trainer.run(options, progress=lambda line: None)
+    return calls[:calls.index("done")], epoch
+
+
+def test_repeats_run_with_gradients_present_as_the_steps_they_repeat(trainer, monkeypatch):
+    """A backward that allocates the gradients launches other kernels than the accumulating ones repeated: the quick
+    mode repeats before its traced optimizer step clears them, with no untraced step."""
+    after, epoch = repeats_traced(trainer, monkeypatch, RunOptions(representative_steps=4, kernel_steps=3))
     ordered = sorted(trainer.batches, key=lambda b: -b.tokens)
-    optimizer = calls.index(("traced", 0))
-    after = [c for c in calls[optimizer + 1:] if c != ("traced", 0)]
     longest, shortest = ordered[0].tokens, ordered[-1].tokens
-    assert after == [("micro", longest)] + [("traced", longest), ("micro", longest)] * 3 + \
-        [("micro", shortest)] + [("traced", shortest), ("micro", shortest)] * 3
-    assert len([s for s in epoch.kernels.steps if s.repeat_of is not None]) == 6
+    assert after == [("traced", longest, True), ("micro", longest)] * 2 + [("traced", shortest, True),
+                                                                         ("micro", shortest)] * 2
+    assert len([s for s in epoch.kernels.steps if s.repeat_of is not None]) == 4
+
+
+def test_a_full_epoch_ends_on_an_optimizer_step_so_its_repeats_follow_one_untraced_micro_step(trainer, monkeypatch):
+    after, _ = repeats_traced(trainer, monkeypatch, RunOptions(full_epoch=True))
+    ordered = sorted(trainer.batches, key=lambda b: -b.tokens)
+    assert after[0] == ("micro", ordered[-1].tokens) and all(c[2] for c in after if c[0] == "traced")
