@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--plots", type=Path, help="write PNG plots to this folder (beside --out: links are relative)")
     report.add_argument("--diagnostics", type=Path,
                         help="memory diagnostics (python -m sftbench profile --memory) for the fidelity notes' causes")
+    report.add_argument("--catalog", type=Path, action="append", default=[], metavar="FILE",
+                        help="also the tables of this catalog of your own (--sftbench-catalog), after the seed's")
 
     history = commands.add_parser("history", help="GPU-minutes, wall minutes and memory per configuration over "
                                                   "the run records of a results/history folder")
@@ -232,7 +234,17 @@ def _report(args) -> int:
         hint = f"; the folders below it that hold results: {', '.join(dict.fromkeys(inside))}" if inside else ""
         print(f"sftbench: no results in {args.folder} (results/<gpu>/ or baselines/<gpu>/){hint}", file=sys.stderr)
         return 2
-    text = markdown(results, args.plots, memory_at_peak(args.diagnostics) if args.diagnostics else None)
+    tables = ()
+    if args.catalog:
+        from sftbench import user_catalog
+        from sftbench.catalog import CatalogError
+
+        try:
+            tables = user_catalog.load(args.catalog)
+        except CatalogError as error:
+            print(f"sftbench: --catalog {error}", file=sys.stderr)
+            return 2
+    text = markdown(results, args.plots, memory_at_peak(args.diagnostics) if args.diagnostics else None, tables)
     if not args.out:
         print(text)
     elif not _write_output(args.out, text):

@@ -114,7 +114,7 @@ def read_table(entry: dict, defaults: dict, user_models: dict[str, dict] | None 
     repeated = next((row_id for row_id in ids if ids.count(row_id) > 1), None)
     if repeated is not None:
         raise CatalogError(f"table {name!r} repeats the row id {repeated!r}")
-    return Table(name, entry.get("title", name), test, tuple(entry.get("columns", ())), device, rows)
+    return Table(name, entry.get("title", name), test, tuple(entry.get("columns", ("model_type",))), device, rows)
 
 
 def _row(table_name: str, test: str, raw: dict, defaults: dict, device: str,

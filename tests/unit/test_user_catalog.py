@@ -221,3 +221,21 @@ def test_update_baselines_writes_a_user_rows_baseline(pytester, tmp_path):
     baseline = BaselineStore(tmp_path / "baselines").load("cpu", key)
     assert baseline.rows == ["test_user_rows[mine-lora]"] and baseline.tables == ["mine"]
     assert baseline.result.outcome == "ok" and baseline.result.case["user_model"]["config"] == str(path.parent / "tiny.json")
+
+
+def test_the_report_shows_a_user_catalogs_tables_after_the_seeds(tmp_path, result_factory, capsys):
+    from sftbench.__main__ import main
+    from sftbench.storage.results import ResultStore
+
+    path = write_catalog(tmp_path)
+    [table] = user_catalog.load([path])
+    spec = table.rows[0].spec
+    ResultStore(tmp_path / "results").write(result_factory(spec, gpu="cpu", minutes=0.5, reserved=None))
+    out = tmp_path / "report.md"
+    assert main(["report", str(tmp_path / "results" / "cpu"), "--catalog", str(path), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert text.index("## mine") > text.index("## Quantization")  # after the seed's tables
+    [line] = [line for line in text.splitlines() if line.startswith("| tiny-mine")]
+    assert "| 0.50 |" in line and "not run" not in line
+    assert main(["report", str(tmp_path / "results" / "cpu"), "--catalog", str(tmp_path / "none.toml")]) == 2
+    assert capsys.readouterr().err.startswith(f"sftbench: --catalog {tmp_path / 'none.toml'}: cannot read it")

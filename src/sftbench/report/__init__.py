@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sftbench.catalog import seed_tables
+from sftbench.catalog import Table, seed_tables
 from sftbench.report.causes import fidelity_notes
 from sftbench.report.mfu import MFU_FORMULA, mfu, model_flops_per_token, peak_bf16_flops
 from sftbench.report.plots import family_plot, memory_plot, plot
@@ -30,16 +30,17 @@ SEED_STACK = "A100 80GB, torch 2.1.1, flash_attn 2.3.4"
 
 
 def markdown(results: dict[str, Result], plots_dir: Path | None = None,
-             diagnostics: dict[str, dict] | None = None) -> str:
+             diagnostics: dict[str, dict] | None = None, user_tables: tuple[Table, ...] = ()) -> str:
     """The report. With `plots_dir` (a folder beside the Markdown file), its PNG plots are written there
     and linked relatively, as `<plots_dir name>/<table>.png`. `diagnostics` (sftbench.diagnostics.memory_at_peak) give
-    the memory notes their measured causes."""
+    the memory notes their measured causes. `user_tables` (sftbench.user_catalog) follow the seed's, without seed
+    values."""
     lines = [f"# sftbench results: {stack(results)}", "", coverage(results), "",
              f"Seed: ms-swift's Benchmark.md ({SEED_STACK}); its minutes are wall time of the whole "
              "`swift sft` run (model load included), ours are the training epoch of 1000 samples "
              "(projected from representative steps unless the mode says full). Memory is "
              "`torch.cuda.max_memory_reserved()` in both. Ratio = this run / seed.", "", MFU_FORMULA, ""]
-    for t in seed_tables():
+    for t in (*seed_tables(), *user_tables):
         lines += table(t, results)
         if plots_dir is not None:
             lines += (plot(t, results, Path(plots_dir)) + family_plot(t, results, Path(plots_dir))
