@@ -34,8 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--plots", type=Path, help="write PNG plots to this folder (beside --out: links are relative)")
     report.add_argument("--diagnostics", type=Path,
                         help="memory diagnostics (python -m sftbench profile --memory) for the fidelity notes' causes")
-    report.add_argument("--catalog", type=Path, action="append", default=[], metavar="FILE",
-                        help="also the tables of this catalog of your own (--sftbench-catalog), after the seed's")
+    _catalog_option(report, "also the tables of this catalog of your own (--sftbench-catalog), after the seed's")
 
     history = commands.add_parser("history", help="GPU-minutes, wall minutes and memory per configuration over "
                                                   "the run records of a results/history folder")
@@ -54,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--full-epoch", action="store_true")
     run.add_argument("--attn-fallback", choices=("sdpa", "eager"))
     run.add_argument("--out", type=Path, help="a folder to write each result's JSON to (<out>/<gpu>/<key>.json)")
+    _catalog_option(run, "rows of this catalog of your own too (--sftbench-catalog)")
 
     profile = commands.add_parser("profile", help="where one row's micro-step time and peak memory go (a diagnostic)")
     profile.add_argument("row", help="a pytest id such as 'test_lora_max_length[qwen-7b-chat-512]'")
@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     profile.add_argument("--clock", type=int, default=0, metavar="N",
                          help="trace the longest and the middle micro-step N times each: kernel time and SM clock")
     profile.add_argument("--out", type=Path, required=True)
+    _catalog_option(profile, "rows of this catalog of your own too (--sftbench-catalog)")
 
     projection = commands.add_parser("projection", help="the quick mode's projection against a full epoch")
     projection.add_argument("rows", nargs="+", help="pytest ids such as 'test_lora_max_length[qwen-7b-chat-512]'")
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                             help="GPU time only: instead of a full epoch, trace the batch shapes among this many "
                                  "representatives (the epoch's micro-batches or more: every shape once)")
     projection.add_argument("--out", type=Path, required=True)
+    _catalog_option(projection, "rows of this catalog of your own too (--sftbench-catalog)")
 
     upgrade = commands.add_parser("upgrade", help="runs of a candidate stack against the baselines: step, kernel "
                                                   "families, memory, operators; flash-attn's kernels alone beside them")
@@ -131,10 +133,31 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-def _rows(ids: list[str]) -> list[catalog.Row] | None:
-    """The catalog rows of these pytest ids, or None after one line naming the unknown ones."""
+def _catalog_option(parser, help_text: str) -> None:
+    parser.add_argument("--catalog", type=Path, action="append", default=[], metavar="FILE", help=help_text)
+
+
+def _user_tables(paths: list[Path]) -> tuple[catalog.Table, ...] | None:
+    """The tables of these user catalogs (none: no import of torch), or None after the one line of what is wrong."""
+    if not paths:
+        return ()
+    from sftbench import user_catalog
+
     try:
-        return catalog.rows_by_id(ids)
+        return user_catalog.load(paths)
+    except catalog.CatalogError as error:
+        print(f"sftbench: --catalog {error}", file=sys.stderr)
+        return None
+
+
+def _rows(ids: list[str], catalogs: list[Path]) -> list[catalog.Row] | None:
+    """The rows of these pytest ids, the seed's or those of the user catalogs, or None after one line naming the
+    unknown ones (or what is wrong with a catalog)."""
+    tables = _user_tables(catalogs)
+    if tables is None:
+        return None
+    try:
+        return catalog.rows_by_id(ids, tables)
     except catalog.UnknownRow as error:
         print(f"sftbench: {error}", file=sys.stderr)
         return None
@@ -234,16 +257,9 @@ def _report(args) -> int:
         hint = f"; the folders below it that hold results: {', '.join(dict.fromkeys(inside))}" if inside else ""
         print(f"sftbench: no results in {args.folder} (results/<gpu>/ or baselines/<gpu>/){hint}", file=sys.stderr)
         return 2
-    tables = ()
-    if args.catalog:
-        from sftbench import user_catalog
-        from sftbench.catalog import CatalogError
-
-        try:
-            tables = user_catalog.load(args.catalog)
-        except CatalogError as error:
-            print(f"sftbench: --catalog {error}", file=sys.stderr)
-            return 2
+    tables = _user_tables(args.catalog)
+    if tables is None:
+        return 2
     text = markdown(results, args.plots, memory_at_peak(args.diagnostics) if args.diagnostics else None, tables)
     if not args.out:
         print(text)
@@ -297,7 +313,7 @@ def _run(args) -> int:
     from sftbench.storage.files import NotWritten
     from sftbench.storage.results import ResultStore
 
-    rows = _rows(args.rows)
+    rows = _rows(args.rows, args.catalog)
     if rows is None:
         return 2
     options = RunOptions(full_epoch=args.full_epoch, attn_fallback=args.attn_fallback)
@@ -349,7 +365,7 @@ def _cannot_train(specs: list[tuple[str, CaseSpec]], out: Path | None, attn_fall
 
 
 def _profile(args) -> int:
-    rows = _rows([args.row])
+    rows = _rows([args.row], args.catalog)
     if rows is None or _cannot_train([(rows[0].node_id, rows[0].spec)], args.out):
         return 2
     from sftbench.diagnostics.step_profile import profile_row
@@ -361,7 +377,7 @@ def _profile(args) -> int:
 
 
 def _projection(args) -> int:
-    rows = _rows(args.rows)
+    rows = _rows(args.rows, args.catalog)
     if rows is None or _cannot_train([(row.node_id, row.spec) for row in rows], args.out):
         return 2
     from sftbench.diagnostics.projection import check_projection, markdown_table

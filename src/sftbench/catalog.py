@@ -88,9 +88,10 @@ class UnknownRow(ValueError):
     pass
 
 
-def rows_by_id(ids: list[str]) -> list[Row]:
-    """The rows of these pytest ids, in order; one error naming every id the catalog does not have."""
-    rows = {row.node_id: row for row in all_rows()}
+def rows_by_id(ids: list[str], tables: tuple[Table, ...] = ()) -> list[Row]:
+    """The rows of these pytest ids, among the seed's and these tables' (a user catalog's), in order; one error
+    naming every id they do not have."""
+    rows = {row.node_id: row for row in [*all_rows(), *(row for t in tables for row in t.rows)]}
     unknown = [row_id for row_id in ids if row_id not in rows]
     if unknown:
         raise UnknownRow(f"no catalog row {', '.join(map(repr, unknown))}; ids look like "

@@ -239,3 +239,15 @@ def test_the_report_shows_a_user_catalogs_tables_after_the_seeds(tmp_path, resul
     assert "| 0.50 |" in line and "not run" not in line
     assert main(["report", str(tmp_path / "results" / "cpu"), "--catalog", str(tmp_path / "none.toml")]) == 2
     assert capsys.readouterr().err.startswith(f"sftbench: --catalog {tmp_path / 'none.toml'}: cannot read it")
+
+
+def test_python_m_sftbench_run_takes_a_user_catalogs_rows(tmp_path, capsys):
+    from sftbench.__main__ import main
+
+    path = write_catalog(tmp_path)
+    row = "test_user_rows[mine-lora]"
+    assert main(["run", row, "--out", str(tmp_path / "out")]) == 2  # not without its catalog
+    assert f"no catalog row {row!r}" in capsys.readouterr().err
+    assert main(["run", row, "--catalog", str(path), "--out", str(tmp_path / "out")]) == 0
+    [written] = (tmp_path / "out" / "cpu").glob("*.json")
+    assert written.name == "tiny-mine.lora.bf16.len64.bs1.gc.sdpa.r8-DEFAULT.n6.cpu.json"
