@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
                                                     "(beside --out: links are relative)")
     history.add_argument("--summary", action="store_true",
                          help="only the newest run, regressions first, then improvements (a CI job summary)")
+    history.add_argument("--cost", action="store_true",
+                         help="only the newest run: where each configuration's time went, phase by phase")
 
     run = commands.add_parser("run", help="run catalog rows' configurations, each in a fresh process")
     run.add_argument("rows", nargs="+", help="pytest ids such as 'test_lora_max_length[qwen-7b-chat-4096]'")
@@ -283,8 +285,8 @@ def _write_output(path: Path, text: str) -> bool:
 def _history(args) -> int:
     from sftbench import history
 
-    if args.summary and args.plots:
-        print("sftbench: --plots draws the history page; the --summary has no plots", file=sys.stderr)
+    if (args.summary or args.cost) and args.plots:
+        print("sftbench: --plots draws the history page; --summary and --cost have no plots", file=sys.stderr)
         return 2
     records, problems = history.records_of(args.folder) if args.folder.is_dir() else ([], [])
     for problem in problems:
@@ -297,7 +299,8 @@ def _history(args) -> int:
     if args.plots:  # about half a second a plot
         print(f"sftbench: drawing the plots of {len(history.trends(runs))} configurations in {args.plots} ...",
               file=sys.stderr, flush=True)
-    text = history.summary(runs[-1]) if args.summary else history.page(runs, args.plots)
+    text = (history.summary(runs[-1]) if args.summary else history.cost(runs[-1]) if args.cost
+            else history.page(runs, args.plots))
     if not args.out:
         print(text)
     elif not _write_output(args.out, text):

@@ -133,6 +133,37 @@ def summary(run: RunRecord) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+# Where a case's time goes (Configuration.overhead), in the order it is spent; set-up holds the model's build.
+PHASES = {"set-up": "setup_s", "warm-up": "warmup_s", "timed steps": "timed_steps_s", "traced steps": "kernel_steps_s",
+          "family repeats": "kernel_repeats_s", "reading CUPTI's records": "kernel_read_s",
+          "repeats and reading": "kernel_trace_s",  # both, in records written before 2026-12-06
+          "memory by category": "memory_categories_s"}
+
+
+def cost(run: RunRecord) -> str:
+    """The run's Markdown of where each configuration's time went, phase by phase: the case's own phases, the rest of
+    the case, the launcher's share (process start, the result's way back) and writing its result file; summed."""
+    columns = [phase for phase, key in PHASES.items() if any(key in c.overhead for c in run.configurations)]
+    head = ["configuration", "wall", *columns, "rest of the case", "launcher", "writing"]
+    lines = [f"## Where the time went: {when(run)} UTC, commit {run.commit or '?'}, {run.gpu}", "",
+             "Seconds per configuration (`overhead` of the run record).", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    totals = [0.0] * (len(head) - 1)
+    for c in run.configurations:
+        o = c.overhead
+        phases = [o.get(PHASES[phase]) for phase in columns]
+        case_s, wall_s = o.get("case_s"), o.get("wall_s")
+        rest = None if case_s is None else case_s - sum(p or 0.0 for p in phases)
+        launcher = None if None in (case_s, wall_s) else wall_s - case_s
+        values = [wall_s, *phases, rest, launcher, o.get("write_s")]
+        totals = [t + (v or 0.0) for t, v in zip(totals, values)]
+        lines.append(f"| {name(c)} | " + " | ".join("" if v is None else f"{v:.1f}" for v in values) + " |")
+    lines.append("| all | " + " | ".join(f"{t:.1f}" for t in totals) + " |")
+    if totals[0]:
+        lines.append("| share | | " + " | ".join(f"{100 * t / totals[0]:.0f}%" for t in totals[1:]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def name(configuration: Configuration) -> str:
     """The configuration by its first row's test id, and how many other rows it stands for."""
     rows = configuration.rows or [configuration.key]
