@@ -80,6 +80,15 @@ def main(argv: list[str] | None = None) -> int:
     projection.add_argument("--out", type=Path, required=True)
     _catalog_option(projection, "rows of this catalog of your own too (--sftbench-catalog)")
 
+    frontier = commands.add_parser("frontier", help="the longest max_length of a row that fits a card of a given "
+                                                    "size, each length trained in a fresh process")
+    frontier.add_argument("row", help="a pytest id such as 'test_full_max_length[qwen-7b-chat-2048]'")
+    frontier.add_argument("--card-mib", type=float,
+                          help="the card's memory in MiB, as nvidia-smi's memory.total says (default: this GPU's)")
+    frontier.add_argument("--step", type=int, default=512, help="tokens: how close to search between the seed's lengths")
+    frontier.add_argument("--out", type=Path, required=True)
+    _catalog_option(frontier, "a row of this catalog of your own (--sftbench-catalog)")
+
     upgrade = commands.add_parser("upgrade", help="runs of a candidate stack against the baselines: step, kernel "
                                                   "families, memory, operators; flash-attn's kernels alone beside them")
     upgrade.add_argument("--baselines", type=Path, required=True, help="the baselines folder the runs are judged against")
@@ -117,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     commands = {"models": _models, "baselines": _baselines, "report": _report, "history": _history, "run": _run,
-                "profile": _profile, "projection": _projection, "kernels": _kernels, "upgrade": _upgrade, "attention": _attention,
-                "selftest": _selftest}
+                "profile": _profile, "projection": _projection, "frontier": _frontier, "kernels": _kernels,
+                "upgrade": _upgrade, "attention": _attention, "selftest": _selftest}
     # Quoted as a shell needs it, so that the command line a report shows can be pasted back.
     args.command_line = shlex.join(["python", "-m", "sftbench", *(sys.argv[1:] if argv is None else argv)])
     try:
@@ -389,6 +398,47 @@ def _projection(args) -> int:
                              samples=args.samples, kernel_steps=args.kernel_steps,
                              log=lambda line: print(line, flush=True))
     print("\n" + markdown_table(table))
+    return 0
+
+
+def _frontier(args) -> int:
+    rows = _rows([args.row], args.catalog)
+    if rows is None or _cannot_train([(rows[0].node_id, rows[0].spec)], args.out):
+        return 2
+    from sftbench import environment
+
+    gpu = environment.gpu_info()
+    card_mib = args.card_mib or gpu["gpu_memory_mib"]
+    if gpu["gpu"] == "cpu" or not card_mib:
+        print("sftbench: frontier: no CUDA GPU here: what a case needs of a card is measured on one", file=sys.stderr)
+        return 2
+    from sftbench.diagnostics.frontier import (
+        FrontierError,
+        find_frontier,
+        write_frontier,
+    )
+    from sftbench.launcher import Launcher
+    from sftbench.spec import RunOptions
+    from sftbench.storage.results import ResultStore
+
+    launcher, store = Launcher(), ResultStore(args.out)
+    options = RunOptions(representative_steps=4, settle_steps=0, kernel_steps=1)  # memory is the question
+
+    def run(spec):
+        result = launcher.run(spec, options)
+        store.write(result)
+        return result
+
+    try:
+        frontier, trials = find_frontier(rows[0], card_mib, run, step=args.step, log=lambda line: print(line, flush=True))
+    except FrontierError as error:
+        print(f"sftbench: frontier: {error}", file=sys.stderr)
+        return 1
+    finally:
+        launcher.close()
+    path = write_frontier(args.out, rows[0], card_mib, frontier, trials)
+    fits = f"max_length {frontier}" if frontier else "not even the shortest length"
+    print(f"{rows[0].node_id} on a card of {card_mib:.0f} MiB: {fits} fits ({len(trials)} lengths tried; {path})")
     return 0
 
 

@@ -257,7 +257,7 @@ def test_output_into_a_pipe_whose_reader_has_gone_ends_quietly(store, result_fac
     assert (done.returncode, done.stderr) == (1, "")
 
 
-COMMANDS = ["models", "baselines", "report", "history", "run", "profile", "projection", "upgrade", "kernels",
+COMMANDS = ["models", "baselines", "report", "history", "run", "profile", "projection", "frontier", "upgrade", "kernels",
             "attention", "selftest"]
 
 
