@@ -55,7 +55,7 @@ def cannot_run(spec: CaseSpec, attn_fallback: str | None,
     """Why this machine cannot run `spec` (one line naming what to install), or None (`fallback_option`:
     environment.attention_kernel)."""
     if spec.device == "cuda" and environment.gpu_info()["gpu"] == "cpu":
-        return "no CUDA GPU here: the seed's rows need one (the CPU smoke cases run without)"
+        return "no CUDA GPU here: GPU rows need one (the CPU smoke cases run without)"
     try:
         environment.attention_kernel(spec.attention, attn_fallback, fallback_option)
     except environment.MissingFlashAttn as error:

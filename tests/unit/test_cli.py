@@ -59,8 +59,8 @@ def test_projection_without_a_cuda_gpu_is_refused_in_one_line(tmp_path, monkeypa
     monkeypatch.setattr(environment, "gpu_info", lambda: {"gpu": "cpu"})
     rows = ["test_lora_max_length[qwen-7b-chat-512]", "test_lora_max_length[qwen-7b-chat-1024]"]
     assert main(["projection", *rows, "--out", str(tmp_path)]) == 2
-    assert capsys.readouterr().err == (f"sftbench: cannot run {', '.join(rows)}: no CUDA GPU here: the seed's rows "
-                                       "need one (the CPU smoke cases run without)\n")
+    assert capsys.readouterr().err == (f"sftbench: cannot run {', '.join(rows)}: no CUDA GPU here: GPU rows need "
+                                       "one (the CPU smoke cases run without)\n")
 
 
 @pytest.mark.parametrize("command, refusal", [
