@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--diagnostics", type=Path,
                         help="memory diagnostics (python -m sftbench profile --memory) for the fidelity notes' causes")
     _catalog_option(report, "also the tables of this catalog of your own (--sftbench-catalog), after the seed's")
+    report.add_argument("--beside", type=Path, metavar="FOLDER",
+                        help="another GPU's results or baselines folder: its minutes, GPU minutes and MiB beside each row")
 
     history = commands.add_parser("history", help="GPU-minutes, wall minutes and memory per configuration over "
                                                   "the run records of a results/history folder")
@@ -261,6 +263,14 @@ def _report(args) -> int:
               file=sys.stderr)
         return 2
     results, problems = scan_results(args.folder)
+    beside = None
+    if args.beside:
+        beside, beside_problems = scan_results(args.beside) if args.beside.is_dir() else ({}, [])
+        problems += beside_problems
+        if not beside:
+            print(f"sftbench: --beside {args.beside}: no results there (results/<gpu>/ or baselines/<gpu>/)",
+                  file=sys.stderr)
+            return 2
     for problem in problems:
         print(f"sftbench: skipped {problem}", file=sys.stderr)
     if not results:
@@ -271,7 +281,8 @@ def _report(args) -> int:
     tables = _user_tables(args.catalog)
     if tables is None:
         return 2
-    text = markdown(results, args.plots, memory_at_peak(args.diagnostics) if args.diagnostics else None, tables)
+    text = markdown(results, args.plots, memory_at_peak(args.diagnostics) if args.diagnostics else None, tables,
+                    beside)
     if not args.out:
         print(text)
     elif not _write_output(args.out, text):

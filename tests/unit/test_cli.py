@@ -200,6 +200,12 @@ def test_cli_report_on_a_folder_without_results_is_an_error(store, written, tmp_
     assert capsys.readouterr().err == f"sftbench: no results in {tmp_path / 'empty'} (results/<gpu>/ or baselines/<gpu>/)\n"
 
 
+def test_cli_report_beside_a_folder_without_results_is_one_line(written, tmp_path, capsys):
+    assert main(["report", str(written.parent), "--beside", str(tmp_path / "none")]) == 2
+    assert capsys.readouterr().err == (f"sftbench: --beside {tmp_path / 'none'}: no results there (results/<gpu>/ or "
+                                       "baselines/<gpu>/)\n")
+
+
 def test_cli_report_out_that_cannot_be_written_is_one_line(store, written, tmp_path, capsys, monkeypatch):
     from sftbench.storage import files
 

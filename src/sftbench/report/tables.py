@@ -33,22 +33,37 @@ def coverage(results: dict[str, Result]) -> str:
     return line
 
 
-def table(t: Table, results: dict[str, Result]) -> list[str]:
+def table(t: Table, results: dict[str, Result], beside: dict[str, Result] | None = None) -> list[str]:
     """The Markdown lines of one seed table: its columns, then seed | this run | ratio for minutes (with this
-    run's GPU minutes and GPU busy) and for MiB."""
+    run's GPU minutes and GPU busy) and for MiB; with `beside` (another GPU's results), its minutes, GPU minutes
+    and MiB after this run's."""
     head = [*t.columns, "seed min", "min", "ratio", "GPU min", "GPU busy", "seed MiB", "MiB", "ratio", "tokens/s",
             "MFU", "attention", "mode"]
     trainable = any(row.seed_trainable for row in t.rows)  # the seed printed it for the LoRA rank table
     if trainable:
         head += ["seed trainable", "trainable"]
+    if beside is not None:
+        gpu = next((r.machine.get("gpu") for r in beside.values()), None) or "beside"
+        head += [f"{gpu} min", f"{gpu} GPU min", f"{gpu} MiB"]
     lines = [f"## {t.title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in t.rows:
         result = results.get(row.spec.key)
         cells = _cells(row, t, result)
         if trainable:
             cells += [_millions(row.seed_trainable), _millions(result.trainable_params if result else None)]
+        if beside is not None:
+            cells += _beside_cells(beside.get(row.spec.key))
         lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
+
+
+def _beside_cells(result: Result | None) -> list[str]:
+    if result is None:
+        return ["not run", "", ""]
+    if result.outcome != "ok":
+        return [result.outcome.upper(), "", result.outcome.upper()]
+    return [number(result.timing.minutes_per_1000_samples), number(result.kernels.gpu_minutes_per_1000_samples),
+            number(result.memory.max_reserved_mib, 0)]
 
 
 def number(value: float | None, digits: int = 2) -> str:

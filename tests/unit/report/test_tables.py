@@ -67,3 +67,17 @@ def test_gpu_minutes_and_busy_stand_beside_the_wall_minutes_and_are_empty_withou
     assert gpu_time(rows["qwen-7b-chat", "2048"]) == ["", ""]
     assert gpu_time(rows["qwen-7b-chat", "4096"]) == ["", ""]  # an OOM has no minutes of either clock
     assert gpu_time(rows["qwen-7b-chat", "8192"]) == ["", ""]  # not run
+
+
+def test_another_gpus_results_stand_beside_each_row(result_factory, lora, results_of, sections):
+    results = results_of(result_factory(lora(max_length=1024), gpu="NVIDIA H100 80GB HBM3", minutes=4.0))
+    beside = results_of(
+        result_factory(lora(max_length=1024), minutes=3.0, gpu_minutes_per_1000_samples=1.5, reserved=17080.0),
+        result_factory(lora(max_length=2048), outcome="oom", minutes=None))
+    header, rows = sections(markdown(results, beside=beside))["Max Length (LoRA)"]
+    assert header[-3:] == ["NVIDIA H200 min", "NVIDIA H200 GPU min", "NVIDIA H200 MiB"]
+    rows = {tuple(cells[:2]): cells for cells in rows}
+    assert rows["qwen-7b-chat", "1024"][-3:] == ["3.00", "1.50", "17080"]
+    assert rows["qwen-7b-chat", "2048"][-3:] == ["OOM", "", "OOM"]
+    assert rows["qwen-7b-chat", "4096"][-3:] == ["not run", "", ""]
+    assert "H200" not in sections(markdown(results))["Max Length (LoRA)"][0][-1]  # none without it
