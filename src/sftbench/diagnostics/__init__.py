@@ -1,6 +1,7 @@
 """Diagnostics of single rows, beside the benchmark: where a case's step time and peak memory go
-(`python -m sftbench profile`), and how close the quick mode's projection comes to a full epoch
-(`python -m sftbench projection`).
+(`python -m sftbench profile`), how close the quick mode's projection comes to a full epoch
+(`python -m sftbench projection`), flash-attn's kernels alone (`python -m sftbench attention`) and the longest
+max_length that fits a card (`python -m sftbench frontier`).
 
 A profile is written as <out>/<configuration key>.json; `memory_at_peak` below reads the part of it
 that the report's fidelity notes cite. This module imports neither torch nor the models.
