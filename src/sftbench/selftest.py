@@ -213,12 +213,14 @@ def markdown(summary: dict) -> str:
     for name, stage in summary["injected"].items():
         lines.append(f"| {name} ({', '.join(f'{k}={v}' for k, v in stage['knobs'].items())}) | {stage['commit']} | "
                      f"{stage['flagged']} | {len(stage['configurations'])} | {_counts(stage['verdicts'])} |")
+    lines += _memory_moves(summary["memory_injected"])
     reruns = summary["clean_reruns"]
-    lines += ["", ("Per configuration, against its baseline: GPU-minutes and wall minutes (%), the host's own pace "
-                   "between timed steps (%, a burst of kernel launches; where recorded), and the family nearest its "
-                   "threshold (change against the GPU's pace / threshold, %)."), "",
-              "| configuration | " + " | ".join(f"clean {i}" for i in range(1, len(reruns) + 1)) + " |",
-              "|---|" + "---|" * len(reruns)]
+    if reruns:
+        lines += ["", ("Per configuration, against its baseline: GPU-minutes and wall minutes (%), the host's own "
+                       "pace between timed steps (%, a burst of kernel launches; where recorded), and the family "
+                       "nearest its threshold (change against the GPU's pace / threshold, %)."), "",
+                  "| configuration | " + " | ".join(f"clean {i}" for i in range(1, len(reruns) + 1)) + " |",
+                  "|---|" + "---|" * len(reruns)]
     for key in sorted({k for rerun in reruns for k in rerun["configurations"]}):
         cells = []
         for rerun in reruns:
@@ -237,6 +239,22 @@ def markdown(summary: dict) -> str:
         lines += ["", (f"Wall time of the clean reruns moved by up to {largest:.1f}% against its baseline (`{key}`): "
                        "on this host a `--sftbench-time-tolerance` under that fails clean reruns.")]
     return "\n".join(lines) + "\n"
+
+
+def _memory_moves(stages: dict) -> list[str]:
+    """Per configuration and memory knob: max allocated's change and each category's at the peak (MiB)."""
+    if not stages:
+        return []
+    intro = "Per configuration, against its baseline: max allocated (%) and the categories that moved at the peak (MiB)."
+    lines = ["", intro, "", "| configuration | " + " | ".join(f"{MEMORY_IN}={knob}" for knob in stages) + " |",
+             "|---|" + "---|" * len(stages)]
+    for key in sorted({k for stage in stages.values() for k in stage["configurations"]}):
+        cells = [f"{_pct(stage['max_allocated_change_pct'].get(key))}: " + ", ".join(
+                     f"{category} {mib:+.0f}" for category, mib in sorted(  # tensors first, slack last, as verdicts do
+                         stage["category_change_mib"].get(key, {}).items(), key=lambda item: item[0] == SLACK))
+                 for stage in stages.values()]
+        lines.append(f"| `{key}` | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _rounded(value: float | None) -> float | None:

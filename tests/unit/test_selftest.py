@@ -120,8 +120,10 @@ def test_a_memory_injection_counts_the_configurations_flagged_and_those_whose_ta
     assert (stage["category"], stage["flagged"], stage["named_right"]) == ("optimizer states", 4, 2)
     assert stage["configurations"] == ["a", "b", "c", "d", "e"] and stage["max_allocated_change_pct"]["a"] == 3.0
     assert stage["category_change_mib"]["b"] == {"activations and temporaries": 3.0, "optimizer states": 1.0}
-    assert ("| SFTBENCH_INJECT_MEMORY_IN=optimizer:3 | abc1234 | 4 (2 with optimizer states grown most) | 5 |"
-            in markdown(summary))
+    page = markdown(summary)
+    assert "| SFTBENCH_INJECT_MEMORY_IN=optimizer:3 | abc1234 | 4 (2 with optimizer states grown most) | 5 |" in page
+    assert "| `d` | +3.00: optimizer states +3, allocator slack +4 |" in page  # tensors first, as verdicts name them
+    assert "| configuration |  |" not in markdown({**summary, "clean_reruns": []})  # no empty table of no reruns
 
 
 def test_the_command_writes_the_json_and_says_what_was_found(tmp_path, capsys):
