@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
                          help="only the newest run, regressions first, then improvements (a CI job summary)")
     history.add_argument("--cost", action="store_true",
                          help="only the newest run: where each configuration's time went, phase by phase")
+    history.add_argument("--beside", type=Path, metavar="FOLDER",
+                         help="only the newest run, beside the newest of this other history folder (pytest-xdist "
+                              "against one process, two hosts): verdicts, GPU-minutes and memory per configuration")
 
     run = commands.add_parser("run", help="run catalog rows' configurations, each in a fresh process")
     run.add_argument("rows", nargs="+", help="pytest ids such as 'test_lora_max_length[qwen-7b-chat-4096]'")
@@ -305,8 +308,8 @@ def _write_output(path: Path, text: str) -> bool:
 def _history(args) -> int:
     from sftbench import history
 
-    if (args.summary or args.cost) and args.plots:
-        print("sftbench: --plots draws the history page; --summary and --cost have no plots", file=sys.stderr)
+    if (args.summary or args.cost or args.beside) and args.plots:
+        print("sftbench: --plots draws the history page; --summary, --cost and --beside have no plots", file=sys.stderr)
         return 2
     records, problems = history.records_of(args.folder) if args.folder.is_dir() else ([], [])
     for problem in problems:
@@ -316,11 +319,16 @@ def _history(args) -> int:
               "<results>/history/)", file=sys.stderr)
         return 2
     runs = history.runs(records)
+    if args.beside:
+        others = history.runs(history.records_of(args.beside)[0]) if args.beside.is_dir() else []
+        if not others:
+            print(f"sftbench: --beside {args.beside}: no run records there", file=sys.stderr)
+            return 2
     if args.plots:  # about half a second a plot
         print(f"sftbench: drawing the plots of {len(history.trends(runs))} configurations in {args.plots} ...",
               file=sys.stderr, flush=True)
     text = (history.summary(runs[-1]) if args.summary else history.cost(runs[-1]) if args.cost
-            else history.page(runs, args.plots))
+            else history.side_by_side(runs[-1], others[-1]) if args.beside else history.page(runs, args.plots))
     if not args.out:
         print(text)
     elif not _write_output(args.out, text):

@@ -164,6 +164,39 @@ def cost(run: RunRecord) -> str:
     return "\n".join(lines) + "\n"
 
 
+def side_by_side(run: RunRecord, other: RunRecord) -> str:
+    """The run's Markdown beside another of the same configurations (a pytest-xdist run beside one process, two
+    hosts): per configuration both verdicts, GPU-minutes and memory, then how many agree."""
+    mine, theirs = ({c.key: c for c in r.configurations} for r in (run, other))
+    title = (f"## {when(run)} UTC ({run.commit or '?'}, {run.gpu}) beside {when(other)} UTC "
+             f"({other.commit or '?'}, {other.gpu})")
+    head = ["configuration", "verdict", "beside", "GPU-min", "beside", "change", "max reserved MiB", "beside",
+            "max allocated MiB", "beside"]
+    lines = [title, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    both = [key for key in mine if key in theirs]
+    changes = []
+    for key in both:
+        a, b = mine[key], theirs[key]
+        gpu = [c.now.gpu_minutes_per_1000_samples for c in (a, b)]
+        change = None if None in gpu or not gpu[1] else 100 * (gpu[0] / gpu[1] - 1)
+        changes += [] if change is None else [change]
+        memory = [number_text(getattr(c.now, metric)) for metric in ("max_reserved_mib", "max_allocated_mib")
+                  for c in (a, b)]
+        lines.append(f"| {name(a)} | {render.status(a)} | {render.status(b)} | {number_text(gpu[0])} | "
+                     f"{number_text(gpu[1])} | {'' if change is None else f'{change:+.2f}%'} | " + " | ".join(memory) + " |")
+    same_verdict = sum(render.status(mine[k]) == render.status(theirs[k]) for k in both)
+    same_memory = sum(all(round(getattr(mine[k].now, m) or 0) == round(getattr(theirs[k].now, m) or 0)
+                          for m in ("max_reserved_mib", "max_allocated_mib")) for k in both)
+    spread = f"GPU-minutes {min(changes):+.2f}% to {max(changes):+.2f}%" if changes else "no GPU-minutes on both"
+    agree = (f"{len(both)} configurations in both: verdicts identical in {same_verdict}, memory identical to the MiB "
+             f"in {same_memory}, {spread}.")
+    lines += ["", agree]
+    only = [f"only in the first: {', '.join(k for k in mine if k not in theirs)}" if set(mine) - set(theirs) else "",
+            f"only beside: {', '.join(k for k in theirs if k not in mine)}" if set(theirs) - set(mine) else ""]
+    lines += [line[0].upper() + line[1:] + "." for line in only if line]
+    return "\n".join(lines) + "\n"
+
+
 def name(configuration: Configuration) -> str:
     """The configuration by its first row's test id, and how many other rows it stands for."""
     rows = configuration.rows or [configuration.key]

@@ -211,3 +211,21 @@ def test_the_cost_page_says_where_each_configurations_time_went(records, capsys)
     assert rows[4][1:3] == ["11.0", "2.0"] and rows[5][2:4] == ["18%", "18%"]  # summed, and shares of the wall
     assert main(["history", str(records), "--cost"]) == 0
     assert capsys.readouterr().out.startswith("## Where the time went: ")
+
+
+def test_a_run_beside_another_says_per_configuration_whether_verdicts_and_memory_agree(records, tmp_path, capsys):
+    _, second, third = history.runs(history.records_of(records)[0])
+    text = history.side_by_side(third, second)
+    rows = {cells[0]: cells[1:] for cells in (
+        [cell.strip() for cell in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("| test"))}
+    assert rows[LONG.node_id][:5] == ["kernel and host-side regression", "pass", "10.5", "8", "+31.25%"]
+    assert rows[SHORT.node_id][5:7] == ["900", "1000"]  # max reserved: this run, beside
+    assert text.rstrip().endswith("2 configurations in both: verdicts identical in 0, memory identical to the MiB in 1, "
+                                  "GPU-minutes +31.25% to +31.25%.")
+    other = tmp_path / "other"
+    other.mkdir()
+    write_record(other, second, 1)
+    assert main(["history", str(records), "--beside", str(other)]) == 0
+    assert "beside" in capsys.readouterr().out
+    assert main(["history", str(records), "--beside", str(tmp_path / "none")]) == 2
+    assert capsys.readouterr().err == f"sftbench: --beside {tmp_path / 'none'}: no run records there\n"
