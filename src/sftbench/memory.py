@@ -142,8 +142,7 @@ def categories_at_peak(trainer, batch) -> MemoryCategories:
     """Record the allocator through a micro-step of `batch` with gradients present and the optimizer step after
     it, and sort the bytes alive at its allocated peak (module docstring)."""
     device = trainer.device
-    if any(p.grad is None for p in trainer.params):
-        trainer.micro_step(batch)  # the epoch's worst state has gradients present
+    trainer.ensure_gradients(batch)  # the epoch's worst state has gradients present
     torch.cuda.synchronize(device)
     owned = owners(trainer.model, trainer.optimizer)
     reserved_before = torch.cuda.memory_reserved(device)

@@ -112,6 +112,14 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.injector.after_optimizer_step()
 
+    def ensure_gradients(self, batch: Batch) -> None:
+        """Run `batch` untraced where an optimizer step left no gradients: the epoch's micro-steps, its worst memory
+        state among them, run with gradients present, and a backward that allocates them launches other kernels
+        than one that adds to them (on an H100, full fine-tuning's first step after an optimizer step launched 5021
+        kernels instead of 5280)."""
+        if any(p.grad is None for p in self.params):
+            self.micro_step(batch)
+
     def warm_up(self, shortest: Batch, longest: Batch) -> None:
         self.micro_step(shortest)
         self.optimizer_step()
@@ -205,11 +213,9 @@ class Trainer:
     def _repeat_steps(self, ordered: list[Batch]) -> None:
         """Trace the shortest and the longest batch FAMILY_REPEATS more times each, noting each in `_repeats` as a
         repeat of the first traced step of its shape (mark_repeats). With gradients present, as the steps they
-        repeat ran: a backward that allocates them launches other kernels than one that adds to them (on an H100,
-        full fine-tuning's first step after an optimizer step launched 5021 kernels instead of 5280). The quick
-        mode repeats before its traced optimizer step; a full epoch ends on one, so a micro-step runs untraced first."""
-        if any(p.grad is None for p in self.params):
-            self.micro_step(ordered[-1])
+        repeat ran (ensure_gradients): the quick mode repeats before its traced optimizer step; a full epoch ends on
+        one."""
+        self.ensure_gradients(ordered[-1])
         for batch in dict.fromkeys((ordered[0], ordered[-1])):
             if shape(batch) in self._first_traced:
                 for _ in range(FAMILY_REPEATS):
