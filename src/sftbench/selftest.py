@@ -149,6 +149,7 @@ def summarize(records: list[tuple[Path, RunRecord]]) -> dict:
                 "verdicts": _labels(configurations),
                 "wall_time_change_pct": _changes(configurations, SPEED_METRICS["wall"]),
                 "gpu_time_change_pct": _changes(configurations, SPEED_METRICS["gpu"])})
+    summary["clean_reruns"].reverse()  # numbered in the order they ran
     return summary
 
 
@@ -201,7 +202,7 @@ def markdown(summary: dict) -> str:
               f"{len(summary['records'])} run records."), "",
              "| run | commit | flagged | of | verdicts |", "|---|---|---|---|---|"]
     for i, rerun in enumerate(summary["clean_reruns"], 1):
-        lines.append(f"| clean rerun {i} | {rerun['commit']} | {rerun['failures']} failures | "
+        lines.append(f"| clean rerun {i} ({rerun['started'][:16]}) | {rerun['commit']} | {rerun['failures']} failures | "
                      f"{len(rerun['configurations'])} | {_counts(rerun['verdicts'])} |")
     for knob, stage in summary["family_injected"].items():
         lines.append(f"| {KERNELS}={knob} | {stage['commit']} | {stage['flagged']} ({stage['named_right']} naming "

@@ -58,8 +58,8 @@ def paths(records):
 def test_the_summary_counts_failures_of_clean_reruns_and_what_each_injection_flagged():
     summary = summarize(paths(RECORDS))
     assert summary["records"] == ["r4.json", "r3.json", "r2.json", "r1.json"]  # what made it, newest first
-    assert [rerun["failures"] for rerun in summary["clean_reruns"]] == [1, 0]
-    rerun = summary["clean_reruns"][1]
+    assert [rerun["failures"] for rerun in summary["clean_reruns"]] == [0, 1]  # in the order they ran
+    rerun = summary["clean_reruns"][0]
     assert (rerun["record"], rerun["configurations"]) == ("r1.json", ["a", "b"])
     assert rerun["gpu_time_change_pct"] == {"a": 1.0, "b": 0.0}
     assert rerun["nearest_family"]["a"] == {"family": "attention forward", "change_pct": -1.2, "threshold_pct": 2.0,
@@ -70,9 +70,9 @@ def test_the_summary_counts_failures_of_clean_reruns_and_what_each_injection_fla
     assert (injected["host_time"]["flagged"], injected["host_time"]["within_noise"]) == (1, 1)
     assert injected["host_time"]["wall_time_change_pct"] == {"a": 30.0, "b": 8.0}
     page = markdown(summary)
-    assert "| clean rerun 1 | abc1234 | 1 failures | 2 |" in page
-    assert summary["clean_reruns"][0]["host_pace_change_pct"] == {"a": 25.0, "b": None}
-    assert "| `a` | +0.00 / +30.00 (host +25.00) | +1.00 / +0.00; attention forward -1.20 / 2 |" in page
+    assert "| clean rerun 2 (2026-11-29T23:02) | abc1234 | 1 failures | 2 |" in page
+    assert summary["clean_reruns"][1]["host_pace_change_pct"] == {"a": 25.0, "b": None}
+    assert "| `a` | +1.00 / +0.00; attention forward -1.20 / 2 | +0.00 / +30.00 (host +25.00) |" in page
     assert page.endswith("Wall time of the clean reruns moved by up to 30.0% against its baseline (`a`): on this host "
                          "a `--sftbench-time-tolerance` under that fails clean reruns.\n")
 
