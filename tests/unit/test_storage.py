@@ -14,7 +14,7 @@ from sftbench.result import MemoryCategories, MemoryGroup
 from sftbench.spec import CaseSpec
 from sftbench.storage import files, locks, schema
 from sftbench.storage.baselines import BaselineError, BaselineStore, listing
-from sftbench.storage.records import read_record, read_records
+from sftbench.storage.records import SelfTestFile, read_record, read_records
 from sftbench.storage.results import ResultStore, read_result, scan_results
 
 REPO = Path(__file__).resolve().parents[2]
@@ -135,14 +135,20 @@ def test_schema_1_steps_of_unequal_length_are_refused_naming_the_field(tmp_path)
         read_result(path)
 
 
-def test_every_committed_result_baseline_and_run_record_loads():
+def test_every_committed_result_baseline_run_record_and_self_test_loads():
     baselines, errors = BaselineStore(REPO / "baselines").scan()
     assert len(baselines) == 51 and not errors, errors
-    for folder in (REPO / "docs" / "upgrade-h200-flash-attn").glob("results-*"):
+    docs = REPO / "docs"
+    for folder in [*docs.glob("runs-h100/*-baselines"), *docs.glob("upgrade-h*-flash-attn/baselines")]:
+        baselines, errors = BaselineStore(folder).scan()
+        assert len(baselines) >= 5 and not errors, (folder, errors)
+    for folder in [*docs.glob("upgrade-h*-flash-attn/results-*"), *docs.glob("runs-h100/*-results/*/")]:
         results, problems = scan_results(folder)
-        assert results and not problems, problems
-    records, problems = read_records([REPO / "docs" / "runs-h200"])
-    assert len(records) >= 28 and not problems, problems
+        assert results and not problems, (folder, problems)
+    records, problems = read_records([docs / "runs-h200", docs / "runs-h100"])
+    assert len(records) >= 48 and not problems, problems
+    for path in docs.glob("selftest-*.json"):
+        assert schema.load(path, SelfTestFile).summary["gpu"]
 
 
 # --- baselines -------------------------------------------------------------------------------------------------
