@@ -38,21 +38,34 @@ def records_of(folder: Path) -> tuple[list[RunRecord], list[str]]:
 
 
 def runs(records: list[RunRecord]) -> list[RunRecord]:
-    """The records as runs, oldest first: the records of the shards of one run (one pytest process per GPU,
-    same commit, GPU model and settings, overlapping in time, each with its own configurations) merged into
-    one, their configurations together. Runs made side by side with other settings stay apart."""
+    """The records as runs, oldest first: the records of the parts of one run merged into one, their
+    configurations together. Parts are of one commit, GPU model and settings, each with its own configurations,
+    and either overlap in time (one pytest process per GPU) or follow one another as the shards I/N of one
+    selection (`--sftbench-shard`, one after another on one host). Runs made side by side with other settings
+    stay apart."""
     merged: list[RunRecord] = []
+    shards: list[set[str | None]] = []  # the shards each merged run holds
     for record in sorted(records, key=lambda r: r.started):
         last = merged[-1] if merged else None
-        if last and _same_stack(last, record) and record.started < last.finished \
-                and not {c.key for c in record.configurations} & {c.key for c in last.configurations}:
+        if last and _same_stack(last, record) \
+                and not {c.key for c in record.configurations} & {c.key for c in last.configurations} \
+                and (record.started < last.finished or _another_shard(shards[-1], record.shard)):
             merged[-1] = dataclasses.replace(
                 last, finished=max(last.finished, record.finished),
                 configurations=last.configurations + record.configurations,
                 lost_parts=last.lost_parts + record.lost_parts)
+            shards[-1].add(record.shard)
         else:
             merged.append(record)
+            shards.append({record.shard})
     return merged
+
+
+def _another_shard(held: set[str | None], shard: str | None) -> bool:
+    """Whether `shard` (I/N) is one the run does not hold yet, of the same N as those it holds."""
+    if shard is None or None in held or shard in held:
+        return False
+    return {s.partition("/")[2] for s in held} == {shard.partition("/")[2]}
 
 
 def _same_stack(a: RunRecord, b: RunRecord) -> bool:

@@ -67,7 +67,7 @@ class Recorder:
             commit=metadata.pop("commit"), versions=metadata.pop("versions"), command=metadata.pop("command"),
             mode=metadata.pop("mode"), machine=metadata, update_baselines=runner.config.update_baselines,
             interrupted=interrupted, baselines_written=[str(p) for p in runner.baselines_written],
-            configurations=self.configurations(), lost_parts=self.lost_parts)
+            configurations=self.configurations(), lost_parts=self.lost_parts, shard=runner.config.shard)
 
     def write(self, record: RunRecord) -> Path | None:
         """The run record in <results>/history/; nothing without a results folder, or where the run checked no

@@ -138,6 +138,23 @@ def test_the_records_of_one_runs_shards_are_one_run(records):
     assert len(history.runs([shards[0], upgraded])) == 2  # run beside it
 
 
+def test_the_shards_of_one_selection_run_one_after_another_are_one_run(records):
+    record = newest(records)
+    first, second = (dataclasses.replace(record, configurations=[c], shard=f"{i}/2",
+                                         started=f"2026-12-06T0{i}:00:00+00:00", finished=f"2026-12-06T0{i}:30:00+00:00")
+                     for i, c in enumerate(record.configurations, 1))
+    [run] = history.runs([second, first])
+    assert [c.key for c in run.configurations] == [c.key for c in record.configurations]
+    assert (run.started, run.finished) == (first.started, second.finished)
+    assert "| all |" in history.cost(run)
+    again = dataclasses.replace(second, shard="1/2")  # a second pass of shard 1: another run
+    assert len(history.runs([first, again])) == 2
+    other_split = dataclasses.replace(second, shard="2/3")
+    assert len(history.runs([first, other_split])) == 2
+    unsharded = dataclasses.replace(second, shard=None)
+    assert len(history.runs([first, unsharded])) == 2
+
+
 def test_a_run_that_lost_a_worker_says_so_in_the_page_and_the_summary(records):
     lost = dataclasses.replace(newest(records), lost_parts=["pytest-xdist worker gw1"])
     [run] = history.runs([lost])

@@ -48,7 +48,13 @@ def test_the_run_record_keeps_each_configurations_verdict_as_data_beside_its_bas
     assert configuration.overhead == slower.overhead  # where the case's time went (the result, not trained, unwritten)
     assert (configuration.baseline.minutes_per_1000_samples, configuration.now.minutes_per_1000_samples) == (10.0, 15.0)
     assert {"gpu", "driver", "settings"} <= set(record.machine) and record.versions and record.commit
-    assert record.started <= record.finished and not record.interrupted
+    assert record.started <= record.finished and not record.interrupted and record.shard is None
+
+
+def test_the_run_record_names_the_shard_it_covered(tmp_path, monkeypatch, result_factory):
+    runner = checked(make_runner(tmp_path, monkeypatch, update_baselines=True, shard="2/3"), result_factory())
+    recorder = Recorder(runner)
+    assert read_record(recorder.write(recorder.record())).shard == "2/3"  # history.runs joins the shards of a pass
 
 
 def test_the_run_record_says_how_long_writing_each_result_file_took(tmp_path, monkeypatch, result_factory):

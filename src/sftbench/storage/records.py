@@ -57,6 +57,7 @@ class RunRecord:
     baselines_written: list[str] = field(default_factory=list)
     configurations: list[Configuration] = field(default_factory=list)
     lost_parts: list[str] = field(default_factory=list)  # pytest-xdist workers that ended without their report
+    shard: str | None = None  # --sftbench-shard I/N: the part of the selection this run covered
 
     @property
     def gpu(self) -> str:
