@@ -134,6 +134,10 @@ def note_text(note: Note) -> str:
         speed = "speed is judged on wall time alone" if d["wall_judged"] else "speed is not judged"
         return ("the baseline has no GPU kernel time (it predates that metric): " if d["in"] == "baseline" else
                 f"this run has no GPU kernel time ({d['clock']}): ") + speed
+    if note.code == "no memory categories":
+        return ("which category of memory moved is not known: " +
+                ("the baseline has no memory by category (written before sftbench recorded it): write it again to see it"
+                 if d["in"] == "baseline" else "this run has no memory by category (it is taken on a GPU only)"))
     if note.code == "wall time not judged":
         where = "it ran on another host" if d["host"] == "another" else "its host is not recorded"
         return (f"wall time is not judged: {where}, and between hosts of one GPU model it moves by up to 46% "

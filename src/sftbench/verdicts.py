@@ -240,7 +240,7 @@ def compare(result: Result, baseline: Result | None, tolerances: Tolerances = To
     if limited and any(f.kind == "gpu" for f in metrics):
         notes.append(_clock_limits(old, result))
     families, family_notes = compare_families(old, result, tolerances, same_gpu)
-    notes += family_notes
+    notes += family_notes + _missing_categories(old, result, metrics)
     return Verdict(_overall(metrics + families), _kinds(metrics, families), metrics, families, notes, host_work_changes(old, result),
                    category_moves(old, result), wall_judged=wall_judged, **differ)
 
@@ -259,6 +259,7 @@ def _another_model(old: Result, new: Result, tolerances: Tolerances, differ: dic
     metrics = [finding for name, (read, kind) in METRICS.items()
                if kind == "memory" and (comparable or name != "max_reserved_mib")
                and (finding := _metric(name, kind, read(old), read(new), old, new, tolerances, False, False))]
+    notes += _missing_categories(old, new, metrics)
     return Verdict(_overall(metrics), _kinds(metrics, []), metrics, notes=notes, memory=category_moves(old, new),
                    wall_judged=False, **differ)
 
@@ -453,6 +454,13 @@ def _missing_gpu_time(old: Result, new: Result, same_host: bool) -> list[Note]:
         return []
     return [Note("no GPU time", {"in": "baseline" if has[1] else "this run", "clock": new.kernels.clock,
                                  "wall_judged": same_host})]
+
+
+def _missing_categories(old: Result, new: Result, metrics: list[MetricFinding]) -> list[Note]:
+    """Why a memory change names no category, where one side has its memory by category and the other not."""
+    has = [r.memory.categories is not None for r in (old, new)]
+    moved = any(f.kind == "memory" and f.verdict != "same" for f in metrics)
+    return [Note("no memory categories", {"in": "baseline" if has[1] else "this run"})] if moved and has[0] != has[1] else []
 
 
 def _same_host(old: Result, new: Result) -> bool:

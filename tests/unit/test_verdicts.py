@@ -515,6 +515,20 @@ def test_against_another_gpu_model_only_memory_is_judged_and_the_message_names_t
     assert found.kinds == ["memory"] and found.memory[0].category == "activations and temporaries"
 
 
+@pytest.mark.parametrize("same_gpu", [True, False])
+def test_a_memory_change_against_a_baseline_without_categories_says_why_no_category_is_named(result_factory, same_gpu):
+    # As on an H100 against the H200 baselines written before categories (2026-12-07): +3.0% allocated, no category.
+    old = result_factory(reserved=20000.0, allocated=19100.0)
+    grown = categorized(result_factory, activations=4569.0, reserved=20600.0, allocated=19669.0)
+    if not same_gpu:
+        old, grown = on(old, "NVIDIA H200", 143771), on(grown, "NVIDIA H100 80GB HBM3", 81559)
+    found = compare(grown, old, Tolerances())
+    assert found.kinds == ["memory"] and found.memory == []
+    assert ("  which category of memory moved is not known: the baseline has no memory by category (written before "
+            "sftbench recorded it): write it again to see it") in lines(found)
+    assert not any(n.code == "no memory categories" for n in compare(old, old, Tolerances()).notes)  # nothing moved
+
+
 @pytest.mark.parametrize("reserved, judged", [(75022.0, True), (78580.0, False)])  # 92.0% and 96.3% of the H100
 def test_max_reserved_is_judged_across_models_only_well_below_the_smaller_cards_capacity(result_factory, reserved,
                                                                                            judged):
