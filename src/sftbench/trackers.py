@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from sftbench.cupti_records import BUFFER_BYTES, KernelRecordReader, loaded_libcupti
 from sftbench.kernels import OTHER, classify, family_of, rules_version, short_name
 from sftbench.result import Kernels, MemoryPeaks, TracedStep
 
@@ -114,13 +115,11 @@ class KernelTimer:
     operators the step dispatched and the CUDA API calls it made.
 
     Kernel activity is recorded only inside `step()`, and a step's kernels are those that start between
-    its synchronized start and end. Records wait in CUPTI's buffers; `collect()` flushes and sums them
-    (37-90 us a kernel on H200 hosts, a 7B step launching ~6000): call it between steps, never
-    inside a timed one. API calls are counted by CUPTI callbacks on the functions COUNTED_API names, enabled
+    its synchronized start and end. Records wait in CUPTI's buffers; `collect()` flushes and sums them (read
+    with numpy by sftbench.cupti_records; through cupti-python's own callback, 37-90 us a kernel, where
+    libcupti is not found in the process): call it between steps, never inside a timed one. API calls are counted by CUPTI callbacks on the functions COUNTED_API names, enabled
     only inside `step()`.
     """
-
-    BUFFER_BYTES = 32 * 2**20
 
     def __init__(self, device: torch.device):
         from cupti import cupti
@@ -138,6 +137,7 @@ class KernelTimer:
         self._api = ApiCounter(cupti)
         self.record = Kernels(clock=f"cupti-python {metadata.version('cupti-python')}", rules=rules_version())
         self.step_limits: list[int | None] = []  # NVML clocks-event bits seen in each collected step
+        self._reader: KernelRecordReader | None = None
 
     @property
     def traced(self) -> int:
@@ -145,7 +145,12 @@ class KernelTimer:
         return len(self.record.steps) + len(self._windows)
 
     def start(self) -> None:
-        self._cupti.activity_register_callbacks(lambda: (self.BUFFER_BYTES, 0), self._completed)
+        self._cupti.get_timestamp()  # cupti-python loads libcupti on its first call
+        library = loaded_libcupti()
+        if library is None:
+            self._cupti.activity_register_callbacks(lambda: (BUFFER_BYTES, 0), self._completed)
+        else:
+            self._reader = KernelRecordReader(self._cupti, library, self._kernel_kind, self._records.extend)
 
     def _completed(self, activities) -> None:
         self._records += [(a.start, a.end, a.name) for a in activities if a.kind == self._kernel_kind]
@@ -177,6 +182,8 @@ class KernelTimer:
         """Flush CUPTI's buffers and return the finished steps, added to `record` unless `keep` is False (the
         self-test's calibration steps)."""
         self._cupti.activity_flush_all(1)
+        if self._reader is not None:
+            self._reader.check()
         names = self.record.names if keep else list(self.record.names)  # a discarded step's names go with it
         steps = traced_steps(names, self._windows, self._records, injected=self.after_operator is not None)
         for step, (sm_mhz, limits), operators, api_calls in zip(steps, self._clocks, self._operators, self._api_calls):

@@ -1,0 +1,112 @@
+"""CUPTI's kernel activity records, read from its buffers as numpy columns.
+
+cupti-python's buffer callback builds a Python object for every record before handing the list over: about
+55 us a record on an H100 host, whatever the callback then reads (docs/measurements.md section 16), so a
+7B step's ~6000 kernels took a third of a second to read. Here the buffers are handed to libcupti (the
+library cupti-python itself loaded) through its C callbacks, and each completed buffer is walked with
+cuptiActivityGetNextRecord and read with numpy at the offsets of cupti-python's own record layout
+(`activity_kernel<N>_dtype`), checked against cupti-python's reading of the first record.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+from collections.abc import Callable
+
+import numpy as np
+
+BUFFER_BYTES = 32 * 2**20
+CUPTI_SUCCESS = 0
+_REQUESTED = ctypes.CFUNCTYPE(None, ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_size_t),
+                              ctypes.POINTER(ctypes.c_size_t))
+_COMPLETED = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p, ctypes.c_size_t,
+                              ctypes.c_size_t)
+Record = tuple[int, int, str]  # a kernel's (start, end) in ns and its raw name
+
+
+def kernel_layout(cupti) -> tuple[np.dtype, type]:
+    """cupti-python's newest kernel record: its numpy dtype and its class (ActivityKernel10 in cupti-python 13)."""
+    versions = sorted(int(m[1]) for name in dir(cupti) if (m := re.fullmatch(r"activity_kernel(\d+)_dtype", name)))
+    if not versions:
+        raise RuntimeError("cupti-python has no activity_kernel<N>_dtype: its kernel records cannot be read")
+    return getattr(cupti, f"activity_kernel{versions[-1]}_dtype"), getattr(cupti, f"ActivityKernel{versions[-1]}")
+
+
+def kernel_columns(raw: np.ndarray, offsets: np.ndarray, layout: np.dtype, kind: int) -> tuple[np.ndarray, ...]:
+    """(offset, start, end, name pointer) of the records at `offsets` of the buffer `raw` (bytes as uint8) that are
+    of `kind`, read at `layout`'s field offsets."""
+
+    def column(field: str, at_offsets: np.ndarray) -> np.ndarray:
+        dtype, at = layout.fields[field][:2]
+        gathered = raw[at_offsets[:, None] + at + np.arange(dtype.itemsize)]
+        return np.ascontiguousarray(gathered).view(dtype).reshape(len(at_offsets))
+
+    offsets = offsets[column("kind", offsets) == kind]
+    return offsets, column("start", offsets), column("end", offsets), column("name", offsets)
+
+
+class KernelRecordReader:
+    """Hands CUPTI its activity buffers and reads each completed one into `deliver` as kernel Records. CUPTI may
+    complete a buffer on its own thread: an error there is kept and raised by `check()`."""
+
+    def __init__(self, cupti, library: ctypes.CDLL, kind: int, deliver: Callable[[list[Record]], None]):
+        self._library, self._kind, self._deliver = library, kind, deliver
+        self._layout, self._kernel_class = kernel_layout(cupti)
+        self._buffers: dict[int, np.ndarray] = {}  # address -> the array that owns it, until CUPTI completes it
+        self._checked = False
+        self.error: Exception | None = None
+        self._callbacks = (_REQUESTED(self._requested), _COMPLETED(self._completed))  # kept alive while registered
+        status = library.cuptiActivityRegisterCallbacks(*self._callbacks)
+        if status != CUPTI_SUCCESS:
+            raise RuntimeError(f"cuptiActivityRegisterCallbacks failed (CUptiResult {status})")
+
+    def _requested(self, buffer, size, max_records) -> None:
+        owner = np.empty(BUFFER_BYTES // 8, dtype=np.uint64)  # 8-byte aligned, as CUPTI requires
+        address = owner.ctypes.data
+        self._buffers[address] = owner
+        buffer[0], size[0], max_records[0] = address, BUFFER_BYTES, 0
+
+    def _completed(self, context, stream, buffer, size, valid) -> None:
+        try:
+            owner = self._buffers.pop(buffer)
+            if valid:
+                self._deliver(self._read(owner.view(np.uint8)[:valid], buffer, valid))
+        except Exception as error:  # noqa: BLE001 - raised by check(): ctypes would only print it here
+            self.error = error
+
+    def _read(self, raw: np.ndarray, address: int, valid: int) -> list[Record]:
+        record, offsets = ctypes.c_void_p(None), []
+        while self._library.cuptiActivityGetNextRecord(address, valid, ctypes.byref(record)) == CUPTI_SUCCESS:
+            offsets.append(record.value - address)
+        at, starts, ends, pointers = kernel_columns(raw, np.array(offsets, dtype=np.int64), self._layout, self._kind)
+        names = {int(p): ctypes.string_at(int(p)).decode() if p else "" for p in np.unique(pointers)}
+        records = list(zip(starts.tolist(), ends.tolist(), (names[p] for p in pointers.tolist()), strict=True))
+        if records and not self._checked:
+            first = self._kernel_class.from_ptr(address + int(at[0]))
+            if (first.start, first.end, first.name) != records[0]:
+                raise RuntimeError(f"CUPTI's kernel records do not read as {self._kernel_class.__name__}: "
+                                   f"{records[0]} against cupti-python's {(first.start, first.end, first.name)}")
+            self._checked = True
+        return records
+
+    def check(self) -> None:
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise RuntimeError(f"reading CUPTI's kernel records failed: {error}") from error
+
+
+def loaded_libcupti() -> ctypes.CDLL | None:
+    """The libcupti that cupti-python loaded into this process (it must be that one: CUPTI's state is per
+    library), or None where none is mapped."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if re.search(r"/libcupti\.so[.\d]*$", line.strip())}
+    except OSError:
+        return None
+    if len(paths) != 1:
+        return None
+    library = ctypes.CDLL(paths.pop())
+    library.cuptiActivityGetNextRecord.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_void_p)]
+    library.cuptiActivityGetNextRecord.restype = ctypes.c_int
+    return library

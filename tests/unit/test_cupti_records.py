@@ -1,0 +1,104 @@
+"""sftbench.cupti_records: kernel records read from a CUPTI activity buffer with numpy. The buffer is written here
+at the offsets of cupti-python 13's ActivityKernel10 (kind 0, start 16, end 24, name 104; 216 bytes), and libcupti
+is faked: it hands buffers over and walks their records as cuptiActivityGetNextRecord does."""
+
+import ctypes
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from sftbench import cupti_records
+
+KERNEL, MEMCPY = 10, 1
+LAYOUT = np.dtype({"names": ["kind", "start", "end", "name"], "formats": ["<i4", "<u8", "<u8", "<i8"],
+                   "offsets": [0, 16, 24, 104], "itemsize": 216})
+NAMES = [ctypes.create_string_buffer(b"_Z16flash_fwd_kernelILi128EEv6Params"), ctypes.create_string_buffer(b"nvjet_x")]
+
+
+class FakeKernel:
+    """cupti-python's ActivityKernel10.from_ptr: reads the record at an address."""
+
+    def __init__(self, row):
+        self.start, self.end = int(row["start"]), int(row["end"])
+        self.name = ctypes.string_at(int(row["name"])).decode()
+
+    @staticmethod
+    def from_ptr(address):
+        return FakeKernel(np.frombuffer((ctypes.c_char * LAYOUT.itemsize).from_address(address), LAYOUT)[0])
+
+
+class FakeLibcupti:
+    """libcupti's activity buffer calls: records are LAYOUT-sized, laid one after another."""
+
+    def __init__(self, status=0):
+        self.requested = self.completed = None
+        self.status = status
+
+    def cuptiActivityRegisterCallbacks(self, requested, completed):
+        self.requested, self.completed = requested, completed
+        return self.status
+
+    def cuptiActivityGetNextRecord(self, address, valid, record):
+        previous = record._obj.value
+        at = address if previous is None else previous + LAYOUT.itemsize
+        if at + LAYOUT.itemsize > address + valid:
+            return 12  # CUPTI_ERROR_MAX_LIMIT_REACHED
+        record._obj.value = at
+        return 0
+
+    def fill(self, rows):
+        """Ask for a buffer as CUPTI does, write `rows` (kind, start, end, name index) into it, complete it."""
+        buffer, size, most = ctypes.c_void_p(), ctypes.c_size_t(), ctypes.c_size_t()
+        self.requested(ctypes.byref(buffer), ctypes.byref(size), ctypes.byref(most))
+        assert size.value == cupti_records.BUFFER_BYTES and buffer.value % 8 == 0
+        records = np.frombuffer((ctypes.c_char * (len(rows) * LAYOUT.itemsize)).from_address(buffer.value), LAYOUT)
+        for record, (kind, start, end, name) in zip(records, rows, strict=True):
+            record["kind"], record["start"], record["end"] = kind, start, end
+            record["name"] = ctypes.addressof(NAMES[name]) if name is not None else 0
+        self.completed(None, 0, buffer.value, size.value, len(rows) * LAYOUT.itemsize)
+
+
+def reader(library, delivered):
+    cupti = SimpleNamespace(activity_kernel9_dtype=None, activity_kernel10_dtype=LAYOUT, ActivityKernel10=FakeKernel)
+    return cupti_records.KernelRecordReader(cupti, library, KERNEL, delivered.extend)
+
+
+def test_a_completed_buffer_is_read_as_its_kernels_start_end_and_name_other_records_left_out():
+    library, delivered = FakeLibcupti(), []
+    read = reader(library, delivered)
+    library.fill([(KERNEL, 100, 250, 0), (MEMCPY, 260, 900, 1), (KERNEL, 300, 310, 1), (KERNEL, 400, 480, 0)])
+    library.fill([])  # an empty buffer: nothing delivered
+    read.check()
+    assert delivered == [(100, 250, "_Z16flash_fwd_kernelILi128EEv6Params"), (300, 310, "nvjet_x"),
+                         (400, 480, "_Z16flash_fwd_kernelILi128EEv6Params")]
+    assert not read._buffers  # each buffer released once completed
+
+
+def test_records_that_do_not_read_as_cupti_pythons_layout_are_an_error_raised_at_the_next_check():
+    library, delivered = FakeLibcupti(), []
+    read = reader(library, delivered)
+    read._layout = np.dtype({"names": ["kind", "start", "end", "name"], "formats": ["<i4", "<u8", "<u8", "<i8"],
+                             "offsets": [0, 24, 16, 104], "itemsize": 216})  # start and end swapped
+    library.fill([(KERNEL, 100, 250, 0)])  # completed on CUPTI's thread: kept, not raised there
+    assert delivered == []
+    with pytest.raises(RuntimeError, match="reading CUPTI's kernel records failed: .* do not read as FakeKernel"):
+        read.check()
+    read.check()  # raised once
+
+
+def test_a_refused_registration_is_an_error():
+    with pytest.raises(RuntimeError, match=r"cuptiActivityRegisterCallbacks failed \(CUptiResult 1\)"):
+        reader(FakeLibcupti(status=1), [])
+
+
+def test_the_newest_kernel_layout_of_cupti_python_is_used_and_none_is_an_error():
+    assert cupti_records.kernel_layout(SimpleNamespace(activity_kernel9_dtype="old", activity_kernel10_dtype=LAYOUT,
+                                                       ActivityKernel9=None, ActivityKernel10=FakeKernel)) == (
+        LAYOUT, FakeKernel)
+    with pytest.raises(RuntimeError, match="no activity_kernel<N>_dtype"):
+        cupti_records.kernel_layout(SimpleNamespace())
+
+
+def test_libcupti_is_found_only_where_the_process_has_it_mapped():
+    assert cupti_records.loaded_libcupti() is None  # this test process has no CUDA
