@@ -141,7 +141,7 @@ def test_every_committed_result_baseline_run_record_and_self_test_loads():
     docs = REPO / "docs"
     for folder in [*docs.glob("runs-h100/*-baselines"), *docs.glob("upgrade-h*-flash-attn/baselines")]:
         baselines, errors = BaselineStore(folder).scan()
-        assert len(baselines) >= 5 and not errors, (folder, errors)
+        assert baselines and not errors, (folder, errors)
     for folder in [*docs.glob("upgrade-h*-flash-attn/results-*"), *docs.glob("runs-h100/*-results/*/")]:
         results, problems = scan_results(folder)
         assert results and not problems, (folder, problems)
