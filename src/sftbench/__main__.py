@@ -320,7 +320,11 @@ def _history(args) -> int:
         return 2
     runs = history.runs(records)
     if args.beside:
-        others = history.runs(history.records_of(args.beside)[0]) if args.beside.is_dir() else []
+        other_records, other_problems = history.records_of(args.beside) if args.beside.is_dir() else ([], [])
+        for problem in other_problems:
+            print(f"sftbench: --beside: {problem}", file=sys.stderr)
+        problems += other_problems
+        others = history.runs(other_records)
         if not others:
             print(f"sftbench: --beside {args.beside}: no run records there", file=sys.stderr)
             return 2

@@ -244,5 +244,9 @@ def test_a_run_beside_another_says_per_configuration_whether_verdicts_and_memory
     write_record(other, second, 1)
     assert main(["history", str(records), "--beside", str(other)]) == 0
     assert "beside" in capsys.readouterr().out
+    (other / "20261207T004708Z-7006117-552.json").write_text("{not json")  # a damaged record there: named, exit 1
+    assert main(["history", str(records), "--beside", str(other)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("sftbench: --beside: ") and "20261207T004708Z-7006117-552.json" in err
     assert main(["history", str(records), "--beside", str(tmp_path / "none")]) == 2
     assert capsys.readouterr().err == f"sftbench: --beside {tmp_path / 'none'}: no run records there\n"
