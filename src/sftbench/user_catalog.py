@@ -26,7 +26,7 @@ from sftbench.models.user import UnusableConfig, user_model_entry
 from sftbench.spec import UserModel
 
 CATALOG_KEYS = ("models", "defaults", "tables")
-TABLE_KEYS = ("name", "title", "test", "columns", "device", "rows")
+TABLE_KEYS = ("name", "title", "columns", "device", "rows")  # no `test`: every user row is a case of test_user_rows
 MODEL_KEYS = ("config", "weights", "lora_default", "lora_all")
 MODEL_NAME = re.compile(r"[A-Za-z0-9._-]+")  # it names baseline files (CaseSpec.key)
 

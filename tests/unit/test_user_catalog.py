@@ -78,7 +78,9 @@ def load_error(*paths) -> str:
      "table 'mine' row 'lora': unknown model_type 'tiny-yours'; this catalog's models: tiny-mine; built-in: "),
     ({"rows": f"{ROW},\n  {ROW}"}, "table 'mine' repeats the row id 'lora'"),
     ({"text": MODEL + TABLE.format(rows=ROW).replace("device", "gpu")},
-     "table 'mine': unknown field 'gpu'; it has name, title, test, columns, device, rows"),
+     "table 'mine': unknown field 'gpu'; it has name, title, columns, device, rows"),
+    ({"text": MODEL + TABLE.format(rows=ROW).replace('device = "cpu"', 'device = "cpu"\ntest = "test_mine"')},
+     "table 'mine': unknown field 'test'; it has name, title, columns, device, rows"),  # every row is a test_user_rows
     ({"text": MODEL + "[defaults]\nmax_lenght = 512\n"}, "[defaults]: unknown field 'max_lenght'"),
     ({"text": MODEL + "[[tables]]\nname = mine\n"}, "not TOML: "),
 ])
