@@ -53,7 +53,8 @@ def runs(records: list[RunRecord]) -> list[RunRecord]:
             merged[-1] = dataclasses.replace(
                 last, finished=max(last.finished, record.finished),
                 configurations=last.configurations + record.configurations,
-                lost_parts=last.lost_parts + record.lost_parts)
+                lost_parts=last.lost_parts + record.lost_parts,
+                shard=last.shard if last.shard == record.shard else None)  # shards together: no longer one shard
             shards[-1].add(record.shard)
         else:
             merged.append(record)

@@ -145,7 +145,7 @@ def test_the_shards_of_one_selection_run_one_after_another_are_one_run(records):
                      for i, c in enumerate(record.configurations, 1))
     [run] = history.runs([second, first])
     assert [c.key for c in run.configurations] == [c.key for c in record.configurations]
-    assert (run.started, run.finished) == (first.started, second.finished)
+    assert (run.started, run.finished) == (first.started, second.finished) and run.shard is None
     assert "| all |" in history.cost(run)
     again = dataclasses.replace(second, shard="1/2")  # a second pass of shard 1: another run
     assert len(history.runs([first, again])) == 2
