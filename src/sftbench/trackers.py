@@ -147,8 +147,9 @@ class KernelTimer:
     def start(self) -> None:
         self._cupti.get_timestamp()  # cupti-python loads libcupti on its first call
         library = loaded_libcupti()
-        if library is None:
+        if library is None:  # read record by record, slowly; the record says so
             self._cupti.activity_register_callbacks(lambda: (BUFFER_BYTES, 0), self._completed)
+            self.record.clock += " (records read by its callback: no single libcupti mapped in the process)"
         else:
             self._reader = KernelRecordReader(self._cupti, library, self._kernel_kind, self._records.extend)
 
