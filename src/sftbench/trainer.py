@@ -183,8 +183,9 @@ class Trainer:
     def _kernel_steps(self, ordered: list[Batch], count: int, overhead: dict[str, float], progress) -> None:
         """Kernel time of the batch shapes among `count` representative micro-steps, one step each, and of
         one optimizer step, untimed. Steps of one shape launch the same kernels, whose summed time repeats
-        to ~0.1%, so tracing a shape again (the longest batch is often a quarter of an epoch) adds only
-        CUPTI's cost, 37-90 us per kernel on H200 hosts (a 7B step launches ~6000)."""
+        to ~0.1%, so tracing a shape again (the longest batch is often a quarter of an epoch) adds only the
+        traced step's cost: its host counting operators and API calls, and reading its kernels' records (a 7B
+        step launches ~6000)."""
         started, reading_s = time.perf_counter(), 0.0
         shapes = distinct_shapes(representatives(ordered, count))
         for i, batch in enumerate(shapes, 1):
