@@ -23,6 +23,9 @@ _REQUESTED = ctypes.CFUNCTYPE(None, ctypes.POINTER(ctypes.c_void_p), ctypes.POIN
 _COMPLETED = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p, ctypes.c_size_t,
                               ctypes.c_size_t)
 Record = tuple[int, int, str]  # a kernel's (start, end) in ns and its raw name
+# CUPTI keeps the callbacks registered for the rest of the process (there is no unregistering) and may complete a
+# buffer as the process ends: they must outlive the reader that registered them.
+_REGISTERED: list = []
 
 
 def kernel_layout(cupti) -> tuple[np.dtype, type]:
@@ -56,8 +59,9 @@ class KernelRecordReader:
         self._buffers: dict[int, np.ndarray] = {}  # address -> the array that owns it, until CUPTI completes it
         self._checked = False
         self.error: Exception | None = None
-        self._callbacks = (_REQUESTED(self._requested), _COMPLETED(self._completed))  # kept alive while registered
-        status = library.cuptiActivityRegisterCallbacks(*self._callbacks)
+        callbacks = (_REQUESTED(self._requested), _COMPLETED(self._completed))
+        _REGISTERED.append(callbacks)
+        status = library.cuptiActivityRegisterCallbacks(*callbacks)
         if status != CUPTI_SUCCESS:
             raise RuntimeError(f"cuptiActivityRegisterCallbacks failed (CUptiResult {status})")
 
