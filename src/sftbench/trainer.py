@@ -127,6 +127,11 @@ class Trainer:
         self.optimizer_step()
         self.micro_step(longest)
 
+    # A traced step's operator-counting dispatch mode runs torch.compile'd code op by op, so a timed step running it
+    # compiled would run other kernels than the traced one: every step runs it eagerly. gptqmodel 7.6's TorchLinear
+    # compiles its dequantization; its traced GPU time exceeded the timed steps' wall time on an H100 (measurements
+    # section 16). The seed's GPTQ training ran that dequantization eagerly too.
+    @torch.compiler.set_stance("force_eager")
     def run(self, options: RunOptions, progress=print) -> TrainedEpoch:
         ordered = sorted(self.batches, key=lambda b: -b.tokens)
         warmup = StepTimer(self.device)

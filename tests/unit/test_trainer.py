@@ -124,6 +124,27 @@ def test_quick_mode_times_representative_steps_and_projects_the_epoch(trainer, m
     assert progress == ["timed 4 representative micro-steps"]
 
 
+def test_compiled_code_runs_eagerly_in_every_step_as_under_the_traced_steps_dispatch_mode(trainer, monkeypatch):
+    compiled = []
+
+    def backend(graph, inputs):
+        compiled.append(graph)
+        return graph.forward
+
+    dequantize = torch.compile(lambda x: x * 2 + 1, backend=backend)  # as gptqmodel's TorchLinear compiles its own
+    step = trainer.micro_step
+
+    def micro_step(batch):
+        dequantize(torch.ones(3))
+        step(batch)
+
+    monkeypatch.setattr(trainer, "micro_step", micro_step)
+    trainer.run(RunOptions(representative_steps=2, settle_steps=0), progress=lambda line: None)
+    assert compiled == []
+    dequantize(torch.ones(3))
+    assert len(compiled) == 1  # outside the epoch it compiles
+
+
 def test_quick_mode_times_the_representatives_however_long_its_steps(trainer):
     for settle in (0, 2):
         timing = trainer.run(RunOptions(representative_steps=4, settle_steps=settle), progress=lambda line: None).timing

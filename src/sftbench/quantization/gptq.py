@@ -15,7 +15,8 @@ in the cache folder until it is deleted. The built model says whether the cache 
 
 The kernel is named explicitly, "torch" (gptqmodel's TorchLinear: dequantize, then a dense matmul):
 the seed trained the same way, swift sent auto-gptq's `QuantLinear.forward` down its torch path in
-training. "auto" would JIT-compile every CUDA kernel while choosing.
+training. "auto" would JIT-compile every CUDA kernel while choosing. TorchLinear wraps its dequantization
+in torch.compile; the trainer runs it eagerly, as the seed did and as a traced step must (sftbench.trainer).
 
 A checkpoint that does not fit the free disk is not written: `_build_gptq_in_place` applies the same
 optimum conversion to a meta model and makes the quantized buffers on the device from the same
