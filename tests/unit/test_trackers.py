@@ -366,3 +366,24 @@ def test_clock_limits_are_counted_by_name_over_the_steps_read():
 def test_the_host_probe_times_a_fixed_burst_of_launches_on_the_device():
     scratch = torch.zeros(1)
     assert host_probe_s(scratch) > 0 and scratch.item() == HOST_PROBE_LAUNCHES
+
+
+def test_a_compiled_function_reaches_the_operator_counter_op_by_op_as_eager_code():
+    # Why the trainer runs compiled code eagerly in every step (sftbench.trainer.Trainer.run): under the traced steps'
+    # dispatch mode a compiled graph does not run.
+    ran = []
+
+    def backend(graph, inputs):
+        def compiled(*args):
+            ran.append(1)
+            return graph.forward(*args)
+        return compiled
+
+    dequantize = torch.compile(lambda x, s: ((x >> 4) & 15).to(torch.float16) * s, backend=backend)
+    x, s = torch.randint(0, 2**30, (8, 8), dtype=torch.int32), torch.rand(8, 8).half()
+    dequantize(x, s)
+    assert ran == [1]
+    with trackers.OperatorCounter() as counter:
+        dequantize(x, s)
+    assert ran == [1] and counter.counts == {"aten::__rshift__.Scalar": 1, "aten::bitwise_and.Scalar": 1,
+                                              "aten::_to_copy": 1, "aten::mul.Tensor": 1}
