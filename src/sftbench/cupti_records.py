@@ -24,8 +24,10 @@ _COMPLETED = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_v
                               ctypes.c_size_t)
 Record = tuple[int, int, str]  # a kernel's (start, end) in ns and its raw name
 # CUPTI keeps the callbacks registered for the rest of the process (there is no unregistering) and may complete a
-# buffer as the process ends: they must outlive the reader that registered them.
+# buffer as the process ends: they must outlive the reader that registered them. The buffers CUPTI holds are the
+# process's too: a reader registered later (another KernelTimer) completes those handed out before it.
 _REGISTERED: list = []
+_BUFFERS: dict[int, np.ndarray] = {}  # address -> the array that owns it, until CUPTI completes it
 
 
 def kernel_layout(cupti) -> tuple[np.dtype, type]:
@@ -56,7 +58,6 @@ class KernelRecordReader:
     def __init__(self, cupti, library: ctypes.CDLL, kind: int, deliver: Callable[[list[Record]], None]):
         self._library, self._kind, self._deliver = library, kind, deliver
         self._layout, self._kernel_class = kernel_layout(cupti)
-        self._buffers: dict[int, np.ndarray] = {}  # address -> the array that owns it, until CUPTI completes it
         self._checked = False
         self.error: Exception | None = None
         callbacks = (_REQUESTED(self._requested), _COMPLETED(self._completed))
@@ -68,12 +69,12 @@ class KernelRecordReader:
     def _requested(self, buffer, size, max_records) -> None:
         owner = np.empty(BUFFER_BYTES // 8, dtype=np.uint64)  # 8-byte aligned, as CUPTI requires
         address = owner.ctypes.data
-        self._buffers[address] = owner
+        _BUFFERS[address] = owner
         buffer[0], size[0], max_records[0] = address, BUFFER_BYTES, 0
 
     def _completed(self, context, stream, buffer, size, valid) -> None:
         try:
-            owner = self._buffers.pop(buffer)
+            owner = _BUFFERS.pop(buffer)
             if valid:
                 self._deliver(self._read(owner.view(np.uint8)[:valid], buffer, valid))
         except Exception as error:  # noqa: BLE001 - raised by check(): ctypes would only print it here

@@ -117,8 +117,8 @@ class KernelTimer:
     Kernel activity is recorded only inside `step()`, and a step's kernels are those that start between
     its synchronized start and end. Records wait in CUPTI's buffers; `collect()` flushes and sums them (read
     with numpy by sftbench.cupti_records; through cupti-python's own callback, 37-90 us a kernel, where
-    libcupti is not found in the process): call it between steps, never inside a timed one. API calls are counted by CUPTI callbacks on the functions COUNTED_API names, enabled
-    only inside `step()`.
+    libcupti is not found in the process): call it between steps, never inside a timed one. API calls are
+    counted by CUPTI callbacks on the functions COUNTED_API names, enabled only inside `step()`.
     """
 
     def __init__(self, device: torch.device):

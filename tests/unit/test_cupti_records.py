@@ -72,7 +72,7 @@ def test_a_completed_buffer_is_read_as_its_kernels_start_end_and_name_other_reco
     read.check()
     assert delivered == [(100, 250, "_Z16flash_fwd_kernelILi128EEv6Params"), (300, 310, "nvjet_x"),
                          (400, 480, "_Z16flash_fwd_kernelILi128EEv6Params")]
-    assert not read._buffers  # each buffer released once completed
+    assert not cupti_records._BUFFERS  # each buffer released once completed
 
 
 def test_records_that_do_not_read_as_cupti_pythons_layout_are_an_error_raised_at_the_next_check():
