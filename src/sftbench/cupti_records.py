@@ -109,9 +109,13 @@ def loaded_libcupti() -> ctypes.CDLL | None:
             paths = {line.split()[-1] for line in maps if re.search(r"/libcupti\.so[.\d]*$", line.strip())}
     except OSError:
         return None
-    if len(paths) != 1:
-        return None
-    library = ctypes.CDLL(paths.pop())
+    return declared(ctypes.CDLL(paths.pop())) if len(paths) == 1 else None
+
+
+def declared(library: ctypes.CDLL) -> ctypes.CDLL:
+    """`library` with the C signatures of the functions the reader calls."""
+    library.cuptiActivityRegisterCallbacks.argtypes = [_REQUESTED, _COMPLETED]
+    library.cuptiActivityRegisterCallbacks.restype = ctypes.c_int
     library.cuptiActivityGetNextRecord.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_void_p)]
     library.cuptiActivityGetNextRecord.restype = ctypes.c_int
     return library

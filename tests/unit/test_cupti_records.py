@@ -3,6 +3,8 @@ at the offsets of cupti-python 13's ActivityKernel10 (kind 0, start 16, end 24, 
 is faked: it hands buffers over and walks their records as cuptiActivityGetNextRecord does."""
 
 import ctypes
+import shutil
+import subprocess
 from types import SimpleNamespace
 
 import numpy as np
@@ -102,3 +104,51 @@ def test_the_newest_kernel_layout_of_cupti_python_is_used_and_none_is_an_error()
 
 def test_libcupti_is_found_only_where_the_process_has_it_mapped():
     assert cupti_records.loaded_libcupti() is None  # this test process has no CUDA
+
+
+# libcupti's two activity-buffer functions in C, and a flush that writes records at LAYOUT into a buffer it requests:
+# the reader's ctypes callbacks and signatures, called from C as CUPTI calls them.
+FAKE_LIBCUPTI_C = r"""
+#include <stdint.h>
+#include <stddef.h>
+#include <string.h>
+typedef void (*requested_t)(uint8_t **buffer, size_t *size, size_t *max_records);
+typedef void (*completed_t)(void *context, uint32_t stream, uint8_t *buffer, size_t size, size_t valid);
+static requested_t requested;
+static completed_t completed;
+static const char *names[] = {"_Z16flash_fwd_kernelILi128EEv6Params", "nvjet_x"};
+int cuptiActivityRegisterCallbacks(requested_t r, completed_t c) { requested = r; completed = c; return 0; }
+int cuptiActivityGetNextRecord(uint8_t *buffer, size_t valid, void **record) {
+    uint8_t *next = *record ? (uint8_t *)*record + 216 : buffer;
+    if (next + 216 > buffer + valid) return 12;
+    *record = next;
+    return 0;
+}
+void flush(int n) {  /* record i: a kernel (kind 10) but the second, a copy (1); [100 i, 100 i + 50] ns */
+    uint8_t *buffer; size_t size, max_records;
+    requested(&buffer, &size, &max_records);
+    for (int i = 0; i < n; i++) {
+        uint8_t *r = buffer + 216 * i;
+        int32_t kind = i == 1 ? 1 : 10;
+        uint64_t start = 100 * i, end = 100 * i + 50;
+        const char *name = names[i % 2];
+        memset(r, 0, 216);
+        memcpy(r, &kind, 4); memcpy(r + 16, &start, 8); memcpy(r + 24, &end, 8); memcpy(r + 104, &name, 8);
+    }
+    completed(NULL, 0, buffer, size, 216 * (size_t)n);
+}
+"""
+
+
+def test_the_reader_takes_buffers_from_c_as_libcupti_hands_them_over(tmp_path):
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if gcc is None:
+        pytest.skip("no C compiler to build the stand-in for libcupti")
+    (tmp_path / "fake.c").write_text(FAKE_LIBCUPTI_C)
+    subprocess.run([gcc, "-shared", "-fPIC", "-o", str(tmp_path / "libfake.so"), str(tmp_path / "fake.c")], check=True)
+    library, delivered = cupti_records.declared(ctypes.CDLL(str(tmp_path / "libfake.so"))), []
+    read = reader(library, delivered)
+    library.flush(4)
+    read.check()
+    assert delivered == [(0, 50, "_Z16flash_fwd_kernelILi128EEv6Params"), (200, 250, "_Z16flash_fwd_kernelILi128EEv6Params"),
+                         (300, 350, "nvjet_x")]
