@@ -19,7 +19,7 @@ import resource
 import threading
 import time
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from importlib import metadata
 
 import numpy as np
@@ -157,12 +157,17 @@ class KernelTimer:
         self._records += [(a.start, a.end, a.name) for a in activities if a.kind == self._kernel_kind]
 
     @contextmanager
-    def step(self, tokens: int):
-        """Trace the kernels of this step only: CUPTI records nothing outside the timer's steps."""
+    def step(self, tokens: int, count_host_work: bool = True):
+        """Trace the kernels of this step only: CUPTI records nothing outside the timer's steps. With
+        count_host_work, count its torch operators and CUDA API calls too, which slows the host (Python on every
+        operator and call); without, the step records no counts, but the self-test's injected work still runs
+        after each operator."""
         synchronize(self.device)
-        counter = OperatorCounter(self.after_operator)
+        counting = count_host_work or self.after_operator is not None
+        counter = OperatorCounter(self.after_operator) if counting else nullcontext()
         self._cupti.activity_enable(self._kernel_kind)
-        self._api.begin()
+        if count_host_work:
+            self._api.begin()
         start = self._cupti.get_timestamp()
         self._clock.begin()
         try:
@@ -172,11 +177,11 @@ class KernelTimer:
         finally:
             clock = self._clock.end()
             end = self._cupti.get_timestamp()
-            calls = self._api.end()
+            calls = self._api.end() if count_host_work else None
             self._cupti.activity_disable(self._kernel_kind)
         self._windows.append((start, end, tokens))
         self._clocks.append(clock)
-        self._operators.append(dict(counter.counts))
+        self._operators.append(dict(counter.counts) if count_host_work else {})
         self._api_calls.append(calls)
 
     def collect(self, keep: bool = True) -> list[TracedStep]:

@@ -1,9 +1,11 @@
 """sftbench.diagnostics: a CPU profile run, the memory-diagnostic format the report reads, and the commands'
 handling of an unknown row."""
 
+import contextlib
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -73,33 +75,37 @@ def test_the_gpu_projection_is_replayed_on_the_reference_runs_kernel_steps(resul
     assert markdown_table([row]).splitlines()[-1] == (
         "| r | 400 batch shapes traced | 4 | 32 | 4.000 |  |  |  | 1.010 | 1.000 | +1.0% | 1.000 (+0.0%) |")
 
+class FakeKernelTimer:
+    """KernelTimer as the profile diagnostics use it: each traced step records tokens * 1e-4 kernel seconds, three
+    kernels, a falling clock (and the power cap above 4096 tokens), and whether it counted host work."""
+
+    def __init__(self, device):
+        from sftbench.result import Kernels
+
+        self.record, self.step_limits, self.collects, self.counted = Kernels(), [], 0, []
+
+    def start(self):
+        pass
+
+    @contextlib.contextmanager
+    def step(self, tokens, count_host_work=True):
+        from sftbench.result import TracedStep
+
+        yield
+        self.record.steps.append(TracedStep(tokens=tokens, seconds=tokens * 1e-4, kernels=[[0, 3, 1]],
+                                            sm_mhz=1980 - len(self.record.steps) - 1))
+        self.step_limits.append(0x4 if tokens > 4096 else 0)
+        self.counted.append(count_host_work)
+
+    def collect(self):
+        self.collects += 1
+
+    def stop(self):
+        return self.record
+
+
 def test_kernel_time_and_clock_traces_each_batch_in_turn_and_reads_the_records_between_repeats(monkeypatch):
-    import contextlib
-    from types import SimpleNamespace
-
-    from sftbench.result import Kernels, TracedStep
-
-    class Timer:
-        def __init__(self, device):
-            self.record, self.step_limits, self.collects = Kernels(), [], 0
-
-        def start(self):
-            pass
-
-        @contextlib.contextmanager
-        def step(self, tokens):
-            yield
-            self.record.steps.append(TracedStep(tokens=tokens, seconds=tokens * 1e-4, kernels=[[0, 3, 1]],
-                                                sm_mhz=1980 - len(self.record.steps) - 1))
-            self.step_limits.append(0x4 if tokens > 4096 else 0)
-
-        def collect(self):
-            self.collects += 1
-
-        def stop(self):
-            return self.record
-
-    monkeypatch.setattr(step_profile, "KernelTimer", Timer)
+    monkeypatch.setattr(step_profile, "KernelTimer", FakeKernelTimer)
     ran = []
     trainer = SimpleNamespace(device="cuda", micro_step=ran.append)
     long, middle = SimpleNamespace(tokens=8192), SimpleNamespace(tokens=2048)
@@ -107,6 +113,28 @@ def test_kernel_time_and_clock_traces_each_batch_in_turn_and_reads_the_records_b
     assert ran == [long, middle] * 3 and traced["tokens"] == [8192, 2048] * 3
     assert traced["sm_mhz"] == [1979, 1978, 1977, 1976, 1975, 1974] and traced["kernels"] == [3] * 6
     assert traced["clock_limits"] == [["power cap"], []] * 3
+
+
+def test_tracing_cost_runs_each_batch_untraced_traced_and_counted_in_turn(monkeypatch):
+    timers = []
+
+    def made(device):
+        timers.append(FakeKernelTimer(device))
+        return timers[-1]
+
+    monkeypatch.setattr(step_profile, "KernelTimer", made)
+    monkeypatch.setattr(step_profile, "synchronize", lambda device: None)
+    ran = []
+    trainer = SimpleNamespace(device="cuda", micro_step=ran.append)
+    long, middle = SimpleNamespace(tokens=8192), SimpleNamespace(tokens=2048)
+    report = step_profile.tracing_cost(trainer, [long, middle], 2)
+    assert ran == [long] * 3 + [middle] * 3 + [long] * 3 + [middle] * 3
+    assert timers[0].counted == [False, True] * 4 and timers[0].collects == 2
+    assert sorted(report) == ["2048", "8192"] and sorted(report["8192"]) == sorted(step_profile.TRACING)
+    assert len(report["8192"]["untraced"]["wall_s"]) == 2 and "kernel_s" not in report["8192"]["untraced"]
+    assert report["8192"]["kernel activity"]["kernel_s"] == pytest.approx([0.8192] * 2)
+    assert report["2048"]["host work counted"]["kernel_s"] == pytest.approx([0.2048] * 2)
+    assert all(w >= 0 for way in report["2048"].values() for w in way["wall_s"])
 
 
 @pytest.mark.parametrize("reference_ok, name", [(True, "3 batch shapes traced"), (False, "no batch shapes traced")])

@@ -11,9 +11,12 @@ Builds the row's case in this process as the worker does, runs the warm-up, then
   line of sftbench / transformers / peft code that allocated them;
 - with clock=N: GPU kernel time and the mean SM clock of the longest and the middle micro-step, traced
   N times each in turn: whether a step's kernel time follows the clock as the GPU warms (long steps run
-  below the top clock by amounts that differ between runs).
+  below the top clock by amounts that differ between runs);
+- with tracing=N: what tracing costs a micro-step and whether it moves the kernels' time: the longest and the
+  middle micro-step run N times each untraced, traced for kernel activity alone, and traced with their torch
+  operators and CUDA API calls counted, in turn: wall time of each, kernel time of the traced ones.
 
-`python -m sftbench profile ROW [--memory] [--no-timing] [--clock N] --out DIR` runs it.
+`python -m sftbench profile ROW [--memory] [--no-timing] [--clock N] [--tracing N] --out DIR` runs it.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import json
 import pstats
 import time
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 from statistics import median
 
@@ -50,11 +54,11 @@ SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchr
 
 
 def profile_row(row: Row, out: Path, *, steps: int = 20, blocks: int = 3, memory: bool = False,
-                timing: bool = True, clock: int = 0) -> dict:
+                timing: bool = True, clock: int = 0, tracing: int = 0) -> dict:
     """Profile `row`'s case in this process; write <out>/<key>.json (and .profile.txt) and return the report.
 
     steps: micro-steps per timed block; blocks: timed blocks per NVML sampler setting; clock: traced
-    repeats of the longest and the middle micro-step.
+    repeats of the longest and the middle micro-step; tracing: rounds of each way of tracing them.
     """
     out.mkdir(parents=True, exist_ok=True)
     spec = row.spec
@@ -84,6 +88,10 @@ def profile_row(row: Row, out: Path, *, steps: int = 20, blocks: int = 3, memory
         unavailable = kernel_clock_unavailable(device)
         report["clock"] = ({"skipped": unavailable} if unavailable else
                            kernel_time_and_clock(trainer, [ordered[0], middle], clock))
+    if tracing:
+        unavailable = kernel_clock_unavailable(device)
+        report["tracing"] = ({"skipped": unavailable} if unavailable else
+                             tracing_cost(trainer, [ordered[0], middle], tracing))
     (out / f"{spec.key}.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     return report
 
@@ -163,6 +171,37 @@ def kernel_time_and_clock(trainer: Trainer, batches, repeats: int) -> dict[str, 
     return {"tokens": [s.tokens for s in steps], "kernel_s": [s.seconds for s in steps],
             "kernels": [sum(count for _, count, _ in s.kernels) for s in steps], "sm_mhz": [s.sm_mhz for s in steps],
             "clock_limits": limits}
+
+
+TRACING = ("untraced", "kernel activity", "host work counted")
+
+
+def tracing_cost(trainer: Trainer, batches, rounds: int) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """Per batch (by its tokens) and way of tracing (TRACING), in turn `rounds` times: each micro-step's wall
+    seconds (synchronized before and after), and the kernel seconds of the traced ones, in the order run."""
+    timer = KernelTimer(trainer.device)
+    timer.start()
+    runs = []  # (tokens, way, wall seconds) in the order run
+    for _ in range(rounds):
+        for batch in batches:
+            for way in TRACING:
+                traced = (nullcontext() if way == "untraced" else
+                          timer.step(batch.tokens, count_host_work=way == "host work counted"))
+                synchronize(trainer.device)
+                started = time.perf_counter()
+                with traced:
+                    trainer.micro_step(batch)
+                synchronize(trainer.device)
+                runs.append((batch.tokens, way, time.perf_counter() - started))
+        timer.collect()
+    kernel_s = iter(step.seconds for step in timer.stop().steps)
+    report: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for tokens, way, wall_s in runs:
+        measured = report.setdefault(str(tokens), {}).setdefault(way, {"wall_s": []})
+        measured["wall_s"].append(wall_s)
+        if way != "untraced":
+            measured.setdefault("kernel_s", []).append(next(kernel_s))
+    return report
 
 
 def sync_lines(trainer: Trainer, batch) -> dict[str, int]:
