@@ -5,7 +5,8 @@ cupti-python's buffer callback builds a Python object for every record before ha
 7B step's ~6000 kernels took a third of a second to read. Here the buffers are handed to libcupti (the
 library cupti-python itself loaded) through its C callbacks, and each completed buffer is walked with
 cuptiActivityGetNextRecord and read with numpy at the offsets of cupti-python's own record layout
-(`activity_kernel<N>_dtype`), checked against cupti-python's reading of the first record.
+(`activity_kernel<N>_dtype`). Every kernel record's size, as libcupti lays them out, is checked against that
+layout's: a libcupti that writes another version of the record is an error, not misread times.
 """
 
 from __future__ import annotations
@@ -30,25 +31,30 @@ _REGISTERED: list = []
 _BUFFERS: dict[int, np.ndarray] = {}  # address -> the array that owns it, until CUPTI completes it
 
 
-def kernel_layout(cupti) -> tuple[np.dtype, type]:
-    """cupti-python's newest kernel record: its numpy dtype and its class (ActivityKernel10 in cupti-python 13)."""
+def kernel_layout(cupti) -> tuple[np.dtype, str]:
+    """cupti-python's newest kernel record: its numpy dtype and its name (activity_kernel10_dtype in cupti-python 13)."""
     versions = sorted(int(m[1]) for name in dir(cupti) if (m := re.fullmatch(r"activity_kernel(\d+)_dtype", name)))
     if not versions:
         raise RuntimeError("cupti-python has no activity_kernel<N>_dtype: its kernel records cannot be read")
-    return getattr(cupti, f"activity_kernel{versions[-1]}_dtype"), getattr(cupti, f"ActivityKernel{versions[-1]}")
+    name = f"activity_kernel{versions[-1]}_dtype"
+    return getattr(cupti, name), name
 
 
 def kernel_columns(raw: np.ndarray, offsets: np.ndarray, layout: np.dtype, kind: int) -> tuple[np.ndarray, ...]:
-    """(offset, start, end, name pointer) of the records at `offsets` of the buffer `raw` (bytes as uint8) that are
-    of `kind`, read at `layout`'s field offsets."""
+    """(size, start, end, name pointer) of the records at `offsets` of the buffer `raw` (its valid bytes, as uint8)
+    that are of `kind`, read at `layout`'s field offsets. A record's size is the distance to the next one; the last
+    one's is taken to be the layout's."""
 
     def column(field: str, at_offsets: np.ndarray) -> np.ndarray:
         dtype, at = layout.fields[field][:2]
         gathered = raw[at_offsets[:, None] + at + np.arange(dtype.itemsize)]
         return np.ascontiguousarray(gathered).view(dtype).reshape(len(at_offsets))
 
-    offsets = offsets[column("kind", offsets) == kind]
-    return offsets, column("start", offsets), column("end", offsets), column("name", offsets)
+    sizes = np.full(len(offsets), layout.itemsize)
+    sizes[:-1] = np.diff(offsets)
+    of_kind = column("kind", offsets) == kind
+    offsets = offsets[of_kind]
+    return sizes[of_kind], column("start", offsets), column("end", offsets), column("name", offsets)
 
 
 class KernelRecordReader:
@@ -57,8 +63,7 @@ class KernelRecordReader:
 
     def __init__(self, cupti, library: ctypes.CDLL, kind: int, deliver: Callable[[list[Record]], None]):
         self._library, self._kind, self._deliver = library, kind, deliver
-        self._layout, self._kernel_class = kernel_layout(cupti)
-        self._checked = False
+        self._layout, self._layout_name = kernel_layout(cupti)
         self.error: Exception | None = None
         callbacks = (_REQUESTED(self._requested), _COMPLETED(self._completed))
         _REGISTERED.append(callbacks)
@@ -84,16 +89,13 @@ class KernelRecordReader:
         record, offsets = ctypes.c_void_p(None), []
         while self._library.cuptiActivityGetNextRecord(address, valid, ctypes.byref(record)) == CUPTI_SUCCESS:
             offsets.append(record.value - address)
-        at, starts, ends, pointers = kernel_columns(raw, np.array(offsets, dtype=np.int64), self._layout, self._kind)
+        sizes, starts, ends, pointers = kernel_columns(raw, np.array(offsets, dtype=np.int64), self._layout, self._kind)
+        if (sizes != self._layout.itemsize).any():
+            raise RuntimeError(f"CUPTI's kernel records are {int(sizes[sizes != self._layout.itemsize][0])} bytes, "
+                               f"cupti-python's {self._layout_name} {self._layout.itemsize}: this libcupti writes "
+                               f"another version of the record than cupti-python reads")
         names = {int(p): ctypes.string_at(int(p)).decode() if p else "" for p in np.unique(pointers)}
-        records = list(zip(starts.tolist(), ends.tolist(), (names[p] for p in pointers.tolist()), strict=True))
-        if records and not self._checked:
-            first = self._kernel_class.from_ptr(address + int(at[0]))
-            if (first.start, first.end, first.name) != records[0]:
-                raise RuntimeError(f"CUPTI's kernel records do not read as {self._kernel_class.__name__}: "
-                                   f"{records[0]} against cupti-python's {(first.start, first.end, first.name)}")
-            self._checked = True
-        return records
+        return list(zip(starts.tolist(), ends.tolist(), (names[p] for p in pointers.tolist()), strict=True))
 
     def check(self) -> None:
         if self.error is not None:
