@@ -207,9 +207,9 @@ def _stacked(t: Table, runs: list, values: list[dict[str, float]], colors: dict,
                     ha="right", fontsize="small")
     axes.set_ylabel(ylabel)
     axes.grid(alpha=0.3, axis="y")
-    figure.legend(fontsize="small", loc="outside right upper")
+    figure.legend(fontsize="small", loc="outside lower center", ncols=3)  # below: a legend at the right cut the title
     gpu = next(r for _, r in runs if r is not None).machine.get("gpu")
-    figure.suptitle(f"{t.title}: {what} ({gpu})")
+    figure.suptitle(f"{t.title}: {what}\n{gpu}")
     plots_dir.mkdir(parents=True, exist_ok=True)
     figure.savefig(plots_dir / f"{t.name}-{name}.png", dpi=100)
     return [f"![{t.title}: {what}]({plots_dir.name}/{t.name}-{name}.png)", ""]
