@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     _catalog_option(report, "also the tables of this catalog of your own (--sftbench-catalog), after the seed's")
     report.add_argument("--beside", type=Path, metavar="FOLDER",
                         help="another GPU's results or baselines folder: its minutes, GPU minutes and MiB beside each row")
+    report.add_argument("--table", action="append", default=[], metavar="NAME",
+                        help="only this table (repeatable): a seed table's name (lora_max_length, ...) or one of --catalog")
 
     history = commands.add_parser("history", help="GPU-minutes, wall minutes and memory per configuration over "
                                                   "the run records of a results/history folder")
@@ -287,8 +289,13 @@ def _report(args) -> int:
     tables = _user_tables(args.catalog)
     if tables is None:
         return 2
+    names = [t.name for t in (*catalog.seed_tables(), *tables)]
+    unknown = [name for name in args.table if name not in names]
+    if unknown:
+        print(f"sftbench: --table {unknown[0]}: no such table; the tables: {', '.join(names)}", file=sys.stderr)
+        return 2
     text = markdown(results, args.plots, memory_at_peak(args.diagnostics) if args.diagnostics else None, tables,
-                    beside)
+                    beside, only=set(args.table))
     if not args.out:
         print(text)
     elif not _write_output(args.out, text):

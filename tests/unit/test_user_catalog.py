@@ -239,6 +239,14 @@ def test_the_report_shows_a_user_catalogs_tables_after_the_seeds(tmp_path, resul
     assert text.index("## mine") > text.index("## Quantization")  # after the seed's tables
     [line] = [line for line in text.splitlines() if line.startswith("| tiny-mine")]
     assert "| 0.50 |" in line and "not run" not in line
+    assert ("This run: 0 configurations, 0 of the 59 seed rows (mode: quick). Tables of your own: 1 configurations, 1 of "
+            "their 1 rows.") in text
+    assert main(["report", str(tmp_path / "results" / "cpu"), "--catalog", str(path), "--table", "mine", "--out",
+                 str(out)]) == 0
+    text = out.read_text()
+    assert "## mine" in text and "## Quantization" not in text  # that table alone
+    assert main(["report", str(tmp_path / "results" / "cpu"), "--table", "mine"]) == 2  # not without its catalog
+    assert capsys.readouterr().err.startswith("sftbench: --table mine: no such table; the tables: quantization, ")
     assert main(["report", str(tmp_path / "results" / "cpu"), "--catalog", str(tmp_path / "none.toml")]) == 2
     assert capsys.readouterr().err.startswith(f"sftbench: --catalog {tmp_path / 'none.toml'}: cannot read it")
 

@@ -31,17 +31,20 @@ SEED_STACK = "A100 80GB, torch 2.1.1, flash_attn 2.3.4"
 
 def markdown(results: dict[str, Result], plots_dir: Path | None = None,
              diagnostics: dict[str, dict] | None = None, user_tables: tuple[Table, ...] = (),
-             beside: dict[str, Result] | None = None) -> str:
+             beside: dict[str, Result] | None = None, only: set[str] = frozenset()) -> str:
     """The report. With `plots_dir` (a folder beside the Markdown file), its PNG plots are written there
     and linked relatively, as `<plots_dir name>/<table>.png`. `diagnostics` (sftbench.diagnostics.memory_at_peak) give
     the memory notes their measured causes. `user_tables` (sftbench.user_catalog) follow the seed's, without seed
-    values. `beside`: another GPU's results, whose minutes, GPU minutes and MiB each table shows after this run's."""
-    lines = [f"# sftbench results: {stack(results)}", "", coverage(results), "",
+    values. `beside`: another GPU's results, whose minutes, GPU minutes and MiB each table shows after this run's.
+    `only`: the names of the tables to show (all where empty)."""
+    lines = [f"# sftbench results: {stack(results)}", "", coverage(results, user_tables), "",
              f"Seed: ms-swift's Benchmark.md ({SEED_STACK}); its minutes are wall time of the whole "
              "`swift sft` run (model load included), ours are the training epoch of 1000 samples "
              "(projected from representative steps unless the mode says full). Memory is "
              "`torch.cuda.max_memory_reserved()` in both. Ratio = this run / seed.", "", MFU_FORMULA, ""]
     for t in (*seed_tables(), *user_tables):
+        if only and t.name not in only:
+            continue
         lines += table(t, results, beside)
         if plots_dir is not None:
             lines += (plot(t, results, Path(plots_dir)) + family_plot(t, results, Path(plots_dir))

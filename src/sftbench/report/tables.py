@@ -21,15 +21,20 @@ def stack(results: dict[str, Result]) -> str:
     return "no results"
 
 
-def coverage(results: dict[str, Result]) -> str:
-    """How many of the seed's rows this run has results for, and in which modes."""
+def coverage(results: dict[str, Result], user_tables: tuple[Table, ...] = ()) -> str:
+    """How many of the seed's rows this run has results for, and in which modes; and of the user tables' rows."""
     rows = [row for t in seed_tables() for row in t.rows]
-    shown = {row.spec.key for row in rows} & set(results)
+    user_rows = [row for t in user_tables for row in t.rows]
+    seed_keys = {row.spec.key for row in rows} & set(results)
+    shown = seed_keys | ({row.spec.key for row in user_rows} & set(results))
     modes = ", ".join(sorted({results[key].mode for key in shown})) or "none"
-    line = (f"This run: {len(shown)} configurations, {sum(row.spec.key in results for row in rows)} of the "
+    line = (f"This run: {len(seed_keys)} configurations, {sum(row.spec.key in results for row in rows)} of the "
             f"{len(rows)} seed rows (mode: {modes}).")
+    if user_rows:
+        line += (f" Tables of your own: {len(shown - seed_keys)} configurations, "
+                 f"{sum(row.spec.key in results for row in user_rows)} of their {len(user_rows)} rows.")
     if len(results) > len(shown):
-        line += f" {len(results) - len(shown)} other configurations are not in the seed's tables and not shown."
+        line += f" {len(results) - len(shown)} other configurations are in no table shown and not shown."
     return line
 
 
