@@ -211,18 +211,29 @@ def test_a_bad_catalog_stops_pytest_with_its_line(pytester, tmp_path):
 
 
 @pytest.mark.usefixtures("no_gpu")
-def test_update_baselines_writes_a_user_rows_baseline(pytester, tmp_path):
+def test_a_user_row_writes_its_baseline_and_is_judged_against_it(pytester, tmp_path):
     path = write_catalog(tmp_path / "catalog")
-    result = pytester.runpytest_subprocess(
-        str(BENCHMARKS), "-p", "no:cacheprovider", "--sftbench-catalog", str(path), "-k", "mine",
-        "--sftbench-update-baselines", "--sftbench-baselines", str(tmp_path / "baselines"),
-        "--sftbench-results", str(tmp_path / "results"), "--sftbench-timeout", "300", timeout=600)
+    options = (str(BENCHMARKS), "-p", "no:cacheprovider", "--sftbench-catalog", str(path), "-k", "mine",
+               "--sftbench-baselines", str(tmp_path / "baselines"), "--sftbench-results", str(tmp_path / "results"),
+               "--sftbench-timeout", "300")
+    result = pytester.runpytest_subprocess(*options, "--sftbench-update-baselines", timeout=600)
     result.assert_outcomes(passed=1, deselected=62)
     key = "tiny-mine.lora.bf16.len64.bs1.gc.sdpa.r8-DEFAULT.n6.cpu"
     assert os.listdir(tmp_path / "baselines" / "cpu") == [f"{key}.json"]
     baseline = BaselineStore(tmp_path / "baselines").load("cpu", key)
     assert baseline.rows == ["test_user_rows[mine-lora]"] and baseline.tables == ["mine"]
     assert baseline.result.outcome == "ok" and baseline.result.case["user_model"]["config"] == str(path.parent / "tiny.json")
+    # Against a baseline 10000x faster (with a quiet host's spread), under a wide tolerance: CPU step times on a busy
+    # machine vary several-fold, a 10000x change does not. The row fails as a time regression, as a seed row does.
+    written = tmp_path / "baselines" / "cpu" / f"{key}.json"
+    data = json.loads(written.read_text())
+    data["result"]["timing"]["minutes_per_1000_samples"] *= 1e-4
+    data["result"]["timing"]["wall_noise_pct"] = 1.0
+    written.write_text(json.dumps(data))
+    result = pytester.runpytest_subprocess(*options, "--sftbench-time-tolerance", "1000", timeout=600)
+    result.assert_outcomes(failed=1, deselected=62)
+    [verdict] = [line for line in result.outlines if line.startswith("test_user_rows[mine-lora]: ") and " -> " in line]
+    assert verdict.endswith(" -> wall-time regression")
 
 
 def test_the_report_shows_a_user_catalogs_tables_after_the_seeds(tmp_path, result_factory, capsys):
