@@ -157,16 +157,16 @@ class KernelTimer:
         self._records += [(a.start, a.end, a.name) for a in activities if a.kind == self._kernel_kind]
 
     @contextmanager
-    def step(self, tokens: int, count_host_work: bool = True):
-        """Trace the kernels of this step only: CUPTI records nothing outside the timer's steps. With
-        count_host_work, count its torch operators and CUDA API calls too, which slows the host (Python on every
-        operator and call); without, the step records no counts, but the self-test's injected work still runs
-        after each operator."""
+    def step(self, tokens: int, count_operators: bool = True, count_api_calls: bool = True):
+        """Trace the kernels of this step only: CUPTI records nothing outside the timer's steps. Each count slows
+        the host: the torch operators pass through a Python dispatch mode (where the self-test's injected work
+        also runs, so that mode runs whenever that is set), and each CUDA API call through a Python callback. A
+        step not counting them records {} operators or None API calls."""
         synchronize(self.device)
-        counting = count_host_work or self.after_operator is not None
-        counter = OperatorCounter(self.after_operator) if counting else nullcontext()
+        dispatching = count_operators or self.after_operator is not None
+        counter = OperatorCounter(self.after_operator) if dispatching else nullcontext()
         self._cupti.activity_enable(self._kernel_kind)
-        if count_host_work:
+        if count_api_calls:
             self._api.begin()
         start = self._cupti.get_timestamp()
         self._clock.begin()
@@ -177,11 +177,11 @@ class KernelTimer:
         finally:
             clock = self._clock.end()
             end = self._cupti.get_timestamp()
-            calls = self._api.end() if count_host_work else None
+            calls = self._api.end() if count_api_calls else None
             self._cupti.activity_disable(self._kernel_kind)
         self._windows.append((start, end, tokens))
         self._clocks.append(clock)
-        self._operators.append(dict(counter.counts) if count_host_work else {})
+        self._operators.append(dict(counter.counts) if count_operators else {})
         self._api_calls.append(calls)
 
     def collect(self, keep: bool = True) -> list[TracedStep]:

@@ -22,7 +22,11 @@ among `kernel_steps` representatives and one optimizer step, projected over the 
 time. A full epoch traces every step (its wall time then includes CUPTI's tracing) and reads the
 records every FLUSH_EVERY micro-steps, outside the timed steps. Either way the shortest and the longest
 batch are traced FAMILY_REPEATS more times (the quick mode before its traced optimizer step): how much each
-kernel family repeats, for its verdict.
+kernel family repeats, for its verdict. Every traced step counts its torch operators (the self-test's kernel
+spins run in the same dispatch mode, so clean and injected runs trace alike); only the first traced step of the
+longest batch counts CUDA API calls too, whose Python callback on every call made a host-bound step about 4
+times slower (docs/measurements.md section 16): the verdicts read the counts of that step
+(sftbench.verdicts.host_work_changes).
 Last, on a GPU, one more micro-step of the longest batch and an optimizer step run with the allocator recording,
 to sort the memory at the peak by category (sftbench.memory).
 Before each timed step, a fixed burst of tiny kernel launches (trackers.host_probe_s) measures the host's
@@ -189,12 +193,12 @@ class Trainer:
         """Kernel time of the batch shapes among `count` representative micro-steps, one step each, and of
         one optimizer step, untimed. Steps of one shape launch the same kernels, whose summed time repeats
         to ~0.1%, so tracing a shape again (the longest batch is often a quarter of an epoch) adds only the
-        traced step's cost: its host counting operators and API calls, and reading its kernels' records (a 7B
-        step launches ~6000)."""
+        traced step's cost: its host counting operators (and, in the first one, the longest batch's, API calls),
+        and reading its kernels' records (a 7B step launches ~6000)."""
         started, reading_s = time.perf_counter(), 0.0
-        shapes = distinct_shapes(representatives(ordered, count))
+        shapes = distinct_shapes(representatives(ordered, count))  # the longest first
         for i, batch in enumerate(shapes, 1):
-            self._traced_micro_step(batch)
+            self._traced_micro_step(batch, count_api_calls=i == 1)
             if i % FLUSH_EVERY == 0:  # many shapes (the projection check traces every one): bound the records held
                 read = time.perf_counter()
                 self.kernel_timer.collect()
@@ -203,14 +207,14 @@ class Trainer:
         overhead["kernel_steps_s"] = time.perf_counter() - started - reading_s
         self._timed_repeats(ordered, overhead)
         started = time.perf_counter()
-        with self.kernel_timer.step(0):
+        with self.kernel_timer.step(0, count_api_calls=False):
             self.optimizer_step()
         overhead["kernel_read_s"] += reading_s
         overhead["kernel_steps_s"] += time.perf_counter() - started
 
-    def _traced_micro_step(self, batch: Batch) -> None:
+    def _traced_micro_step(self, batch: Batch, count_api_calls: bool) -> None:
         self._first_traced.setdefault(shape(batch), self.kernel_timer.traced)
-        with self.kernel_timer.step(batch.tokens):
+        with self.kernel_timer.step(batch.tokens, count_api_calls=count_api_calls):
             self.micro_step(batch)
 
     def _timed_repeats(self, ordered: list[Batch], overhead: dict[str, float]) -> None:
@@ -228,7 +232,7 @@ class Trainer:
             if shape(batch) in self._first_traced:
                 for _ in range(FAMILY_REPEATS):
                     self._repeats[self.kernel_timer.traced] = self._first_traced[shape(batch)]
-                    with self.kernel_timer.step(batch.tokens):
+                    with self.kernel_timer.step(batch.tokens, count_api_calls=False):
                         self.micro_step(batch)
 
     def _project_kernels(self, epoch: TrainedEpoch, full_epoch: bool) -> None:
@@ -252,16 +256,18 @@ class Trainer:
     def _full_epoch(self, timer: StepTimer, epoch: TrainedEpoch, progress) -> None:
         optimizer_timer = StepTimer(self.device)
         kernel_timer = self.kernel_timer
+        longest = shape(max(self.batches, key=lambda b: b.tokens))
         # The warm-up left gradients behind: the epoch starts from a clean accumulation.
         self.optimizer.zero_grad(set_to_none=True)
         for i, batch in enumerate(self.batches, 1):
             self._probe_host(epoch.timing)
+            api_calls = shape(batch) == longest and longest not in self._first_traced  # its first traced step only
             if kernel_timer is not None:
                 self._first_traced.setdefault(shape(batch), kernel_timer.traced)
-            with timer.step(batch.tokens), _traced(kernel_timer, batch.tokens):
+            with timer.step(batch.tokens), _traced(kernel_timer, batch.tokens, api_calls):
                 self.micro_step(batch)
             if i % self.accumulation == 0 or i == len(self.batches):
-                with optimizer_timer.step(0), _traced(kernel_timer, 0):
+                with optimizer_timer.step(0), _traced(kernel_timer, 0, False):
                     self.optimizer_step()
             if kernel_timer is not None and i % FLUSH_EVERY == 0:
                 started = time.perf_counter()
@@ -306,8 +312,8 @@ def mark_repeats(record: Kernels, repeats: dict[int, int]) -> None:
         record.steps[index].repeat_of, record.steps[index].weight = original, 0.0
 
 
-def _traced(kernels: KernelTimer | None, tokens: int):
-    return contextlib.nullcontext() if kernels is None else kernels.step(tokens)
+def _traced(kernels: KernelTimer | None, tokens: int, count_api_calls: bool):
+    return contextlib.nullcontext() if kernels is None else kernels.step(tokens, count_api_calls=count_api_calls)
 
 
 def representatives(ordered: list[Batch], count: int) -> list[Batch]:

@@ -383,18 +383,18 @@ def _by_label(seconds: dict[str, float]) -> dict[str, float]:
 
 
 def host_work_changes(old: Result, new: Result) -> list[CountChange]:
-    """The torch operators and CUDA API calls whose counts per micro-step changed, in the longest micro-step both
-    traced: exact counts, evidence of what the host did differently, never a verdict of their own."""
-    steps = [{s.tokens: s for s in r.kernels.steps if s.tokens > 0 and s.repeat_of is None} for r in (old, new)]
-    common = steps[0].keys() & steps[1].keys()
-    if not common:
-        return []
-    tokens = max(common)
+    """The torch operators and CUDA API calls whose counts per micro-step changed, each in the longest micro-step both
+    counted them (API calls in one traced step only, sftbench.trainer): exact counts, evidence of what the host did
+    differently, never a verdict of their own."""
     changes = []
     for what, read in (("torch operators", lambda s: s.operators or None), ("CUDA API calls", lambda s: s.api_calls)):
-        before, now = (read(s[tokens]) for s in steps)
-        if before is None or now is None:
+        counts = [{s.tokens: read(s) for s in r.kernels.steps if s.tokens > 0 and s.repeat_of is None
+                   and read(s) is not None} for r in (old, new)]
+        common = counts[0].keys() & counts[1].keys()
+        if not common:
             continue
+        tokens = max(common)
+        before, now = (c[tokens] for c in counts)
         delta = {name: now.get(name, 0) - before.get(name, 0) for name in before.keys() | now.keys()}
         changes += [CountChange(what, tokens, name, delta[name])
                     for name in sorted((n for n, d in delta.items() if d), key=lambda n: (-abs(delta[n]), n))]

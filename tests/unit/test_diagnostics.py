@@ -77,7 +77,7 @@ def test_the_gpu_projection_is_replayed_on_the_reference_runs_kernel_steps(resul
 
 class FakeKernelTimer:
     """KernelTimer as the profile diagnostics use it: each traced step records tokens * 1e-4 kernel seconds, three
-    kernels, a falling clock (and the power cap above 4096 tokens), and whether it counted host work."""
+    kernels, a falling clock (and the power cap above 4096 tokens), and what it counted (operators, API calls)."""
 
     def __init__(self, device):
         from sftbench.result import Kernels
@@ -88,14 +88,14 @@ class FakeKernelTimer:
         pass
 
     @contextlib.contextmanager
-    def step(self, tokens, count_host_work=True):
+    def step(self, tokens, count_operators=True, count_api_calls=True):
         from sftbench.result import TracedStep
 
         yield
         self.record.steps.append(TracedStep(tokens=tokens, seconds=tokens * 1e-4, kernels=[[0, 3, 1]],
                                             sm_mhz=1980 - len(self.record.steps) - 1))
         self.step_limits.append(0x4 if tokens > 4096 else 0)
-        self.counted.append(count_host_work)
+        self.counted.append((count_operators, count_api_calls))
 
     def collect(self):
         self.collects += 1
@@ -128,12 +128,12 @@ def test_tracing_cost_runs_each_batch_untraced_traced_and_counted_in_turn(monkey
     trainer = SimpleNamespace(device="cuda", micro_step=ran.append)
     long, middle = SimpleNamespace(tokens=8192), SimpleNamespace(tokens=2048)
     report = step_profile.tracing_cost(trainer, [long, middle], 2)
-    assert ran == [long] * 3 + [middle] * 3 + [long] * 3 + [middle] * 3
-    assert timers[0].counted == [False, True] * 4 and timers[0].collects == 2
+    assert ran == ([long] * 4 + [middle] * 4) * 2
+    assert timers[0].counted == [(False, False), (True, False), (True, True)] * 4 and timers[0].collects == 2
     assert sorted(report) == ["2048", "8192"] and sorted(report["8192"]) == sorted(step_profile.TRACING)
     assert len(report["8192"]["untraced"]["wall_s"]) == 2 and "kernel_s" not in report["8192"]["untraced"]
     assert report["8192"]["kernel activity"]["kernel_s"] == pytest.approx([0.8192] * 2)
-    assert report["2048"]["host work counted"]["kernel_s"] == pytest.approx([0.2048] * 2)
+    assert report["2048"]["operators and API calls counted"]["kernel_s"] == pytest.approx([0.2048] * 2)
     assert all(w >= 0 for way in report["2048"].values() for w in way["wall_s"])
 
 

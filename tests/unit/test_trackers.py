@@ -267,21 +267,25 @@ def test_each_traced_step_records_its_kernels_by_demangled_name_operators_and_ap
     assert not cupti.callbacks_on and not cupti.subscribed  # callbacks only inside steps; released at the end
 
 
-def test_a_step_traced_without_counting_host_work_records_its_kernels_and_no_counts(cupti):
+def test_a_step_traced_without_counting_records_its_kernels_and_no_counts(cupti):
     timer = trackers.KernelTimer(CPU)
     timer.start()
-    with timer.step(2048, count_host_work=False):
+    with timer.step(2048, count_operators=False, count_api_calls=False):
         torch.ones(3).mul(2)
         cupti.launch()
     assert not cupti.callbacks_on  # no API callback was enabled for it
+    with timer.step(1024, count_api_calls=False):  # operators only
+        torch.ones(3).mul(2)
+        cupti.launch()
     spun = []
     timer.after_operator = spun.append  # the self-test's injected work runs after each operator all the same
-    with timer.step(512, count_host_work=False):
+    with timer.step(512, count_operators=False, count_api_calls=False):
         torch.ones(3).mul(2)
         cupti.launch()
     steps = timer.stop().steps
-    assert [sum(n for _, n, _ in s.kernels) for s in steps] == [3, 3] and steps[0].seconds == pytest.approx(3e-6)
-    assert [(s.operators, s.api_calls) for s in steps] == [({}, None), ({}, None)]
+    assert [sum(n for _, n, _ in s.kernels) for s in steps] == [3, 3, 3] and steps[0].seconds == pytest.approx(3e-6)
+    assert [(s.operators, s.api_calls) for s in steps] == [({}, None), ({"aten::ones": 1, "aten::mul.Tensor": 1}, None),
+                                                         ({}, None)]
     assert spun == ["aten::ones", "aten::mul.Tensor"]
 
 

@@ -187,7 +187,8 @@ def test_replay_quick_projects_from_the_epochs_own_steps_at_the_representative_b
 
 
 class FakeKernelTimer:
-    """A KernelTimer whose steps take 1e-4 s of GEMMs per token (an optimizer step 0.01 s)."""
+    """A KernelTimer whose steps take 1e-4 s of GEMMs per token (an optimizer step 0.01 s), and count 3 operators
+    and 5 API calls where they count them."""
 
     def __init__(self):
         self.record, self.pending, self.step_limits = Kernels(clock="fake", names=["nvjet"]), [], []
@@ -201,11 +202,12 @@ class FakeKernelTimer:
         return len(self.record.steps) + len(self.pending)
 
     @contextlib.contextmanager
-    def step(self, tokens):
+    def step(self, tokens, count_operators=True, count_api_calls=True):
         yield
         seconds = tokens * 1e-4 if tokens else 0.01
         self.pending.append(TracedStep(tokens=tokens, seconds=seconds, kernels=[[0, 7, round(seconds * 1e9)]],
-                                       families={"GEMM": seconds}))
+                                       families={"GEMM": seconds}, operators={"aten::mm": 3} if count_operators else {},
+                                       api_calls={"cudaLaunchKernel": 5} if count_api_calls else None))
 
     def collect(self, keep=True):
         self.collections.append(self.traced)
@@ -235,6 +237,18 @@ def test_quick_mode_traces_kernel_steps_after_the_timed_ones_and_projects_gpu_ti
         sum(b.tokens * 1e-4 for b in trainer.batches) + trainer.optimizer_steps * 0.01, rel=0.05)
     assert record.gpu_minutes_by_family == {"GEMM": pytest.approx(record.gpu_minutes_per_1000_samples)}
     assert record.busy_pct == pytest.approx(100 * record.epoch_seconds / epoch.timing.epoch_seconds)
+    assert all(s.operators for s in record.steps)  # operators in every traced step, API calls in the longest's first
+    assert [s.api_calls is not None for s in record.steps] == [True] + [False] * (len(record.steps) - 1)
+
+
+def test_a_full_epoch_counts_api_calls_in_the_first_step_of_the_longest_batch_only(trainer):
+    trainer.kernel_timer = FakeKernelTimer()
+    epoch = trainer.run(RunOptions(full_epoch=True), progress=lambda line: None)
+    assert all(s.operators for s in epoch.kernels.steps)
+    counted = [s for s in epoch.kernels.steps if s.api_calls is not None]
+    longest = max(trainer.batches, key=lambda b: b.tokens)
+    assert len(counted) == 1 and counted[0].tokens == longest.tokens and counted[0].repeat_of is None
+    assert epoch.kernels.steps.index(counted[0]) == [s.tokens for s in epoch.kernels.steps].index(longest.tokens)
 
 
 def test_tracing_many_batch_shapes_reads_the_records_as_it_goes_and_says_so(trainer, monkeypatch):
@@ -302,9 +316,9 @@ def repeats_traced(trainer, monkeypatch, options):
         calls.append("done")
 
     @contextlib.contextmanager
-    def traced_step(tokens):
+    def traced_step(tokens, count_operators=True, count_api_calls=True):
         calls.append(("traced", tokens, all(p.grad is not None for p in trainer.params)))
-        with step(tokens):
+        with step(tokens, count_operators, count_api_calls):
             yield
 
     monkeypatch.setattr(timer, "step", traced_step)

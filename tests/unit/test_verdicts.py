@@ -1,5 +1,7 @@
 """sftbench.verdicts: a result judged against its baseline, as data; and how sftbench.render says it."""
 
+import dataclasses
+
 import pytest
 
 from sftbench import render
@@ -421,6 +423,18 @@ def test_operator_and_api_count_changes_are_named_beside_a_passing_verdict(famil
     assert render.counts_text(found.counts) == [
         "torch operators per micro-step (2048 tokens): +64 aten::empty_like, -64 flash_attn::_flash_attn_forward",
         "CUDA API calls per micro-step (2048 tokens): -2 cudaLaunchKernel"]
+
+
+def test_counts_are_read_from_the_step_that_counted_them_not_a_later_one_of_the_same_length(families):
+    """A full epoch traces every batch and counts API calls in the first traced step of the longest batch only."""
+    before = {"flash_attn::_flash_attn_forward": 64}
+    now = families(operators={"aten::empty_like": 64}, api_calls={"cudaLaunchKernel": 10})
+    later = dataclasses.replace(now.kernels.steps[0], api_calls=None)  # traced without counting API calls
+    now.kernels.steps.append(later)
+    found = compare(now, families(operators=before, api_calls={"cudaLaunchKernel": 12}), Tolerances())
+    assert [(c.name, c.change) for c in found.counts] == [("aten::empty_like", 64),
+                                                          ("flash_attn::_flash_attn_forward", -64),
+                                                          ("cudaLaunchKernel", -2)]
 
 
 def test_a_small_family_no_repeat_measured_is_not_judged_by_the_tolerance_alone(families, kernels_factory):

@@ -13,8 +13,9 @@ Builds the row's case in this process as the worker does, runs the warm-up, then
   N times each in turn: whether a step's kernel time follows the clock as the GPU warms (long steps run
   below the top clock by amounts that differ between runs);
 - with tracing=N: what tracing costs a micro-step and whether it moves the kernels' time: the longest and the
-  middle micro-step run N times each untraced, traced for kernel activity alone, and traced with their torch
-  operators and CUDA API calls counted, in turn: wall time of each, kernel time of the traced ones.
+  middle micro-step run N times each untraced, traced for kernel activity alone, with their torch operators
+  counted too, and with their CUDA API calls counted as well, in turn: wall time of each, kernel time of the
+  traced ones.
 
 `python -m sftbench profile ROW [--memory] [--no-timing] [--clock N] [--tracing N] --out DIR` runs it.
 """
@@ -173,7 +174,9 @@ def kernel_time_and_clock(trainer: Trainer, batches, repeats: int) -> dict[str, 
             "clock_limits": limits}
 
 
-TRACING = ("untraced", "kernel activity", "host work counted")
+# Ways of tracing a micro-step: (name, count its operators, count its API calls), None for untraced.
+TRACING = {"untraced": None, "kernel activity": (False, False), "operators counted": (True, False),
+           "operators and API calls counted": (True, True)}
 
 
 def tracing_cost(trainer: Trainer, batches, rounds: int) -> dict[str, dict[str, dict[str, list[float]]]]:
@@ -184,9 +187,8 @@ def tracing_cost(trainer: Trainer, batches, rounds: int) -> dict[str, dict[str, 
     runs = []  # (tokens, way, wall seconds) in the order run
     for _ in range(rounds):
         for batch in batches:
-            for way in TRACING:
-                traced = (nullcontext() if way == "untraced" else
-                          timer.step(batch.tokens, count_host_work=way == "host work counted"))
+            for way, counts in TRACING.items():
+                traced = nullcontext() if counts is None else timer.step(batch.tokens, *counts)
                 synchronize(trainer.device)
                 started = time.perf_counter()
                 with traced:
@@ -199,7 +201,7 @@ def tracing_cost(trainer: Trainer, batches, rounds: int) -> dict[str, dict[str, 
     for tokens, way, wall_s in runs:
         measured = report.setdefault(str(tokens), {}).setdefault(way, {"wall_s": []})
         measured["wall_s"].append(wall_s)
-        if way != "untraced":
+        if TRACING[way] is not None:
             measured.setdefault("kernel_s", []).append(next(kernel_s))
     return report
 
