@@ -174,7 +174,7 @@ def kernel_time_and_clock(trainer: Trainer, batches, repeats: int) -> dict[str, 
             "clock_limits": limits}
 
 
-# Ways of tracing a micro-step: (name, count its operators, count its API calls), None for untraced.
+# Ways of tracing a micro-step, by name: (count its operators, count its API calls); None: untraced.
 TRACING = {"untraced": None, "kernel activity": (False, False), "operators counted": (True, False),
            "operators and API calls counted": (True, True)}
 
