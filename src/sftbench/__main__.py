@@ -73,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     profile.add_argument("--clock", type=int, default=0, metavar="N",
                          help="trace the longest and the middle micro-step N times each: kernel time and SM clock")
     profile.add_argument("--tracing", type=int, default=0, metavar="N",
-                         help="the longest and the middle micro-step N times each untraced, traced for kernels, and "
-                              "traced with host work counted: what tracing costs")
+                         help="the longest and the middle micro-step N times each untraced, traced for kernels alone, "
+                              "with operators counted, and with API calls counted too: what tracing costs")
     profile.add_argument("--out", type=Path, required=True)
     _catalog_option(profile, "rows of this catalog of your own too (--sftbench-catalog)")
 
@@ -416,8 +416,7 @@ def _profile(args) -> int:
     from sftbench.diagnostics.step_profile import profile_row
 
     report = profile_row(rows[0], args.out, steps=args.steps, blocks=args.blocks, memory=args.memory,
-                         timing=not args.no_timing, clock=args.clock,
-                         tracing=args.tracing)
+                         timing=not args.no_timing, clock=args.clock, tracing=args.tracing)
     print(json.dumps(report, indent=1))
     return 0
 

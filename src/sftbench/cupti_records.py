@@ -81,13 +81,14 @@ class KernelRecordReader:
         try:
             owner = _BUFFERS.pop(buffer)
             if valid:
-                self._deliver(self._read(owner.view(np.uint8)[:valid], buffer, valid))
+                self._deliver(self._read(owner.view(np.uint8)[:valid], buffer))
         except Exception as error:  # noqa: BLE001 - raised by check(): ctypes would only print it here
             self.error = error
 
-    def _read(self, raw: np.ndarray, address: int, valid: int) -> list[Record]:
+    def _read(self, raw: np.ndarray, address: int) -> list[Record]:
+        """The kernel Records of the buffer at `address`, whose valid bytes are `raw`."""
         record, offsets = ctypes.c_void_p(None), []
-        while self._library.cuptiActivityGetNextRecord(address, valid, ctypes.byref(record)) == CUPTI_SUCCESS:
+        while self._library.cuptiActivityGetNextRecord(address, len(raw), ctypes.byref(record)) == CUPTI_SUCCESS:
             offsets.append(record.value - address)
         sizes, starts, ends, pointers = kernel_columns(raw, np.array(offsets, dtype=np.int64), self._layout, self._kind)
         if (sizes != self._layout.itemsize).any():

@@ -34,7 +34,7 @@ def coverage(results: dict[str, Result], user_tables: tuple[Table, ...] = ()) ->
         line += (f" Tables of your own: {len(shown - seed_keys)} configurations, "
                  f"{sum(row.spec.key in results for row in user_rows)} of their {len(user_rows)} rows.")
     if len(results) > len(shown):
-        line += f" {len(results) - len(shown)} other configurations are in no table shown and not shown."
+        line += f" {len(results) - len(shown)} other configurations are in none of these tables and not shown."
     return line
 
 
