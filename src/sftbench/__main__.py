@@ -84,9 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     projection.add_argument("--settle", type=int, action="append", help="untimed settle steps (repeatable)")
     projection.add_argument("--steps", type=int, action="append", help="representative steps (repeatable)")
     projection.add_argument("--samples", type=int)
-    projection.add_argument("--kernel-steps", type=int,
-                            help="GPU time only: instead of a full epoch, trace the batch shapes among this many "
-                                 "representatives (the epoch's micro-batches or more: every shape once)")
+    projection.add_argument("--reference-steps", type=int,
+                            help="GPU time only: instead of a full epoch, a quick run of this many representatives "
+                                 "(the epoch's micro-batches or more: every batch once)")
     projection.add_argument("--out", type=Path, required=True)
     _catalog_option(projection, "rows of this catalog of your own too (--sftbench-catalog)")
 
@@ -428,7 +428,7 @@ def _projection(args) -> int:
     from sftbench.diagnostics.projection import check_projection, markdown_table
 
     table = check_projection(rows, args.out, quick_runs=args.quick_runs, settle=args.settle, steps=args.steps,
-                             samples=args.samples, kernel_steps=args.kernel_steps,
+                             samples=args.samples, reference_steps=args.reference_steps,
                              log=lambda line: print(line, flush=True))
     print("\n" + markdown_table(table))
     return 0
@@ -455,7 +455,7 @@ def _frontier(args) -> int:
     from sftbench.storage.results import ResultStore
 
     launcher, store = Launcher(), ResultStore(args.out)
-    options = RunOptions(representative_steps=4, settle_steps=0, kernel_steps=1)  # memory is the question
+    options = RunOptions(representative_steps=4, settle_steps=0)  # memory is the question
 
     def run(spec):
         result = launcher.run(spec, options)

@@ -110,12 +110,12 @@ def _check_choice(name: str, value, choices) -> None:
 @dataclass(frozen=True)
 class RunOptions:
     full_epoch: bool = False
-    # Timed micro-steps of the quick mode. Every other one of 32 projected the wall minutes within -2.2..+4.5% of all
-    # 32 in 56 H100 runs (scripts/replay_fewer_steps.py on docs/measurements.md sections 13-14), while whole runs of one
-    # host moved by -20..+30% between them: the wall-time band is 40%. Steps of a second or more timed 16 already.
-    representative_steps: int = 16
+    # Timed representative micro-steps of the quick mode, which then times the longest and the shortest batch
+    # trainer.FAMILY_REPEATS more times each. 12 evenly spaced of 16 projected the wall minutes within -4.9..+4.2% of
+    # all 16 in the 22 H100 results of docs/measurements.md section 17 (every other one of 32: -2.2..+4.5% in 56 runs of
+    # sections 13-14), while whole runs of one host moved by -20..+30% between them: the wall-time band is 40%.
+    representative_steps: int = 12
     settle_steps: int = 4
-    kernel_steps: int = 8  # untimed micro-steps whose GPU kernel time is traced (quick mode)
     attn_fallback: str | None = None  # kernel to use where flash-attn is missing, e.g. "sdpa"
 
     @property

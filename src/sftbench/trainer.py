@@ -11,24 +11,24 @@ optimizer step (AdamW's states exist from then on), then the longest batch with 
 the epoch's worst memory state, so the recorded peak (over the whole case, model build included,
 as the seed's was) contains the epoch's true peak, and the allocator has grown to it before any
 step is timed (a one-off cost in a real epoch, not one step in 16). Then `settle_steps` more
-untimed micro-steps at representative sizes.
+untimed micro-steps at representative sizes; on a GPU the first of them, the longest batch, and an
+optimizer step run with the allocator recording, to sort the memory at the peak by category
+(sftbench.memory).
 
 The projection takes the mean of repeated token counts, not their median: an epoch's time is a
-sum, and the occasional slow step is part of it.
+sum, and the occasional slow step is part of it. The quick mode times the longest and the shortest
+batch FAMILY_REPEATS more times after the representatives: how much each kernel family repeats,
+for its verdict; a full epoch traces those repeats after its last step, outside its time.
 
-GPU kernel time (a KernelTimer, where CUPTI is available) is traced on separate micro-steps after
-the timed ones, so the wall-timed steps never pay for tracing: one micro-step of each batch shape
-among `kernel_steps` representatives and one optimizer step, projected over the epoch like the wall
-time. A full epoch traces every step (its wall time then includes CUPTI's tracing) and reads the
-records every FLUSH_EVERY micro-steps, outside the timed steps. Either way the shortest and the longest
-batch are traced FAMILY_REPEATS more times (the quick mode before its traced optimizer step): how much each
-kernel family repeats, for its verdict. Every traced step counts its torch operators (the self-test's kernel
-spins run in the same dispatch mode, so clean and injected runs trace alike); only the first traced step of the
-longest batch counts CUDA API calls too, whose Python callback on every call made a host-bound step about 4
-times slower (docs/measurements.md section 16): the verdicts read the counts of that step
-(sftbench.verdicts.host_work_changes).
-Last, on a GPU, one more micro-step of the longest batch and an optimizer step run with the allocator recording,
-to sort the memory at the peak by category (sftbench.memory).
+GPU kernel time (a KernelTimer, where CUPTI is available) comes from the timed steps themselves, traced
+for their kernels alone, which costs the host nothing measurable (docs/measurements.md sections 16 and
+18), and is projected over the epoch like the wall time. CUPTI's records are read every FLUSH_EVERY
+micro-steps and at the end, between timed steps. What the host did is counted in one more untimed
+traced step of the longest batch, before the timed ones: its torch operators (a Python dispatch mode)
+and its CUDA API calls (a Python callback on every call), which made a host-bound step 4-9 times slower
+(section 16); the verdicts read those counts (sftbench.verdicts.host_work_changes). The self-test's
+kernel spins ride on that dispatch mode, so under SFTBENCH_INJECT_KERNELS every traced step, the timed
+ones included, runs in it: that run's wall time is the knob's, never compared clean.
 Before each timed step, a fixed burst of tiny kernel launches (trackers.host_probe_s) measures the host's
 own pace, which wall time of host-bound steps follows between runs.
 The self-test's knobs act through an Injector (sftbench.injection) around each micro-step.
@@ -56,7 +56,7 @@ MAX_GRAD_NORM = 0.5
 WARMUP_RATIO = 0.05
 LEARNING_RATE = {"lora": 1e-4, "full": 2e-5}
 OPTIMIZER_TIMINGS = 3
-FLUSH_EVERY = 50  # micro-steps of a traced full epoch between reads of CUPTI's records
+FLUSH_EVERY = 50  # traced micro-steps between reads of CUPTI's records (a full epoch, a quick run of many)
 # Repeats of the shortest and the longest traced micro-step: how much each family's share of a step repeats
 # (kernels.family_noise_pct), from 2 x 2 degrees of freedom, for the family verdicts (sftbench.verdicts). The H100
 # runs of docs/measurements.md sections 13-14 replayed with their 3 repeats cut to 2 (scripts/replay_fewer_steps.py)
@@ -86,9 +86,11 @@ class Trainer:
         self.model, self.corpus, self.batches = model, corpus, batches
         self.kernel_timer = kernel_timer
         self.injector = Injector(injection, kernel_timer, device)  # the self-test's knobs (sftbench.injection)
-        self._first_traced: dict[tuple[int, int], int] = {}  # batch shape -> index of its first traced step
+        self._first_traced: dict[tuple[int, ...], int] = {}  # a batch's samples -> index of its first traced step
         self._repeats: dict[int, int] = {}  # index of a traced repeat -> index of the step it repeats
+        self._projected: list[int] = []  # indices of the traced steps that were timed: the projection weighs them
         self.max_length, self.accumulation, self.device = max_length, accumulation, device
+        self.memory_by_category = device.type == "cuda"  # the caching allocator's record exists on a GPU only
         self.amp_dtype = amp_dtype
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         self._probe_scratch = torch.zeros(1, device=device)
@@ -144,40 +146,42 @@ class Trainer:
         if self.kernel_timer is not None:
             self.kernel_timer.start()
         self.injector.prepare(self.micro_step, ordered[-1], ordered[0], self.model, self.optimizer)
-        for batch in representatives(ordered, options.settle_steps):
+        epoch = TrainedEpoch(self._timing(), overhead={"kernel_read_s": 0.0})
+        settle = representatives(ordered, options.settle_steps)
+        if self.memory_by_category:  # the first settle step, the longest batch, with the allocator recording
+            self._memory_categories(ordered[0], epoch, progress)
+            settle = settle[1:]
+        for batch in settle:
             with warmup.step(batch.tokens):
                 self.micro_step(batch)
-        epoch = TrainedEpoch(self._timing(), overhead={"warmup_s": sum(warmup.durations), "kernel_read_s": 0.0})
+        epoch.overhead["warmup_s"] = sum(warmup.durations)
+        if self.kernel_timer is not None:
+            self._counted_step(ordered[0], epoch.overhead)
         timer = StepTimer(self.device)
         started = time.perf_counter()
         if options.full_epoch:
             self._full_epoch(timer, epoch, progress)
-            epoch.overhead["timed_steps_s"] = time.perf_counter() - started - epoch.overhead["kernel_read_s"]
         else:
-            self._representative_steps(ordered, options.representative_steps, timer, epoch.timing, progress)
-            epoch.overhead["timed_steps_s"] = time.perf_counter() - started
-            if self.kernel_timer is not None:
-                self._kernel_steps(ordered, options.kernel_steps, epoch.overhead, progress)
+            self._representative_steps(ordered, options.representative_steps, timer, epoch, progress)
+        epoch.overhead["timed_steps_s"] = time.perf_counter() - started - epoch.overhead["kernel_read_s"]
         timing = epoch.timing
         samples = len(self.corpus.lengths)
         timing.minutes_per_1000_samples = minutes_per_1000_samples(timing.epoch_seconds, samples)
         timing.tokens_per_s = timing.epoch_tokens / timing.epoch_seconds
         timing.samples_per_s = samples / timing.epoch_seconds
         if self.kernel_timer is not None:
-            if options.full_epoch:  # the quick mode repeated its steps among its kernel steps
+            if options.full_epoch:  # the quick mode repeated its steps among its timed ones
                 self._timed_repeats(ordered, epoch.overhead)
             read = time.perf_counter()
             epoch.kernels = self.kernel_timer.stop()
             mark_repeats(epoch.kernels, self._repeats)
             epoch.overhead["kernel_read_s"] += time.perf_counter() - read
             self._project_kernels(epoch, options.full_epoch)
-        if self.device.type == "cuda":
-            self._memory_categories(ordered[0], epoch, progress)
         return epoch
 
     def _memory_categories(self, longest: Batch, epoch: TrainedEpoch, progress) -> None:
-        """The memory at the peak by category (sftbench.memory), after everything timed and traced. A failure
-        there is said and leaves the case's measurements as they are."""
+        """The memory at the peak by category (sftbench.memory), once the self-test's memory knobs hold theirs and
+        before anything is timed. A failure there is said and leaves the case's measurements as they are."""
         started = time.perf_counter()
         try:
             epoch.memory = memory.categories_at_peak(self, longest)
@@ -189,33 +193,16 @@ class Trainer:
         return Timing(epoch_micro_batches=len(self.batches), epoch_optimizer_steps=self.optimizer_steps,
                       epoch_tokens=int(self.corpus.lengths.clip(max=self.max_length).sum()))
 
-    def _kernel_steps(self, ordered: list[Batch], count: int, overhead: dict[str, float], progress) -> None:
-        """Kernel time of the batch shapes among `count` representative micro-steps, one step each, and of
-        one optimizer step, untimed. Steps of one shape launch the same kernels, whose summed time repeats
-        to ~0.1%, so tracing a shape again (the longest batch is often a quarter of an epoch) adds only the
-        traced step's cost: its host counting operators (and, in the first one, the longest batch's, API calls),
-        and reading its kernels' records (a 7B step launches ~6000)."""
-        started, reading_s = time.perf_counter(), 0.0
-        shapes = distinct_shapes(representatives(ordered, count))  # the longest first
-        for i, batch in enumerate(shapes, 1):
-            self._traced_micro_step(batch, count_api_calls=i == 1)
-            if i % FLUSH_EVERY == 0:  # many shapes (the projection check traces every one): bound the records held
-                read = time.perf_counter()
-                self.kernel_timer.collect()
-                reading_s += time.perf_counter() - read
-                progress(f"traced {i}/{len(shapes)} batch shapes")
-        overhead["kernel_steps_s"] = time.perf_counter() - started - reading_s
-        self._timed_repeats(ordered, overhead)
+    def _counted_step(self, longest: Batch, overhead: dict[str, float]) -> None:
+        """One untimed traced micro-step of the longest batch, with gradients present as in the timed steps, that
+        counts what the host did: its torch operators and CUDA API calls (verdicts.host_work_changes). Counting
+        slows the host, each operator through a Python dispatch mode, each API call through a Python callback
+        (a host-bound step about 4-9 times: docs/measurements.md section 16), so no timed step counts."""
         started = time.perf_counter()
-        with self.kernel_timer.step(0, count_api_calls=False):
-            self.optimizer_step()
-        overhead["kernel_read_s"] += reading_s
-        overhead["kernel_steps_s"] += time.perf_counter() - started
-
-    def _traced_micro_step(self, batch: Batch, count_api_calls: bool) -> None:
-        self._first_traced.setdefault(shape(batch), self.kernel_timer.traced)
-        with self.kernel_timer.step(batch.tokens, count_api_calls=count_api_calls):
-            self.micro_step(batch)
+        self.ensure_gradients(longest)
+        with self.kernel_timer.step(longest.tokens, count_operators=True, count_api_calls=True):
+            self.micro_step(longest)
+        overhead["counted_step_s"] = time.perf_counter() - started
 
     def _timed_repeats(self, ordered: list[Batch], overhead: dict[str, float]) -> None:
         started = time.perf_counter()
@@ -223,26 +210,56 @@ class Trainer:
         overhead["kernel_repeats_s"] = time.perf_counter() - started
 
     def _repeat_steps(self, ordered: list[Batch]) -> None:
-        """Trace the shortest and the longest batch FAMILY_REPEATS more times each, noting each in `_repeats` as a
-        repeat of the first traced step of its shape (mark_repeats). With gradients present, as the steps they
-        repeat ran (ensure_gradients): the quick mode repeats before its traced optimizer step; a full epoch ends on
-        one."""
+        """After a full epoch: trace the shortest and the longest batch FAMILY_REPEATS more times each, noting each
+        in `_repeats` as a repeat of the epoch's step of the same batch (mark_repeats), outside the projection. With
+        gradients present, as the steps they repeat ran (the epoch ends on an optimizer step)."""
         self.ensure_gradients(ordered[-1])
-        for batch in dict.fromkeys((ordered[0], ordered[-1])):
-            if shape(batch) in self._first_traced:
-                for _ in range(FAMILY_REPEATS):
-                    self._repeats[self.kernel_timer.traced] = self._first_traced[shape(batch)]
-                    with self.kernel_timer.step(batch.tokens, count_api_calls=False):
-                        self.micro_step(batch)
+        for batch in repeated(ordered):
+            self._timed_micro_step(batch, None, None)
+
+    def _timed_micro_step(self, batch: Batch, timer: StepTimer | None, timing: Timing | None) -> None:
+        """A micro-step, wall-timed by `timer` (after a probe of the host's pace) where given, and traced for its
+        kernels alone around that: a step of a batch traced before is a repeat of that step (mark_repeats)."""
+        if timing is not None:
+            self._probe_host(timing)
+        traced = contextlib.nullcontext()
+        if self.kernel_timer is not None:
+            index = self.kernel_timer.traced
+            first = self._first_traced.setdefault(batch.indices, index)
+            if first != index:
+                self._repeats[index] = first
+            if timer is not None:
+                self._projected.append(index)
+            traced = self.kernel_timer.step(batch.tokens, count_operators=False, count_api_calls=False)
+        with traced, (timer.step(batch.tokens) if timer is not None else contextlib.nullcontext()):
+            self.micro_step(batch)
+
+    def _timed_optimizer_step(self, timer: StepTimer) -> None:
+        traced = contextlib.nullcontext()
+        if self.kernel_timer is not None:
+            self._projected.append(self.kernel_timer.traced)
+            traced = self.kernel_timer.step(0, count_operators=False, count_api_calls=False)
+        with traced, timer.step(0):
+            self.optimizer_step()
+
+    def _collect_every(self, i: int, epoch: TrainedEpoch) -> None:
+        """Read CUPTI's records every FLUSH_EVERY traced micro-steps, between timed steps: bounds the records held."""
+        if self.kernel_timer is not None and i % FLUSH_EVERY == 0:
+            started = time.perf_counter()
+            self.kernel_timer.collect()
+            epoch.overhead["kernel_read_s"] += time.perf_counter() - started
 
     def _project_kernels(self, epoch: TrainedEpoch, full_epoch: bool) -> None:
-        """The epoch's kernel time: summed over a traced full epoch, else projected like the wall time, as the
-        traced steps' seconds times their weights (projection_weights), so that families and kernels project
-        alike; GPU-minutes, by family too, and how busy the GPU was against the wall time."""
+        """The epoch's kernel time from the timed steps' kernels: summed over a full epoch, else projected like the
+        wall time, as their seconds times their weights (projection_weights), so that families and kernels project
+        alike; GPU-minutes, by family too, and how busy the GPU was against the wall time. The counted step and a
+        full epoch's repeats weigh nothing."""
         record, samples = epoch.kernels, len(self.corpus.lengths)
-        steps = [step for step in record.steps if step.repeat_of is None]
+        steps = [record.steps[i] for i in self._projected]
         weights = ([1.0] * len(steps) if full_epoch else
                    projection_weights([s.tokens for s in steps], [b.tokens for b in self.batches], self.optimizer_steps))
+        for step in record.steps:
+            step.weight = 0.0
         for step, weight in zip(steps, weights):
             step.weight = weight
         optimizer = [s.seconds for s in steps if s.tokens == 0]
@@ -255,24 +272,13 @@ class Trainer:
 
     def _full_epoch(self, timer: StepTimer, epoch: TrainedEpoch, progress) -> None:
         optimizer_timer = StepTimer(self.device)
-        kernel_timer = self.kernel_timer
-        longest = shape(max(self.batches, key=lambda b: b.tokens))
         # The warm-up left gradients behind: the epoch starts from a clean accumulation.
         self.optimizer.zero_grad(set_to_none=True)
         for i, batch in enumerate(self.batches, 1):
-            self._probe_host(epoch.timing)
-            api_calls = shape(batch) == longest and longest not in self._first_traced  # its first traced step only
-            if kernel_timer is not None:
-                self._first_traced.setdefault(shape(batch), kernel_timer.traced)
-            with timer.step(batch.tokens), _traced(kernel_timer, batch.tokens, api_calls):
-                self.micro_step(batch)
+            self._timed_micro_step(batch, timer, epoch.timing)
             if i % self.accumulation == 0 or i == len(self.batches):
-                with optimizer_timer.step(0), _traced(kernel_timer, 0, False):
-                    self.optimizer_step()
-            if kernel_timer is not None and i % FLUSH_EVERY == 0:
-                started = time.perf_counter()
-                kernel_timer.collect()
-                epoch.overhead["kernel_read_s"] += time.perf_counter() - started
+                self._timed_optimizer_step(optimizer_timer)
+            self._collect_every(i, epoch)
             if i % 100 == 0:
                 progress(f"micro-step {i}/{len(self.batches)}, {sum(timer.durations):.1f} s")
         timing = epoch.timing
@@ -280,18 +286,24 @@ class Trainer:
         timing.optimizer_step_s = median(optimizer_timer.durations)
         timing.epoch_seconds = sum(timer.durations) + sum(optimizer_timer.durations)
 
-    def _representative_steps(self, ordered: list[Batch], count: int, timer: StepTimer, timing: Timing,
+    def _representative_steps(self, ordered: list[Batch], count: int, timer: StepTimer, epoch: TrainedEpoch,
                               progress) -> None:
-        for batch in representatives(ordered, count):
-            self._probe_host(timing)
-            with timer.step(batch.tokens):
-                self.micro_step(batch)
+        """Time the representatives, then the longest and the shortest batch FAMILY_REPEATS more times each (how
+        much each kernel family's time repeats, for its verdict; their wall time joins the projection's mean), then
+        OPTIMIZER_TIMINGS optimizer steps, each with gradients present as in the epoch."""
+        chosen = representatives(ordered, count) + repeated(ordered)
+        self.ensure_gradients(ordered[-1])  # the settle steps may end on the allocator's recorded optimizer step
+        for i, batch in enumerate(chosen, 1):
+            self._timed_micro_step(batch, timer, epoch.timing)
+            self._collect_every(i, epoch)
+            if i % FLUSH_EVERY == 0:
+                progress(f"timed {i}/{len(chosen)} micro-steps")
         progress(f"timed {len(timer.durations)} representative micro-steps")
         optimizer_timer = StepTimer(self.device)
-        for _ in range(OPTIMIZER_TIMINGS):  # each with gradients present, as in the epoch
-            with optimizer_timer.step(0):
-                self.optimizer_step()
+        for _ in range(OPTIMIZER_TIMINGS):
+            self._timed_optimizer_step(optimizer_timer)
             self.micro_step(ordered[-1])
+        timing = epoch.timing
         timing.step_durations_s, timing.step_tokens = timer.durations, timer.tokens
         timing.optimizer_step_s = median(optimizer_timer.durations)
         epoch_tokens = [b.tokens for b in self.batches]
@@ -306,32 +318,21 @@ class Trainer:
 
 
 def mark_repeats(record: Kernels, repeats: dict[int, int]) -> None:
-    """Mark the record's steps at these indices as repeats of the step at their value, the first traced step of their
-    shape: the projection leaves them out, kernels.family_noise_pct reads them."""
+    """Mark the record's steps at these indices as repeats of the step at their value, the first traced step of the
+    same batch: kernels.family_noise_pct reads them."""
     for index, original in repeats.items():
-        record.steps[index].repeat_of, record.steps[index].weight = original, 0.0
+        record.steps[index].repeat_of = original
 
 
-def _traced(kernels: KernelTimer | None, tokens: int, count_api_calls: bool):
-    return contextlib.nullcontext() if kernels is None else kernels.step(tokens, count_api_calls=count_api_calls)
+def repeated(ordered: list[Batch]) -> list[Batch]:
+    """The batches run again to see how much each kernel family repeats: the longest, then the shortest,
+    FAMILY_REPEATS times each."""
+    return [ordered[0]] * FAMILY_REPEATS + [ordered[-1]] * FAMILY_REPEATS
 
 
 def representatives(ordered: list[Batch], count: int) -> list[Batch]:
     """The longest batch and batches at evenly spaced quantiles of size, longest first."""
     return [ordered[p] for p in representative_positions(len(ordered), count)]
-
-
-def shape(batch: Batch) -> tuple[int, int]:
-    """(samples, padded length): batches of one shape launch the same kernels."""
-    return len(batch.indices), batch.padded_length
-
-
-def distinct_shapes(batches: list[Batch]) -> list[Batch]:
-    """The first batch of each shape, in order."""
-    first: dict[tuple[int, int], Batch] = {}
-    for batch in batches:
-        first.setdefault(shape(batch), batch)
-    return list(first.values())
 
 
 def representative_positions(length: int, count: int) -> list[int]:

@@ -35,6 +35,20 @@ def make_result(spec: CaseSpec = QWEN_7B_4096, *, gpu: str = "NVIDIA H200", minu
     return Result(**values)
 
 
+def scale_wall_time(path, factor: float) -> None:
+    """A stored baseline's wall time scaled by `factor`, its timed steps' too (the paired test reads them), and its
+    own spread made that of a quiet host: on a loaded machine a run's spread reached 110%, and a baseline that noisy
+    judges no wall time at all."""
+    import json
+
+    data = json.loads(path.read_text())
+    timing = data["result"]["timing"]
+    timing["minutes_per_1000_samples"] *= factor
+    timing["step_durations_s"] = [seconds * factor for seconds in timing["step_durations_s"]]
+    timing["wall_noise_pct"] = 1.0
+    path.write_text(json.dumps(data))
+
+
 def traced(names: list[str], steps: list[tuple[int, float | None, list[list[int]]]], **fields) -> Kernels:
     """A kernel record of traced steps given as (tokens, weight, [[name index, count, ns]]); families classified."""
     from sftbench import kernels

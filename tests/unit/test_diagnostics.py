@@ -40,7 +40,7 @@ def test_memory_at_peak_reads_the_profiles_that_have_one(tmp_path):
     assert memory_at_peak(tmp_path) == {"a": peak}
 
 
-def test_the_gpu_projection_is_replayed_on_the_reference_runs_kernel_steps(result_factory):
+def test_the_gpu_projection_is_replayed_on_the_reference_runs_own_steps(result_factory):
     from sftbench.data import SyntheticCorpus, epoch_batches
     from sftbench.diagnostics.projection import markdown_table, replay_quick_gpu
     from sftbench.result import Kernels, TracedStep
@@ -69,11 +69,11 @@ def test_the_gpu_projection_is_replayed_on_the_reference_runs_kernel_steps(resul
     kept = sorted(set(range(0, len(shapes), 2)) | {len(shapes) - 1, len(shapes)})
     linear.kernels.steps = [linear.kernels.steps[i] for i in kept]
     assert replay_quick_gpu(linear, spec, 3) == pytest.approx(minutes(lambda t: 1e-4 * t + 0.01))
-    row = {"row": "r", "reference": "400 batch shapes traced", "settle": 4, "steps": 32, "quick_min": 4.0,
+    row = {"row": "r", "reference": "400 micro-steps traced", "settle": 4, "steps": 32, "quick_min": 4.0,
            "full_min": None, "delta_pct": None, "replayed_min": None, "quick_gpu_min": 1.01, "full_gpu_min": 1.0,
            "gpu_delta_pct": 1.0, "replayed_gpu_min": 1.0}
     assert markdown_table([row]).splitlines()[-1] == (
-        "| r | 400 batch shapes traced | 4 | 32 | 4.000 |  |  |  | 1.010 | 1.000 | +1.0% | 1.000 (+0.0%) |")
+        "| r | 400 micro-steps traced | 4 | 32 | 4.000 |  |  |  | 1.010 | 1.000 | +1.0% | 1.000 (+0.0%) |")
 
 class FakeKernelTimer:
     """KernelTimer as the profile diagnostics use it: each traced step records tokens * 1e-4 kernel seconds, three
@@ -137,8 +137,8 @@ def test_tracing_cost_runs_each_batch_untraced_traced_and_counted_in_turn(monkey
     assert all(w >= 0 for way in report["2048"].values() for w in way["wall_s"])
 
 
-@pytest.mark.parametrize("reference_ok, name", [(True, "3 batch shapes traced"), (False, "no batch shapes traced")])
-def test_a_projection_against_traced_batch_shapes_names_its_reference_and_leaves_the_wall_columns_empty(
+@pytest.mark.parametrize("reference_ok, name", [(True, "3 micro-steps traced"), (False, "no micro-steps traced")])
+def test_a_projection_against_a_quick_run_of_every_batch_names_its_reference_and_leaves_the_wall_columns_empty(
         tmp_path, monkeypatch, result_factory, reference_ok, name):
     from sftbench.catalog import Row
     from sftbench.diagnostics import projection
@@ -151,16 +151,16 @@ def test_a_projection_against_traced_batch_shapes_names_its_reference_and_leaves
     class Launcher:
         def run(self, spec, options):
             ran.append(options)
-            if options.kernel_steps == 40:  # the reference: every shape traced once, then an optimizer step
+            if options.representative_steps == 40:  # the reference: every batch timed and traced
                 steps = [TracedStep(tokens=t, seconds=s, weight=1.0) for t, s in zip([8192, 4096, 512, 0],
                                                                                      [1.0, 0.5, 0.1, 0.2])]
                 return result_factory(spec, outcome="ok" if reference_ok else "oom", steps=steps, optimizer_s=0.2,
-                                      gpu_minutes_per_1000_samples=2.0, busy_pct=20.0)
+                                      gpu_minutes_per_1000_samples=2.0, busy_pct=20.0, step_tokens=[8192, 4096, 512])
             return result_factory(spec, gpu_minutes_per_1000_samples=2.02, busy_pct=20.2)
 
     monkeypatch.setattr(projection, "Launcher", Launcher)
     [entry] = projection.check_projection([Row("lora_max_length", "x", spec)], tmp_path, quick_runs=1,
-                                          kernel_steps=40, log=lambda line: None)
-    assert [o.kernel_steps for o in ran] == [8, 40] and not ran[1].full_epoch
+                                          reference_steps=40, log=lambda line: None)
+    assert [o.representative_steps for o in ran] == [12, 40] and not ran[1].full_epoch
     assert entry["reference"] == name and entry["full_min"] is None and entry["replayed_min"] is None
     assert (entry["full_gpu_min"], entry["gpu_delta_pct"]) == ((2.0, pytest.approx(1.0)) if reference_ok else (None, None))

@@ -16,6 +16,9 @@ from sftbench.session import per_step_estimates
 from sftbench.spec import CaseSpec
 from sftbench.storage.baselines import BaselineStore
 from sftbench.storage.results import read_result
+from sftbench.trainer import FAMILY_REPEATS
+
+from .conftest import scale_wall_time
 
 SMOKE_MODULE = """
 import pytest
@@ -113,24 +116,14 @@ def baselines(pytester, shared):
     return copy
 
 
-def edit_minutes(folder, row_id: str, factor: float) -> None:
-    """The baseline's wall time scaled by `factor`, and its own spread made that of a quiet host: the update run's
-    spread on a loaded machine reached 110%, and a baseline that noisy judges no wall time at all."""
-    path = folder / "cpu" / f"{key(row_id)}.json"
-    data = json.loads(path.read_text())
-    data["result"]["timing"]["minutes_per_1000_samples"] *= factor
-    data["result"]["timing"]["wall_noise_pct"] = 1.0
-    path.write_text(json.dumps(data))
-
-
 @pytest.fixture
 def compared(pytester, baselines, shared):
     """(result, folder) of one comparing run: the baseline of faster made 100x faster, of slower 100x slower
     (far beyond the noise of CPU timings on a busy machine), of corrupt broken; fresh has none; with
     --benchmark-json."""
     if "compare" not in shared:
-        edit_minutes(baselines, "faster", 0.01)
-        edit_minutes(baselines, "slower", 100)
+        scale_wall_time(baselines / "cpu" / f"{key('faster')}.json", 0.01)
+        scale_wall_time(baselines / "cpu" / f"{key('slower')}.json", 100)
         (baselines / "cpu" / f"{key('corrupt')}.json").write_text('{"schema": 1, "key": ')
         shared["compare"] = run(pytester, "--benchmark-json", "bench.json"), pytester.path
     return shared["compare"]
@@ -168,7 +161,8 @@ def test_a_slower_run_fails_naming_the_metric_the_change_and_the_tolerance(compa
     result, _ = compared
     result.stdout.re_match_lines([
         r"test_cpu_smoke\[faster\]: wall-time regression$",  # a CPU has no GPU kernel clock
-        r"\s+minutes_per_1000_samples: \S+ -> \S+ \(\+\d+\.\d%, noise band [\d.]+%\)$",  # the floor or the baseline's spread
+        # The floor or the baseline's spread; the paired test where both runs timed enough steps.
+        r"\s+minutes_per_1000_samples: \S+ -> \S+ \(\+\d+\.\d%, noise band [\d.]+%(, step samples p=\S+)?\)$",
     ])
     assert summary_line(result, "faster").endswith(" -> wall-time regression")
     # The delta is the edit's (about +9900%), give or take this machine's noise.
@@ -205,7 +199,8 @@ def test_pytest_benchmark_rounds_are_per_step_estimates_of_seconds_per_1000_samp
         row_id = name[len("test_cpu_smoke["):-1]
         measured = read_result(folder / "results" / "cpu" / f"{key(row_id)}.json")
         steps = measured.timing.step_durations_s
-        assert len(steps) == SAMPLES[row_id]  # one batch per sample, fewer than 32: every batch timed
+        # One batch per sample, fewer than 16: every batch timed, then the longest and the shortest again.
+        assert len(steps) == SAMPLES[row_id] + 2 * FAMILY_REPEATS
         assert bench["stats"]["rounds"] == len(steps)
         # Each round is one step's estimate of the run's seconds per 1000 samples.
         rounds = per_step_estimates(measured)
@@ -223,12 +218,12 @@ def test_pytest_benchmark_rounds_are_per_step_estimates_of_seconds_per_1000_samp
 
 
 def test_strict_fails_an_improvement(pytester, baselines):
-    edit_minutes(baselines, "slower", 100)
+    scale_wall_time(baselines / "cpu" / f"{key('slower')}.json", 100)
     result = run(pytester, "-k", "slower", "--sftbench-strict")
     result.assert_outcomes(failed=1, deselected=4)
     result.stdout.re_match_lines([
         r"test_cpu_smoke\[slower\]: improvement$",
-        r"\s+minutes_per_1000_samples: \S+ -> \S+ \(-\d+\.\d%, noise band [\d.]+%\)$",  # the floor or the baseline's spread
+        r"\s+minutes_per_1000_samples: \S+ -> \S+ \(-\d+\.\d%, noise band [\d.]+%(, step samples p=\S+)?\)$",
         r"\s+\(--sftbench-strict: a stale or mismatched baseline fails\)$",
     ])
 
@@ -434,4 +429,4 @@ def test_workers_report_one_summary_one_run_record_and_their_benchmarks(pytester
     assert f"run record: {record}" in sftbench_section(result).splitlines()  # its own line, not after [100%]
     benchmarks = json.loads((pytester.path / "bench.json").read_text())["benchmarks"]
     assert sorted((b["fullname"], b["stats"]["rounds"]) for b in benchmarks) == sorted(
-        (f"test_smoke.py::test_cpu_smoke[{row_id}]", n) for row_id, n in SAMPLES.items())
+        (f"test_smoke.py::test_cpu_smoke[{row_id}]", n + 2 * FAMILY_REPEATS) for row_id, n in SAMPLES.items())

@@ -11,7 +11,7 @@ from sftbench.data import Batch, SyntheticCorpus, epoch_batches
 from sftbench.models import build_model
 from sftbench.spec import CaseSpec, RunOptions
 from sftbench import trainer as trainer_module
-from sftbench.trainer import (OPTIMIZER_TIMINGS, Trainer, distinct_shapes, project_epoch, replay_quick,
+from sftbench.trainer import (FAMILY_REPEATS, OPTIMIZER_TIMINGS, Trainer, project_epoch, repeated, replay_quick,
                                representatives)
 from sftbench.injection import Injection, Injector, kernel_spins
 from sftbench.result import Kernels, TracedStep
@@ -108,10 +108,12 @@ def test_quick_mode_times_representative_steps_and_projects_the_epoch(trainer, m
     progress = []
     epoch = trainer.run(RunOptions(representative_steps=4), progress=progress.append)
     timing = epoch.timing
-    chosen = representatives(sorted(trainer.batches, key=lambda b: -b.tokens), 4)
+    ordered = sorted(trainer.batches, key=lambda b: -b.tokens)
+    chosen = representatives(ordered, 4) + [ordered[0]] * FAMILY_REPEATS + [ordered[-1]] * FAMILY_REPEATS
+    timed = len(chosen)
     assert timing.step_tokens == [b.tokens for b in chosen]
-    assert len(timing.step_durations_s) == 4 and all(d > 0 for d in timing.step_durations_s)
-    assert len(timing.host_probe_s) == 4 and all(p > 0 for p in timing.host_probe_s)  # one before each timed step
+    assert len(timing.step_durations_s) == timed and all(d > 0 for d in timing.step_durations_s)
+    assert len(timing.host_probe_s) == timed and all(p > 0 for p in timing.host_probe_s)  # one before each timed step
     assert epoch.overhead["warmup_s"] > 0 and timing.optimizer_step_s > 0 and epoch.kernels is None
     assert epoch.memory is None  # no allocator record on the CPU
     assert (timing.epoch_micro_batches, timing.epoch_optimizer_steps) == (6, 2)
@@ -121,7 +123,7 @@ def test_quick_mode_times_representative_steps_and_projects_the_epoch(trainer, m
     assert timing.epoch_seconds > 0
     assert timing.epoch_seconds == pytest.approx(project_epoch(
         timing.step_tokens, timing.step_durations_s, [b.tokens for b in trainer.batches], 2, timing.optimizer_step_s))
-    assert progress == ["timed 4 representative micro-steps"]
+    assert progress == [f"timed {timed} representative micro-steps"]
 
 
 def test_compiled_code_runs_eagerly_in_every_step_as_under_the_traced_steps_dispatch_mode(trainer, monkeypatch):
@@ -146,9 +148,10 @@ def test_compiled_code_runs_eagerly_in_every_step_as_under_the_traced_steps_disp
 
 
 def test_quick_mode_times_the_representatives_however_long_its_steps(trainer):
+    ordered = sorted(trainer.batches, key=lambda b: -b.tokens)
     for settle in (0, 2):
         timing = trainer.run(RunOptions(representative_steps=4, settle_steps=settle), progress=lambda line: None).timing
-        assert timing.step_tokens == [b.tokens for b in representatives(sorted(trainer.batches, key=lambda b: -b.tokens), 4)]
+        assert timing.step_tokens == [b.tokens for b in representatives(ordered, 4) + repeated(ordered)]
 
 
 def test_full_mode_times_every_batch_in_training_order(trainer, monkeypatch):
@@ -220,47 +223,56 @@ class FakeKernelTimer:
         return self.record
 
 
-def test_quick_mode_traces_kernel_steps_after_the_timed_ones_and_projects_gpu_time(trainer):
+def test_quick_mode_traces_its_timed_steps_counts_in_one_untimed_step_and_projects_gpu_time(trainer):
     trainer.kernel_timer = FakeKernelTimer()
-    epoch = trainer.run(RunOptions(representative_steps=4, kernel_steps=3), progress=lambda line: None)
+    epoch = trainer.run(RunOptions(representative_steps=4), progress=lambda line: None)
     ordered = sorted(trainer.batches, key=lambda b: -b.tokens)
-    chosen = distinct_shapes(representatives(ordered, 3))
-    record = epoch.kernels
-    # Each shape traced once, then the repeats of the longest and the shortest batch, then an optimizer step.
-    assert [s.tokens for s in record.steps] == [b.tokens for b in chosen] + \
-        [ordered[0].tokens] * 2 + [ordered[-1].tokens] * 2 + [0]
-    repeats = record.steps[len(chosen):-1]
-    assert {s.weight for s in repeats} == {0.0} and [s.repeat_of for s in repeats] == [0] * 2 + [len(chosen) - 1] * 2
-    assert all(s.repeat_of is None for s in record.steps[:len(chosen)] + record.steps[-1:])
-    assert record.optimizer_s == 0.01 and len(epoch.timing.step_durations_s) == 4
+    chosen = representatives(ordered, 4)
+    record, timing = epoch.kernels, epoch.timing
+    # The counted step (the longest batch), the timed representatives, the repeats, the timed optimizer steps.
+    assert [s.tokens for s in record.steps] == [ordered[0].tokens] + timing.step_tokens + [0] * OPTIMIZER_TIMINGS
+    counted, timed = record.steps[0], record.steps[1:]
+    assert counted.weight == 0.0 and counted.repeat_of is None and counted.operators and counted.api_calls
+    assert all(not s.operators and s.api_calls is None for s in timed)  # no timed step counts
+    assert all(s.weight > 0 for s in timed)  # the repeats' time is the projection's too
+    repeats = timed[len(chosen):len(chosen) + 2 * FAMILY_REPEATS]
+    assert [s.repeat_of for s in repeats] == [1] * FAMILY_REPEATS + [len(chosen)] * FAMILY_REPEATS
+    assert all(s.repeat_of is None for s in timed[:len(chosen)] + timed[-OPTIMIZER_TIMINGS:])
+    assert record.optimizer_s == 0.01
+    assert sum(s.weight for s in timed if s.tokens == 0) == pytest.approx(trainer.optimizer_steps)
+    assert record.micro_steps == pytest.approx(len(trainer.batches))
     assert record.epoch_seconds == pytest.approx(
         sum(b.tokens * 1e-4 for b in trainer.batches) + trainer.optimizer_steps * 0.01, rel=0.05)
     assert record.gpu_minutes_by_family == {"GEMM": pytest.approx(record.gpu_minutes_per_1000_samples)}
-    assert record.busy_pct == pytest.approx(100 * record.epoch_seconds / epoch.timing.epoch_seconds)
-    assert all(s.operators for s in record.steps)  # operators in every traced step, API calls in the longest's first
-    assert [s.api_calls is not None for s in record.steps] == [True] + [False] * (len(record.steps) - 1)
+    assert record.busy_pct == pytest.approx(100 * record.epoch_seconds / timing.epoch_seconds)
+    assert {"counted_step_s", "timed_steps_s", "kernel_read_s", "warmup_s"} <= epoch.overhead.keys()
 
 
-def test_a_full_epoch_counts_api_calls_in_the_first_step_of_the_longest_batch_only(trainer):
+def test_a_full_epoch_traces_every_step_counts_in_one_untimed_step_and_repeats_outside_its_time(trainer):
     trainer.kernel_timer = FakeKernelTimer()
     epoch = trainer.run(RunOptions(full_epoch=True), progress=lambda line: None)
-    assert all(s.operators for s in epoch.kernels.steps)
-    counted = [s for s in epoch.kernels.steps if s.api_calls is not None]
+    steps = epoch.kernels.steps
     longest = max(trainer.batches, key=lambda b: b.tokens)
-    assert len(counted) == 1 and counted[0].tokens == longest.tokens and counted[0].repeat_of is None
-    assert epoch.kernels.steps.index(counted[0]) == [s.tokens for s in epoch.kernels.steps].index(longest.tokens)
+    assert steps[0].tokens == longest.tokens and steps[0].operators and steps[0].api_calls is not None
+    assert [s for s in steps if s.operators or s.api_calls is not None] == [steps[0]]
+    epoch_steps = steps[1:-2 * FAMILY_REPEATS]
+    assert [s.tokens for s in epoch_steps if s.tokens] == [b.tokens for b in trainer.batches]
+    assert len([s for s in epoch_steps if not s.tokens]) == trainer.optimizer_steps
+    assert all(s.weight == 1.0 and s.repeat_of is None for s in epoch_steps)
+    assert all(s.weight == 0.0 and s.repeat_of is not None for s in steps[-2 * FAMILY_REPEATS:])
+    assert steps[0].weight == 0.0
 
 
-def test_tracing_many_batch_shapes_reads_the_records_as_it_goes_and_says_so(trainer, monkeypatch):
+def test_a_quick_run_of_many_steps_reads_the_records_as_it_goes_and_says_so(trainer, monkeypatch):
     monkeypatch.setattr(trainer_module, "FLUSH_EVERY", 2)
-    monkeypatch.setattr(trainer_module, "distinct_shapes", list)  # the tiny epoch's batches are all one shape
     trainer.kernel_timer = FakeKernelTimer()
     lines = []
-    epoch = trainer.run(RunOptions(representative_steps=4, kernel_steps=len(trainer.batches)), progress=lines.append)
-    shapes = len(trainer.batches)
-    assert len(epoch.kernels.projected_steps) == shapes + 1
-    assert trainer.kernel_timer.collections[:shapes // 2] == list(range(2, shapes + 1, 2))  # every 2 shapes
-    assert f"traced 2/{shapes} batch shapes" in lines
+    epoch = trainer.run(RunOptions(representative_steps=len(trainer.batches)), progress=lines.append)
+    timed = len(trainer.batches) + 2 * FAMILY_REPEATS
+    assert len(epoch.kernels.projected_steps) == timed + OPTIMIZER_TIMINGS
+    # Read after every 2 timed micro-steps, the counted step before them.
+    assert trainer.kernel_timer.collections[:timed // 2] == list(range(3, timed + 2, 2))
+    assert f"timed 2/{timed} micro-steps" in lines
 
 
 def test_injected_host_time_lengthens_every_micro_step(trainer):
@@ -269,11 +281,6 @@ def test_injected_host_time_lengthens_every_micro_step(trainer):
     with timer.step(0):
         trainer.micro_step(trainer.batches[-1])
     assert timer.durations[0] >= 0.030
-
-
-def test_kernel_time_is_traced_once_per_batch_shape():
-    batches = [Batch((0,), 2048), Batch((1,), 2048), Batch((2, 3), 1024), Batch((4,), 2048), Batch((5,), 107)]
-    assert distinct_shapes(batches) == [batches[0], batches[2], batches[4]]  # (2, 1024) is not (1, 2048)
 
 
 def test_the_traced_steps_weights_reproduce_the_projection_of_any_per_step_quantity():
@@ -304,42 +311,32 @@ def test_the_kernel_injection_spins_after_its_targets_own_operators_by_their_fam
     assert spins == [15625]
 
 
-def repeats_traced(trainer, monkeypatch, options):
-    """(what the repeats ran: ("micro", tokens) untraced, ("traced", tokens, gradients present)), and the epoch."""
+def test_the_timed_steps_and_the_full_epochs_repeats_run_with_gradients_present(trainer, monkeypatch):
+    """A backward that allocates the gradients launches other kernels than the accumulating ones it is compared with:
+    the counted step, the quick mode's timed steps and a full epoch's repeats run with gradients present, though the
+    allocator's record and a full epoch end on an optimizer step (inside the epoch, as in training, a step after an
+    optimizer step allocates them)."""
     timer = trainer.kernel_timer = FakeKernelTimer()
-    calls = []
-    step, micro_step, repeat_steps = timer.step, trainer.micro_step, trainer._repeat_steps
-
-    def watched(ordered):
-        calls.clear()
-        repeat_steps(ordered)
-        calls.append("done")
+    present = []
+    step = timer.step
 
     @contextlib.contextmanager
     def traced_step(tokens, count_operators=True, count_api_calls=True):
-        calls.append(("traced", tokens, all(p.grad is not None for p in trainer.params)))
+        if tokens:
+            present.append(all(p.grad is not None for p in trainer.params))
         with step(tokens, count_operators, count_api_calls):
             yield
 
     monkeypatch.setattr(timer, "step", traced_step)
-    monkeypatch.setattr(trainer, "micro_step", lambda batch: (calls.append(("micro", batch.tokens)), micro_step(batch)))
-    monkeypatch.setattr(trainer, "_repeat_steps", watched)
-    epoch = trainer.run(options, progress=lambda line: None)
-    return calls[:calls.index("done")], epoch
+    trainer.memory_by_category = True  # the allocator's record, which ends on an optimizer step, runs
 
+    def recorded(t, batch):
+        t.micro_step(batch)
+        t.optimizer_step()
 
-def test_repeats_run_with_gradients_present_as_the_steps_they_repeat(trainer, monkeypatch):
-    """A backward that allocates the gradients launches other kernels than the accumulating ones repeated: the quick
-    mode repeats before its traced optimizer step clears them, with no untraced step."""
-    after, epoch = repeats_traced(trainer, monkeypatch, RunOptions(representative_steps=4, kernel_steps=3))
-    ordered = sorted(trainer.batches, key=lambda b: -b.tokens)
-    longest, shortest = ordered[0].tokens, ordered[-1].tokens
-    assert after == [("traced", longest, True), ("micro", longest)] * 2 + [("traced", shortest, True),
-                                                                         ("micro", shortest)] * 2
-    assert len([s for s in epoch.kernels.steps if s.repeat_of is not None]) == 4
-
-
-def test_a_full_epoch_ends_on_an_optimizer_step_so_its_repeats_follow_one_untraced_micro_step(trainer, monkeypatch):
-    after, _ = repeats_traced(trainer, monkeypatch, RunOptions(full_epoch=True))
-    ordered = sorted(trainer.batches, key=lambda b: -b.tokens)
-    assert after[0] == ("micro", ordered[-1].tokens) and all(c[2] for c in after if c[0] == "traced")
+    monkeypatch.setattr(trainer_module.memory, "categories_at_peak", recorded)
+    trainer.run(RunOptions(representative_steps=4, settle_steps=1), progress=lambda line: None)
+    assert len(present) == 1 + 4 + 2 * FAMILY_REPEATS and all(present)
+    present.clear()
+    trainer.run(RunOptions(full_epoch=True, settle_steps=1), progress=lambda line: None)
+    assert present[0] and all(present[-2 * FAMILY_REPEATS:])

@@ -17,6 +17,8 @@ from sftbench.quantization import synthesize_gptq_checkpoint
 from sftbench.spec import RunOptions
 from sftbench.storage.baselines import BaselineStore
 
+from .conftest import scale_wall_time
+
 ROOT = Path(__file__).parents[2]
 BENCHMARKS = ROOT / "tests" / "benchmarks"
 TINY_LLAMA = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
@@ -226,10 +228,7 @@ def test_a_user_row_writes_its_baseline_and_is_judged_against_it(pytester, tmp_p
     # Against a baseline 10000x faster (with a quiet host's spread), under a wide tolerance: CPU step times on a busy
     # machine vary several-fold, a 10000x change does not. The row fails as a time regression, as a seed row does.
     written = tmp_path / "baselines" / "cpu" / f"{key}.json"
-    data = json.loads(written.read_text())
-    data["result"]["timing"]["minutes_per_1000_samples"] *= 1e-4
-    data["result"]["timing"]["wall_noise_pct"] = 1.0
-    written.write_text(json.dumps(data))
+    scale_wall_time(written, 1e-4)
     result = pytester.runpytest_subprocess(*options, "--sftbench-time-tolerance", "1000", timeout=600)
     result.assert_outcomes(failed=1, deselected=62)
     [verdict] = [line for line in result.outlines if line.startswith("test_user_rows[mine-lora]: ") and " -> " in line]

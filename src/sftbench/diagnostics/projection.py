@@ -10,16 +10,14 @@ minutes apart also differ by that drift. The "replayed" column separates the met
 drift: the quick mode's projection computed from the full epoch's own steps at the batches the
 quick mode would time (same moments, same host state).
 
-GPU-minutes are compared the same way: a full epoch traces every step's kernels (its wall time then
-includes CUPTI's tracing), and the quick runs project theirs from the traced representative steps.
-Reading CUPTI's records costs ~70 us a kernel, ~0.4 s a 7B micro-step, so a traced full epoch takes
-11-17 minutes at 2048-8192 tokens. `kernel_steps` replaces it, for GPU time only, by one run that traces
-one micro-step of each batch shape among that many representatives (all of them: every shape of the
-epoch, 400 at 2048 tokens): steps of one shape launch the same kernels, whose time repeats to ~0.1%, so
-the epoch's kernel time is the sum over its batches of their shape's time, without training the epoch.
-Its replayed column is the quick mode's projection from the same run's steps, the method's error alone.
+GPU-minutes are compared the same way: a full epoch traces every step's kernels, and the quick runs
+project theirs from their timed steps' kernels. A full epoch takes 11-17 minutes at 2048-8192 tokens.
+`reference_steps` replaces it, for GPU time only, by a quick run of that many representatives (all of
+them: every batch of the epoch), which traces each one's kernels without training the epoch's optimizer
+steps. Its replayed column is the quick mode's projection from the same run's steps, the method's error
+alone.
 
-`python -m sftbench projection ROW... --out DIR [--kernel-steps N]` runs it.
+`python -m sftbench projection ROW... --out DIR [--reference-steps N]` runs it.
 """
 
 from __future__ import annotations
@@ -41,12 +39,12 @@ from sftbench.storage.results import ResultStore
 
 
 def check_projection(rows: list[Row], out: Path, *, quick_runs: int = 2, settle: list[int] | None = None,
-                     steps: list[int] | None = None, samples: int | None = None, kernel_steps: int | None = None,
+                     steps: list[int] | None = None, samples: int | None = None, reference_steps: int | None = None,
                      log=print) -> list[dict]:
     """Run the plan for every row; write <out>/projection.json and return its entries.
 
-    kernel_steps: instead of a full epoch, one run tracing the batch shapes among that many representatives
-    (GPU-minutes only; the wall columns stay empty)."""
+    reference_steps: instead of a full epoch, a quick run of that many representatives (GPU-minutes only; the
+    wall columns stay empty)."""
     defaults = RunOptions()
     settings = [RunOptions(settle_steps=s, representative_steps=n)
                 for s, n in itertools.product(settle or [defaults.settle_steps], steps or [defaults.representative_steps])]
@@ -55,14 +53,15 @@ def check_projection(rows: list[Row], out: Path, *, quick_runs: int = 2, settle:
     for row in rows:
         spec = row.spec.replace(samples=samples) if samples else row.spec
         before = quick_runs - quick_runs // 2
-        reference = RunOptions(full_epoch=True) if kernel_steps is None else RunOptions(kernel_steps=kernel_steps)
+        reference = (RunOptions(full_epoch=True) if reference_steps is None
+                     else RunOptions(representative_steps=reference_steps))
         plan = ([("quick", s) for s in settings] * before + [("reference", reference)]
                 + [("quick", s) for s in settings] * (quick_runs // 2))
         full_result, quick = None, []
         for mode, options in plan:
             result = launcher.run(spec, options)
             log(f"{row.node_id} {mode} ({options.mode}) settle={options.settle_steps} "
-                f"steps={options.representative_steps} kernel_steps={options.kernel_steps}: {describe(Metrics.of(result))}")
+                f"steps={options.representative_steps}: {describe(Metrics.of(result))}")
             store.write(result)
             if result.outcome != "ok":
                 continue
@@ -76,10 +75,9 @@ def check_projection(rows: list[Row], out: Path, *, quick_runs: int = 2, settle:
         full_gpu = None if full_result is None else full_result.kernels.gpu_minutes_per_1000_samples
         # Replayed with as many steps as the quick runs timed.
         replayed = replay_quick(full_result, quick[0][1] if quick else defaults.representative_steps) if full_epoch else None
-        replayed_gpu = None if full_gpu is None else replay_quick_gpu(full_result, spec, defaults.kernel_steps)
+        replayed_gpu = None if full_gpu is None else replay_quick_gpu(full_result, spec, defaults.representative_steps)
         reference_name = "full epoch" if reference.full_epoch else (
-            f"{sum(1 for s in full_result.kernels.projected_steps if s.tokens > 0) if full_result else 'no'} "
-            "batch shapes traced")
+            f"{len(full_result.timing.step_durations_s) if full_result else 'no'} micro-steps traced")
         # A reference without quick runs still gets its line, the quick columns empty.
         for settle_steps, timed, minutes, gpu in quick or ([(None,) * 4] if full_gpu or full else []):
             table.append({"row": row.node_id, "reference": reference_name, "settle": settle_steps, "steps": timed,
@@ -120,14 +118,13 @@ def _delta(quick: float | None, full: float | None) -> float | None:
 
 
 def replay_quick_gpu(reference: Result, spec, count: int) -> float:
-    """The quick mode's GPU-minute projection from a reference run's own kernel steps (a traced full epoch, or
-    every batch shape traced once): the kernel time of the shapes among the `count` representatives it would
-    trace, projected over the epoch's batches. A shape the reference did not trace is interpolated between
-    its traced neighbours."""
+    """The quick mode's GPU-minute projection from a reference run's own traced steps (a full epoch, or a quick run
+    of every batch): the kernel time of the `count` representatives and the repeats it would time, projected over
+    the epoch's batches. A batch size the reference did not trace is interpolated between its traced neighbours."""
     lengths = SyntheticCorpus(1, spec.samples).lengths  # the samples' lengths do not depend on the vocabulary
     batches = epoch_batches(lengths, spec.batch_size, spec.max_length)
-    chosen = [b.tokens for b in trainer.distinct_shapes(
-        trainer.representatives(sorted(batches, key=lambda b: -b.tokens), count))]
+    ordered = sorted(batches, key=lambda b: -b.tokens)
+    chosen = [b.tokens for b in trainer.representatives(ordered, count) + trainer.repeated(ordered)]
     traced: dict[int, list[float]] = {}
     for step in reference.kernels.projected_steps:
         if step.tokens > 0:
