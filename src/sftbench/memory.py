@@ -1,6 +1,6 @@
 """Where the memory goes at the peak: the bytes alive at the allocated peak, by what holds them.
 
-After the warm-up, as the first of its settle steps, the case runs the longest batch with gradients present, then an
+After the timed and traced steps, the case runs the longest batch once more with gradients present, then an
 optimizer step (the epoch's worst memory state, as the warm-up did), with the CUDA caching allocator recording
 every allocation, with the Python line that made it, and every free. Replaying that record finds the moment of
 the highest allocated bytes and the blocks alive then. Each is put in one category by its address: a tensor the
@@ -8,7 +8,7 @@ training holds from before (trainable or frozen parameters, quantized weights' s
 frozen, gradients, optimizer states), or else activations and temporaries, grouped by where they were allocated.
 The categories add up to the allocated bytes at that moment exactly: every block is in one. Slack is reserved
 minus allocated then (where the allocator reserves nothing new during the record, its reserved peak too). It
-costs the recording of a settle step and an optimizer step, outside every timed one.
+costs a recorded micro-step and optimizer step, outside every timed and traced one.
 """
 
 from __future__ import annotations

@@ -11,9 +11,7 @@ optimizer step (AdamW's states exist from then on), then the longest batch with 
 the epoch's worst memory state, so the recorded peak (over the whole case, model build included,
 as the seed's was) contains the epoch's true peak, and the allocator has grown to it before any
 step is timed (a one-off cost in a real epoch, not one step in 16). Then `settle_steps` more
-untimed micro-steps at representative sizes; on a GPU the first of them, the longest batch, and an
-optimizer step run with the allocator recording, to sort the memory at the peak by category
-(sftbench.memory).
+untimed micro-steps at representative sizes.
 
 The projection takes the mean of repeated token counts, not their median: an epoch's time is a
 sum, and the occasional slow step is part of it. The quick mode times the longest and the shortest
@@ -21,14 +19,19 @@ batch FAMILY_REPEATS more times after the representatives: how much each kernel 
 for its verdict; a full epoch traces those repeats after its last step, outside its time.
 
 GPU kernel time (a KernelTimer, where CUPTI is available) comes from the timed steps themselves, traced
-for their kernels alone, which costs the host nothing measurable (docs/measurements.md sections 16 and
-18), and is projected over the epoch like the wall time. CUPTI's records are read every FLUSH_EVERY
+for their kernels alone, and is projected over the epoch like the wall time. The tracing stays in the
+wall time: on an H100 it added 1.7-2.5% to the median of host-bound 7B steps (docs/measurements.md
+section 18), and the traced steps of earlier runs cost a case a third of its time. CUPTI's records are read every FLUSH_EVERY
 micro-steps and at the end, between timed steps. What the host did is counted in one more untimed
-traced step of the longest batch, before the timed ones: its torch operators (a Python dispatch mode)
+traced step of the longest batch, after the timed ones: its torch operators (a Python dispatch mode)
 and its CUDA API calls (a Python callback on every call), which made a host-bound step 4-9 times slower
 (section 16); the verdicts read those counts (sftbench.verdicts.host_work_changes). The self-test's
 kernel spins ride on that dispatch mode, so under SFTBENCH_INJECT_KERNELS every traced step, the timed
 ones included, runs in it: that run's wall time is the knob's, never compared clean.
+Last, on a GPU, one more micro-step of the longest batch and an optimizer step run with the allocator recording,
+to sort the memory at the peak by category (sftbench.memory). Taken first instead, right after the warm-up,
+full fine-tuning at 8192 tokens ran out of memory on an H100 (8.25 GiB cached but unallocated could not hold a
+4.64 GiB request) where, taken last, it fits (docs/measurements.md sections 17 and 18).
 Before each timed step, a fixed burst of tiny kernel launches (trackers.host_probe_s) measures the host's
 own pace, which wall time of host-bound steps follows between runs.
 The self-test's knobs act through an Injector (sftbench.injection) around each micro-step.
@@ -146,17 +149,10 @@ class Trainer:
         if self.kernel_timer is not None:
             self.kernel_timer.start()
         self.injector.prepare(self.micro_step, ordered[-1], ordered[0], self.model, self.optimizer)
-        epoch = TrainedEpoch(self._timing(), overhead={"kernel_read_s": 0.0})
-        settle = representatives(ordered, options.settle_steps)
-        if self.memory_by_category:  # the first settle step, the longest batch, with the allocator recording
-            self._memory_categories(ordered[0], epoch, progress)
-            settle = settle[1:]
-        for batch in settle:
+        for batch in representatives(ordered, options.settle_steps):
             with warmup.step(batch.tokens):
                 self.micro_step(batch)
-        epoch.overhead["warmup_s"] = sum(warmup.durations)
-        if self.kernel_timer is not None:
-            self._counted_step(ordered[0], epoch.overhead)
+        epoch = TrainedEpoch(self._timing(), overhead={"warmup_s": sum(warmup.durations), "kernel_read_s": 0.0})
         timer = StepTimer(self.device)
         started = time.perf_counter()
         if options.full_epoch:
@@ -170,6 +166,7 @@ class Trainer:
         timing.tokens_per_s = timing.epoch_tokens / timing.epoch_seconds
         timing.samples_per_s = samples / timing.epoch_seconds
         if self.kernel_timer is not None:
+            self._counted_step(ordered, epoch.overhead)
             if options.full_epoch:  # the quick mode repeated its steps among its timed ones
                 self._timed_repeats(ordered, epoch.overhead)
             read = time.perf_counter()
@@ -177,11 +174,13 @@ class Trainer:
             mark_repeats(epoch.kernels, self._repeats)
             epoch.overhead["kernel_read_s"] += time.perf_counter() - read
             self._project_kernels(epoch, options.full_epoch)
+        if self.memory_by_category:
+            self._memory_categories(ordered[0], epoch, progress)
         return epoch
 
     def _memory_categories(self, longest: Batch, epoch: TrainedEpoch, progress) -> None:
-        """The memory at the peak by category (sftbench.memory), once the self-test's memory knobs hold theirs and
-        before anything is timed. A failure there is said and leaves the case's measurements as they are."""
+        """The memory at the peak by category (sftbench.memory), after everything timed and traced. A failure
+        there is said and leaves the case's measurements as they are."""
         started = time.perf_counter()
         try:
             epoch.memory = memory.categories_at_peak(self, longest)
@@ -193,13 +192,14 @@ class Trainer:
         return Timing(epoch_micro_batches=len(self.batches), epoch_optimizer_steps=self.optimizer_steps,
                       epoch_tokens=int(self.corpus.lengths.clip(max=self.max_length).sum()))
 
-    def _counted_step(self, longest: Batch, overhead: dict[str, float]) -> None:
+    def _counted_step(self, ordered: list[Batch], overhead: dict[str, float]) -> None:
         """One untimed traced micro-step of the longest batch, with gradients present as in the timed steps, that
         counts what the host did: its torch operators and CUDA API calls (verdicts.host_work_changes). Counting
         slows the host, each operator through a Python dispatch mode, each API call through a Python callback
         (a host-bound step about 4-9 times: docs/measurements.md section 16), so no timed step counts."""
         started = time.perf_counter()
-        self.ensure_gradients(longest)
+        self.ensure_gradients(ordered[-1])  # a full epoch ends on an optimizer step
+        longest = ordered[0]
         with self.kernel_timer.step(longest.tokens, count_operators=True, count_api_calls=True):
             self.micro_step(longest)
         overhead["counted_step_s"] = time.perf_counter() - started
@@ -292,7 +292,6 @@ class Trainer:
         much each kernel family's time repeats, for its verdict; their wall time joins the projection's mean), then
         OPTIMIZER_TIMINGS optimizer steps, each with gradients present as in the epoch."""
         chosen = representatives(ordered, count) + repeated(ordered)
-        self.ensure_gradients(ordered[-1])  # the settle steps may end on the allocator's recorded optimizer step
         for i, batch in enumerate(chosen, 1):
             self._timed_micro_step(batch, timer, epoch.timing)
             self._collect_every(i, epoch)

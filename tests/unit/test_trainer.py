@@ -229,14 +229,14 @@ def test_quick_mode_traces_its_timed_steps_counts_in_one_untimed_step_and_projec
     ordered = sorted(trainer.batches, key=lambda b: -b.tokens)
     chosen = representatives(ordered, 4)
     record, timing = epoch.kernels, epoch.timing
-    # The counted step (the longest batch), the timed representatives, the repeats, the timed optimizer steps.
-    assert [s.tokens for s in record.steps] == [ordered[0].tokens] + timing.step_tokens + [0] * OPTIMIZER_TIMINGS
-    counted, timed = record.steps[0], record.steps[1:]
+    # The timed representatives, the repeats, the timed optimizer steps, then the counted step (the longest batch).
+    assert [s.tokens for s in record.steps] == timing.step_tokens + [0] * OPTIMIZER_TIMINGS + [ordered[0].tokens]
+    timed, counted = record.steps[:-1], record.steps[-1]
     assert counted.weight == 0.0 and counted.repeat_of is None and counted.operators and counted.api_calls
     assert all(not s.operators and s.api_calls is None for s in timed)  # no timed step counts
     assert all(s.weight > 0 for s in timed)  # the repeats' time is the projection's too
     repeats = timed[len(chosen):len(chosen) + 2 * FAMILY_REPEATS]
-    assert [s.repeat_of for s in repeats] == [1] * FAMILY_REPEATS + [len(chosen)] * FAMILY_REPEATS
+    assert [s.repeat_of for s in repeats] == [0] * FAMILY_REPEATS + [len(chosen) - 1] * FAMILY_REPEATS
     assert all(s.repeat_of is None for s in timed[:len(chosen)] + timed[-OPTIMIZER_TIMINGS:])
     assert record.optimizer_s == 0.01
     assert sum(s.weight for s in timed if s.tokens == 0) == pytest.approx(trainer.optimizer_steps)
@@ -253,14 +253,14 @@ def test_a_full_epoch_traces_every_step_counts_in_one_untimed_step_and_repeats_o
     epoch = trainer.run(RunOptions(full_epoch=True), progress=lambda line: None)
     steps = epoch.kernels.steps
     longest = max(trainer.batches, key=lambda b: b.tokens)
-    assert steps[0].tokens == longest.tokens and steps[0].operators and steps[0].api_calls is not None
-    assert [s for s in steps if s.operators or s.api_calls is not None] == [steps[0]]
-    epoch_steps = steps[1:-2 * FAMILY_REPEATS]
+    epoch_steps, counted, repeats = steps[:-1 - 2 * FAMILY_REPEATS], steps[-1 - 2 * FAMILY_REPEATS], steps[-2 * FAMILY_REPEATS:]
+    assert counted.tokens == longest.tokens and counted.operators and counted.api_calls is not None
+    assert [s for s in steps if s.operators or s.api_calls is not None] == [counted]
     assert [s.tokens for s in epoch_steps if s.tokens] == [b.tokens for b in trainer.batches]
     assert len([s for s in epoch_steps if not s.tokens]) == trainer.optimizer_steps
     assert all(s.weight == 1.0 and s.repeat_of is None for s in epoch_steps)
-    assert all(s.weight == 0.0 and s.repeat_of is not None for s in steps[-2 * FAMILY_REPEATS:])
-    assert steps[0].weight == 0.0
+    assert all(s.weight == 0.0 and s.repeat_of is not None for s in repeats)
+    assert counted.weight == 0.0 and counted.repeat_of is None
 
 
 def test_a_quick_run_of_many_steps_reads_the_records_as_it_goes_and_says_so(trainer, monkeypatch):
@@ -270,8 +270,7 @@ def test_a_quick_run_of_many_steps_reads_the_records_as_it_goes_and_says_so(trai
     epoch = trainer.run(RunOptions(representative_steps=len(trainer.batches)), progress=lines.append)
     timed = len(trainer.batches) + 2 * FAMILY_REPEATS
     assert len(epoch.kernels.projected_steps) == timed + OPTIMIZER_TIMINGS
-    # Read after every 2 timed micro-steps, the counted step before them.
-    assert trainer.kernel_timer.collections[:timed // 2] == list(range(3, timed + 2, 2))
+    assert trainer.kernel_timer.collections[:timed // 2] == list(range(2, timed + 1, 2))  # every 2 timed micro-steps
     assert f"timed 2/{timed} micro-steps" in lines
 
 
@@ -313,9 +312,9 @@ def test_the_kernel_injection_spins_after_its_targets_own_operators_by_their_fam
 
 def test_the_timed_steps_and_the_full_epochs_repeats_run_with_gradients_present(trainer, monkeypatch):
     """A backward that allocates the gradients launches other kernels than the accumulating ones it is compared with:
-    the counted step, the quick mode's timed steps and a full epoch's repeats run with gradients present, though the
-    allocator's record and a full epoch end on an optimizer step (inside the epoch, as in training, a step after an
-    optimizer step allocates them)."""
+    the quick mode's timed steps, the counted step and a full epoch's repeats run with gradients present, though the
+    timed optimizer steps and a full epoch end on an optimizer step (inside the epoch, as in training, a step after
+    an optimizer step allocates them); the allocator's record comes last."""
     timer = trainer.kernel_timer = FakeKernelTimer()
     present = []
     step = timer.step
@@ -328,15 +327,12 @@ def test_the_timed_steps_and_the_full_epochs_repeats_run_with_gradients_present(
             yield
 
     monkeypatch.setattr(timer, "step", traced_step)
-    trainer.memory_by_category = True  # the allocator's record, which ends on an optimizer step, runs
-
-    def recorded(t, batch):
-        t.micro_step(batch)
-        t.optimizer_step()
-
-    monkeypatch.setattr(trainer_module.memory, "categories_at_peak", recorded)
+    trainer.memory_by_category = True
+    recorded = []
+    monkeypatch.setattr(trainer_module.memory, "categories_at_peak", lambda t, batch: recorded.append(len(present)))
     trainer.run(RunOptions(representative_steps=4, settle_steps=1), progress=lambda line: None)
-    assert len(present) == 1 + 4 + 2 * FAMILY_REPEATS and all(present)
+    assert len(present) == 4 + 2 * FAMILY_REPEATS + 1 and all(present)
+    assert recorded == [len(present)]  # after every traced step
     present.clear()
     trainer.run(RunOptions(full_epoch=True, settle_steps=1), progress=lambda line: None)
-    assert present[0] and all(present[-2 * FAMILY_REPEATS:])
+    assert all(present[-1 - 2 * FAMILY_REPEATS:])
