@@ -215,11 +215,12 @@ class Trainer:
         gradients present, as the steps they repeat ran (the epoch ends on an optimizer step)."""
         self.ensure_gradients(ordered[-1])
         for batch in repeated(ordered):
-            self._timed_micro_step(batch, None, None)
+            self._traced_micro_step(batch, None, None)
 
-    def _timed_micro_step(self, batch: Batch, timer: StepTimer | None, timing: Timing | None) -> None:
-        """A micro-step, wall-timed by `timer` (after a probe of the host's pace) where given, and traced for its
-        kernels alone around that: a step of a batch traced before is a repeat of that step (mark_repeats)."""
+    def _traced_micro_step(self, batch: Batch, timer: StepTimer | None, timing: Timing | None) -> None:
+        """A micro-step traced for its kernels alone (where there is a kernel clock), and wall-timed inside that by
+        `timer` (after a probe of the host's pace) where given: the projection weighs the timed ones. A step of a
+        batch traced before is a repeat of that step (mark_repeats)."""
         if timing is not None:
             self._probe_host(timing)
         traced = contextlib.nullcontext()
@@ -275,7 +276,7 @@ class Trainer:
         # The warm-up left gradients behind: the epoch starts from a clean accumulation.
         self.optimizer.zero_grad(set_to_none=True)
         for i, batch in enumerate(self.batches, 1):
-            self._timed_micro_step(batch, timer, epoch.timing)
+            self._traced_micro_step(batch, timer, epoch.timing)
             if i % self.accumulation == 0 or i == len(self.batches):
                 self._timed_optimizer_step(optimizer_timer)
             self._collect_every(i, epoch)
@@ -293,7 +294,7 @@ class Trainer:
         OPTIMIZER_TIMINGS optimizer steps, each with gradients present as in the epoch."""
         chosen = representatives(ordered, count) + repeated(ordered)
         for i, batch in enumerate(chosen, 1):
-            self._timed_micro_step(batch, timer, epoch.timing)
+            self._traced_micro_step(batch, timer, epoch.timing)
             self._collect_every(i, epoch)
             if i % FLUSH_EVERY == 0:
                 progress(f"timed {i}/{len(chosen)} micro-steps")
