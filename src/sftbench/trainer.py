@@ -21,8 +21,8 @@ for its verdict; a full epoch traces those repeats after its last step, outside 
 GPU kernel time (a KernelTimer, where CUPTI is available) comes from the timed steps themselves, traced
 for their kernels alone, and is projected over the epoch like the wall time. The tracing stays in the
 wall time: on an H100 it added 1.7-2.5% to the median of host-bound 7B steps (docs/measurements.md
-section 18), and the traced steps of earlier runs cost a case a third of its time. CUPTI's records are read every FLUSH_EVERY
-micro-steps and at the end, between timed steps. What the host did is counted in one more untimed
+section 18), where separate traced steps had cost a case a third of its time. CUPTI's records are read
+every FLUSH_EVERY micro-steps and at the end, between timed steps. What the host did is counted in one more untimed
 traced step of the longest batch, after the timed ones: its torch operators (a Python dispatch mode)
 and its CUDA API calls (a Python callback on every call), which made a host-bound step 4-9 times slower
 (section 16); the verdicts read those counts (sftbench.verdicts.host_work_changes). The self-test's

@@ -226,7 +226,8 @@ def test_the_cost_page_says_where_each_configurations_time_went(records, capsys)
                            "traced steps", "family repeats", "reading CUPTI's records", "repeats and reading",
                            "rest of the case", "launcher", "writing"]
     assert rows[2][1:] == ["10.5", "1.0", "2.0", "0.2", "1.5", "4.0", "", "", "0.5", "", "0.8", "0.5", "0.2"]
-    assert rows[3][1:] == ["", "1.0", "", "", "", "", "1.0", "0.5", "", "2.0", "0.5", "", ""]  # no wall: no launcher share
+    # No wall: no launcher share.
+    assert rows[3][1:] == ["", "1.0", "", "", "", "", "1.0", "0.5", "", "2.0", "0.5", "", ""]
     assert rows[4][1:3] == ["10.5", "2.0"] and rows[5][2:4] == ["19%", "19%"]  # summed, and shares of the wall
     assert main(["history", str(records), "--cost"]) == 0
     assert capsys.readouterr().out.startswith("## Where the time went: ")

@@ -253,7 +253,8 @@ def test_a_full_epoch_traces_every_step_counts_in_one_untimed_step_and_repeats_o
     epoch = trainer.run(RunOptions(full_epoch=True), progress=lambda line: None)
     steps = epoch.kernels.steps
     longest = max(trainer.batches, key=lambda b: b.tokens)
-    epoch_steps, counted, repeats = steps[:-1 - 2 * FAMILY_REPEATS], steps[-1 - 2 * FAMILY_REPEATS], steps[-2 * FAMILY_REPEATS:]
+    after = 1 + 2 * FAMILY_REPEATS  # the counted step, then the repeats
+    epoch_steps, counted, repeats = steps[:-after], steps[-after], steps[-after + 1:]
     assert counted.tokens == longest.tokens and counted.operators and counted.api_calls is not None
     assert [s for s in steps if s.operators or s.api_calls is not None] == [counted]
     assert [s.tokens for s in epoch_steps if s.tokens] == [b.tokens for b in trainer.batches]
