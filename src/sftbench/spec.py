@@ -112,8 +112,8 @@ class RunOptions:
     full_epoch: bool = False
     # Timed representative micro-steps of the quick mode, which then times the longest and the shortest batch
     # trainer.FAMILY_REPEATS more times each. 12 evenly spaced of 16 projected the wall minutes within -4.9..+4.2% of
-    # all 16 in the 22 H100 results of docs/measurements.md section 17 (every other one of 32: -2.2..+4.5% in 56 runs of
-    # sections 13-14), while whole runs of one host moved by -20..+30% between them: the wall-time band is 40%.
+    # all 16 in section 17's 22 H100 results (docs/measurements.md section 18; every other one of 32: -2.2..+4.5% in 56
+    # runs of sections 13-14), while whole runs of one host moved by -20..+30% between them: the wall-time band is 40%.
     representative_steps: int = 12
     settle_steps: int = 4
     attn_fallback: str | None = None  # kernel to use where flash-attn is missing, e.g. "sdpa"
