@@ -148,11 +148,12 @@ def summary(run: RunRecord) -> str:
 
 
 # Where a case's time goes (Configuration.overhead), in the order it is spent; set-up holds the model's build.
-# Records written before 2026-12-07 traced separate steps after the timed ones and took memory by category last.
-PHASES = {"set-up": "setup_s", "warm-up": "warmup_s", "memory by category": "memory_categories_s",
-          "counted step": "counted_step_s", "timed steps": "timed_steps_s", "traced steps": "kernel_steps_s",
-          "family repeats": "kernel_repeats_s", "reading CUPTI's records": "kernel_read_s",
-          "repeats and reading": "kernel_trace_s"}  # both, in records written before 2026-12-06
+# Records written before 2026-12-07 traced separate steps and their repeats after the timed ones, and no counted step.
+PHASES = {"set-up": "setup_s", "warm-up": "warmup_s", "timed steps": "timed_steps_s", "counted step": "counted_step_s",
+          "traced steps": "kernel_steps_s", "family repeats": "kernel_repeats_s",
+          "reading CUPTI's records": "kernel_read_s",
+          "repeats and reading": "kernel_trace_s",  # both, in records written before 2026-12-06
+          "memory by category": "memory_categories_s"}
 
 
 def cost(run: RunRecord) -> str:

@@ -87,9 +87,9 @@ def kernel_clock_unavailable(device: torch.device) -> str | None:
 class OperatorCounter(TorchDispatchMode):
     """Counts the torch operators dispatched while active, by name (aten::mm, flash_attn::_flash_attn_forward,
     ...: custom operators included), the backward pass's too (autograd's threads inherit the mode). Each
-    operator passes through this Python method, so it is active only in traced steps, never in a wall-timed
-    one. `after`, where given, is called with each operator's name once it has run (the self-test's injected
-    work, sftbench.injection)."""
+    operator passes through this Python method, so it is active only in the trainer's untimed counted step, and
+    in every traced step, the timed ones too, under the self-test's kernel knob. `after`, where given, is called
+    with each operator's name once it has run (the self-test's injected work, sftbench.injection)."""
 
     def __init__(self, after=None):
         super().__init__()
@@ -358,7 +358,8 @@ class ClockSampler:
     Long steps run at the power cap, below the top clock, and their kernel time differs between GPUs of one
     model by up to 3.2% while each GPU repeats itself to 0.4%; the clock reading does not account for it
     (repeats of one 8192-token step: kernel time moved 0.8% where the mean clock moved 2.5%), the limit
-    reasons say when it applies. The thread samples only inside traced steps, never beside a wall-timed one."""
+    reasons say when it applies. The thread samples only inside traced steps, the timed ones among them: their
+    wall time includes it with CUPTI's recording (docs/measurements.md section 18)."""
 
     def __init__(self, handle, interval_s: float = 0.005):
         self._handle, self.interval_s = handle, interval_s
