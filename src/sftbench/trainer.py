@@ -223,25 +223,27 @@ class Trainer:
         batch traced before is a repeat of that step (mark_repeats)."""
         if timing is not None:
             self._probe_host(timing)
-        traced = contextlib.nullcontext()
         if self.kernel_timer is not None:
             index = self.kernel_timer.traced
             first = self._first_traced.setdefault(batch.indices, index)
             if first != index:
                 self._repeats[index] = first
-            if timer is not None:
-                self._projected.append(index)
-            traced = self.kernel_timer.step(batch.tokens, count_operators=False, count_api_calls=False)
-        with traced, (timer.step(batch.tokens) if timer is not None else contextlib.nullcontext()):
+        with self._kernels(batch.tokens, timer is not None), \
+                (timer.step(batch.tokens) if timer is not None else contextlib.nullcontext()):
             self.micro_step(batch)
 
     def _timed_optimizer_step(self, timer: StepTimer) -> None:
-        traced = contextlib.nullcontext()
-        if self.kernel_timer is not None:
-            self._projected.append(self.kernel_timer.traced)
-            traced = self.kernel_timer.step(0, count_operators=False, count_api_calls=False)
-        with traced, timer.step(0):
+        with self._kernels(0, timed=True), timer.step(0):
             self.optimizer_step()
+
+    def _kernels(self, tokens: int, timed: bool):
+        """The next step's kernels traced alone, where there is a kernel clock; a timed step is one the projection
+        weighs."""
+        if self.kernel_timer is None:
+            return contextlib.nullcontext()
+        if timed:
+            self._projected.append(self.kernel_timer.traced)
+        return self.kernel_timer.step(tokens, count_operators=False, count_api_calls=False)
 
     def _collect_every(self, i: int, epoch: TrainedEpoch) -> None:
         """Read CUPTI's records every FLUSH_EVERY traced micro-steps, between timed steps: bounds the records held."""

@@ -384,8 +384,9 @@ def _by_label(seconds: dict[str, float]) -> dict[str, float]:
 
 def host_work_changes(old: Result, new: Result) -> list[CountChange]:
     """The torch operators and CUDA API calls whose counts per micro-step changed, each in the longest micro-step both
-    counted them (API calls in one traced step only, sftbench.trainer): exact counts, evidence of what the host did
-    differently, never a verdict of their own."""
+    counted them (one untimed counted step of the longest batch, sftbench.trainer; results before 2026-12-07 counted
+    operators in every traced step): exact counts, evidence of what the host did differently, never a verdict of
+    their own."""
     changes = []
     for what, read in (("torch operators", lambda s: s.operators or None), ("CUDA API calls", lambda s: s.api_calls)):
         counts = [{s.tokens: read(s) for s in r.kernels.steps if s.tokens > 0 and s.repeat_of is None
