@@ -111,11 +111,16 @@ def _check_choice(name: str, value, choices) -> None:
 class RunOptions:
     full_epoch: bool = False
     # Timed representative micro-steps of the quick mode, which then times the longest and the shortest batch
-    # trainer.FAMILY_REPEATS more times each. 12 evenly spaced of 16 projected the wall minutes within -4.9..+4.2% of
-    # all 16 in section 17's 22 H100 results (docs/measurements.md section 18; every other one of 32: -2.2..+4.5% in 56
-    # runs of sections 13-14), while whole runs of one host moved by -20..+30% between them: the wall-time band is 40%.
-    representative_steps: int = 12
-    settle_steps: int = 4
+    # trainer.FAMILY_REPEATS more times each: 12 timed steps, the Wilcoxon test's pairs for wall time
+    # (verdicts.MIN_PAIRED_STEPS). GPU time repeats per batch shape, so few shapes project it: replayed on the H200
+    # references of docs/measurements.md section 9 (LoRA 512, 2048 and 8192; scripts/replay_representatives.py),
+    # 8 representatives projected the epoch's GPU-minutes within -0.18..+0.18%, 12 within 0.00..+0.34%. Wall time of the
+    # 0.2-s steps jitters more: 8 of section 17's 16 steps projected the wall minutes within -7.9..+4.6% of all 16
+    # (section 18), while whole runs of one host moved by -20..+30% between them: the wall-time band is 40%.
+    representative_steps: int = 8
+    # Untimed micro-steps after the warm-up (which already ran the shortest and the longest batch) and the start of
+    # tracing: 1 and 4 against a reference of 400 steps in section 19.
+    settle_steps: int = 1
     attn_fallback: str | None = None  # kernel to use where flash-attn is missing, e.g. "sdpa"
 
     @property

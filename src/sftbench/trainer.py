@@ -293,7 +293,7 @@ class Trainer:
                               progress) -> None:
         """Time the representatives, then the longest and the shortest batch FAMILY_REPEATS more times each (how
         much each kernel family's time repeats, for its verdict; their wall time joins the projection's mean), then
-        OPTIMIZER_TIMINGS optimizer steps, each with gradients present as in the epoch."""
+        OPTIMIZER_TIMINGS optimizer steps, each on the gradients the timed micro-steps left."""
         chosen = representatives(ordered, count) + repeated(ordered)
         for i, batch in enumerate(chosen, 1):
             self._traced_micro_step(batch, timer, epoch.timing)
@@ -302,9 +302,13 @@ class Trainer:
                 progress(f"timed {i}/{len(chosen)} micro-steps")
         progress(f"timed {len(timer.durations)} representative micro-steps")
         optimizer_timer = StepTimer(self.device)
+        gradients = [p.grad for p in self.params]
         for _ in range(OPTIMIZER_TIMINGS):
             self._timed_optimizer_step(optimizer_timer)
-            self.micro_step(ordered[-1])
+            # The same gradients again, instead of a micro-step to make new ones: the next timing launches the same
+            # kernels, and the steps after it find gradients present as in the epoch.
+            for param, gradient in zip(self.params, gradients):
+                param.grad = gradient
         timing = epoch.timing
         timing.step_durations_s, timing.step_tokens = timer.durations, timer.tokens
         timing.optimizer_step_s = median(optimizer_timer.durations)

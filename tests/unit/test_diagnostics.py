@@ -143,7 +143,7 @@ def test_a_projection_against_a_quick_run_of_every_batch_names_its_reference_and
     from sftbench.catalog import Row
     from sftbench.diagnostics import projection
     from sftbench.result import TracedStep
-    from sftbench.spec import CaseSpec
+    from sftbench.spec import CaseSpec, RunOptions
 
     spec = CaseSpec("qwen-7b-chat", max_length=8192, samples=40)
     ran = []
@@ -161,6 +161,6 @@ def test_a_projection_against_a_quick_run_of_every_batch_names_its_reference_and
     monkeypatch.setattr(projection, "Launcher", Launcher)
     [entry] = projection.check_projection([Row("lora_max_length", "x", spec)], tmp_path, quick_runs=1,
                                           reference_steps=40, log=lambda line: None)
-    assert [o.representative_steps for o in ran] == [12, 40] and not ran[1].full_epoch
+    assert [o.representative_steps for o in ran] == [RunOptions().representative_steps, 40] and not ran[1].full_epoch
     assert entry["reference"] == name and entry["full_min"] is None and entry["replayed_min"] is None
     assert (entry["full_gpu_min"], entry["gpu_delta_pct"]) == ((2.0, pytest.approx(1.0)) if reference_ok else (None, None))

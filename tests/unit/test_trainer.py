@@ -126,6 +126,29 @@ def test_quick_mode_times_representative_steps_and_projects_the_epoch(trainer, m
     assert progress == [f"timed {timed} representative micro-steps"]
 
 
+def test_the_optimizer_timings_run_one_after_another_on_the_timed_steps_gradients(trainer, monkeypatch):
+    events = []
+    micro_step, optimizer_step = trainer.micro_step, trainer.optimizer_step
+
+    def recorded_micro_step(batch):
+        events.append("micro")
+        micro_step(batch)
+
+    def recorded_optimizer_step():
+        events.append(("optimizer", [p.grad for p in trainer.params]))
+        optimizer_step()
+
+    monkeypatch.setattr(trainer, "micro_step", recorded_micro_step)
+    monkeypatch.setattr(trainer, "optimizer_step", recorded_optimizer_step)
+    trainer.run(RunOptions(representative_steps=4, settle_steps=1), progress=lambda line: None)
+    timed = events[-OPTIMIZER_TIMINGS:]
+    assert events[-OPTIMIZER_TIMINGS - 1] == "micro"  # no micro-step between the timings: they follow the timed steps
+    first = timed[0][1]
+    assert all(g is not None for g in first)
+    assert all(all(a is b for a, b in zip(grads, first)) for _, grads in timed)  # the same gradients each time
+    assert all(p.grad is not None for p in trainer.params)  # left present for the steps after them
+
+
 def test_compiled_code_runs_eagerly_in_every_step_as_under_the_traced_steps_dispatch_mode(trainer, monkeypatch):
     compiled = []
 
