@@ -164,3 +164,34 @@ def test_a_projection_against_a_quick_run_of_every_batch_names_its_reference_and
     assert [o.representative_steps for o in ran] == [RunOptions().representative_steps, 40] and not ran[1].full_epoch
     assert entry["reference"] == name and entry["full_min"] is None and entry["replayed_min"] is None
     assert (entry["full_gpu_min"], entry["gpu_delta_pct"]) == ((2.0, pytest.approx(1.0)) if reference_ok else (None, None))
+
+
+def test_a_full_epoch_is_replayed_with_the_quick_settings_representatives_not_its_timed_steps(
+        tmp_path, monkeypatch, result_factory):
+    from sftbench import trainer
+    from sftbench.catalog import Row
+    from sftbench.data import SyntheticCorpus, epoch_batches
+    from sftbench.diagnostics import projection
+    from sftbench.result import minutes_per_1000_samples
+    from sftbench.spec import CaseSpec
+
+    spec = CaseSpec("qwen-7b-chat", max_length=2048, samples=40)
+    tokens = [b.tokens for b in epoch_batches(SyntheticCorpus(1, 40).lengths, 1, 2048)]
+    durations = [1e-8 * t * t + 0.01 * (i % 3) for i, t in enumerate(tokens)]  # curved and jittered: counts differ
+
+    class Launcher:
+        def run(self, spec, options):
+            if options.full_epoch:
+                return result_factory(spec, mode="full", step_tokens=tokens, step_durations_s=durations,
+                                      epoch_optimizer_steps=3, optimizer_step_s=0.01)
+            timed = options.representative_steps + 2 * trainer.FAMILY_REPEATS  # as the quick mode times them
+            return result_factory(spec, step_tokens=tokens[:timed], step_durations_s=durations[:timed])
+
+    monkeypatch.setattr(projection, "Launcher", Launcher)
+    [entry] = projection.check_projection([Row("lora_max_length", "x", spec)], tmp_path, quick_runs=1, steps=[6],
+                                          log=lambda line: None)
+    assert entry["steps"] == 6 + 2 * trainer.FAMILY_REPEATS
+    replayed = [minutes_per_1000_samples(trainer.replay_quick(tokens, durations, 3, 0.01, n), 40)
+                for n in (6, 6 + 2 * trainer.FAMILY_REPEATS)]
+    assert replayed[0] != pytest.approx(replayed[1])
+    assert entry["replayed_min"] == pytest.approx(replayed[0])

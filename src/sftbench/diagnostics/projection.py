@@ -73,9 +73,11 @@ def check_projection(rows: list[Row], out: Path, *, quick_runs: int = 2, settle:
         full_epoch = full_result is not None and reference.full_epoch
         full = full_result.timing.minutes_per_1000_samples if full_epoch else None
         full_gpu = None if full_result is None else full_result.kernels.gpu_minutes_per_1000_samples
-        # Replayed with as many steps as the quick runs timed.
-        replayed = replay_quick(full_result, quick[0][1] if quick else defaults.representative_steps) if full_epoch else None
-        replayed_gpu = None if full_gpu is None else replay_quick_gpu(full_result, spec, defaults.representative_steps)
+        # Replayed with the first quick setting's representatives. Its timed repeats of the longest and the shortest
+        # batch would replay as the same epoch step again, which leaves the mean per token count as it is.
+        count = settings[0].representative_steps
+        replayed = replay_quick(full_result, count) if full_epoch else None
+        replayed_gpu = None if full_gpu is None else replay_quick_gpu(full_result, spec, count)
         reference_name = "full epoch" if reference.full_epoch else (
             f"{len(full_result.timing.step_durations_s) if full_result else 'no'} micro-steps traced")
         # A reference without quick runs still gets its line, the quick columns empty.
