@@ -148,7 +148,8 @@ def summary(run: RunRecord) -> str:
 
 
 # Where a case's time goes (Configuration.overhead), in the order it is spent; set-up holds the model's build.
-# Records written before 2026-12-07 traced separate steps and their repeats after the timed ones, and no counted step.
+# Records written before 2026-12-07 traced separate steps after the timed ones ("traced steps"), then the family
+# repeats, and had no counted step; now only a full epoch traces its repeats apart ("family repeats").
 PHASES = {"set-up": "setup_s", "warm-up": "warmup_s", "timed steps": "timed_steps_s", "counted step": "counted_step_s",
           "traced steps": "kernel_steps_s", "family repeats": "kernel_repeats_s",
           "reading CUPTI's records": "kernel_read_s",

@@ -168,7 +168,7 @@ class Trainer:
         if self.kernel_timer is not None:
             self._counted_step(ordered, epoch.overhead)
             if options.full_epoch:  # the quick mode repeated its steps among its timed ones
-                self._timed_repeats(ordered, epoch.overhead)
+                self._repeat_steps(ordered, epoch.overhead)
             read = time.perf_counter()
             epoch.kernels = self.kernel_timer.stop()
             mark_repeats(epoch.kernels, self._repeats)
@@ -204,18 +204,15 @@ class Trainer:
             self.micro_step(longest)
         overhead["counted_step_s"] = time.perf_counter() - started
 
-    def _timed_repeats(self, ordered: list[Batch], overhead: dict[str, float]) -> None:
-        started = time.perf_counter()
-        self._repeat_steps(ordered)
-        overhead["kernel_repeats_s"] = time.perf_counter() - started
-
-    def _repeat_steps(self, ordered: list[Batch]) -> None:
+    def _repeat_steps(self, ordered: list[Batch], overhead: dict[str, float]) -> None:
         """After a full epoch: trace the shortest and the longest batch FAMILY_REPEATS more times each, noting each
         in `_repeats` as a repeat of the epoch's step of the same batch (mark_repeats), outside the projection. With
         gradients present, as the steps they repeat ran (the epoch ends on an optimizer step)."""
+        started = time.perf_counter()
         self.ensure_gradients(ordered[-1])
         for batch in repeated(ordered):
             self._traced_micro_step(batch, None, None)
+        overhead["kernel_repeats_s"] = time.perf_counter() - started
 
     def _traced_micro_step(self, batch: Batch, timer: StepTimer | None, timing: Timing | None) -> None:
         """A micro-step traced for its kernels alone (where there is a kernel clock), and wall-timed inside that by
