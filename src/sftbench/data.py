@@ -144,6 +144,7 @@ def _chatml_sample(tokenizer, chat: tuple[str, str, str]) -> Sample:
 class Batch:
     indices: tuple[int, ...]  # samples of the corpus
     padded_length: int  # the longest truncated sample in the batch
+    real_tokens: int  # the samples' truncated lengths summed: tokens minus padding
 
     @property
     def tokens(self) -> int:
@@ -160,7 +161,8 @@ def epoch_batches(lengths: np.ndarray, batch_size: int, max_length: int, seed: i
         chunk = sorted(order[start:start + mega], key=lambda i: -truncated[i])
         for b in range(0, len(chunk), batch_size):
             members = tuple(int(i) for i in chunk[b:b + batch_size])
-            batches.append(Batch(members, int(truncated[list(members)].max())))
+            sizes = truncated[list(members)]
+            batches.append(Batch(members, int(sizes.max()), int(sizes.sum())))
     # Like HF's LengthGroupedSampler: the longest batch goes first, so an OOM shows up at once.
     longest = max(range(len(batches)), key=lambda i: batches[i].tokens)
     batches.insert(0, batches.pop(longest))

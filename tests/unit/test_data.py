@@ -94,6 +94,7 @@ def test_epoch_batches_cover_every_sample_once(corpus, batch_size, max_length):
     for b in batches:
         assert b.padded_length == truncated[list(b.indices)].max()
         assert b.tokens == b.padded_length * len(b.indices)
+        assert b.real_tokens == truncated[list(b.indices)].sum()
 
 
 @pytest.mark.parametrize("batch_size, max_length", [(1, 2048), (3, 4096), (8, 512)])
@@ -134,7 +135,7 @@ def _sample(length: int, start: int = 1) -> Sample:
 
 def test_collate_truncates_on_the_left_and_keeps_the_response():
     samples = [_sample(10, start=100)]
-    out = collate(samples, Batch((0,), padded_length=6), max_length=6, device="cpu")
+    out = collate(samples, Batch((0,), padded_length=6, real_tokens=6), max_length=6, device="cpu")
     assert out["input_ids"].tolist() == [[104, 105, 106, 107, 108, 109]]
     assert out["labels"].tolist() == [[IGNORE_INDEX] * 3 + [107, 108, 109]]
     assert out["attention_mask"] is None  # no padding: no mask, the causal fast path
@@ -142,7 +143,7 @@ def test_collate_truncates_on_the_left_and_keeps_the_response():
 
 def test_collate_pads_on_the_right_with_ignored_labels_and_a_mask():
     samples = [_sample(8, start=10), _sample(5, start=50), _sample(3, start=70)]
-    out = collate(samples, Batch((0, 1, 2), padded_length=6), max_length=6, device="cpu")
+    out = collate(samples, Batch((0, 1, 2), padded_length=6, real_tokens=14), max_length=6, device="cpu")
     assert out["input_ids"].shape == out["labels"].shape == (3, 6)
     assert out["input_ids"].dtype == out["labels"].dtype == torch.long
     assert out["input_ids"].tolist() == [[12, 13, 14, 15, 16, 17], [50, 51, 52, 53, 54, 0], [70, 71, 72, 0, 0, 0]]

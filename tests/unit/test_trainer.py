@@ -11,8 +11,8 @@ from sftbench.data import Batch, SyntheticCorpus, epoch_batches
 from sftbench.models import build_model
 from sftbench.spec import CaseSpec, RunOptions
 from sftbench import trainer as trainer_module
-from sftbench.trainer import (FAMILY_REPEATS, OPTIMIZER_TIMINGS, Trainer, project_epoch, repeated, replay_quick,
-                               representatives)
+from sftbench.trainer import (FAMILY_REPEATS, OPTIMIZER_TIMINGS, Trainer, by_size, project_epoch, repeated,
+                               replay_quick, representatives)
 from sftbench.injection import Injection, Injector, kernel_spins
 from sftbench.result import Kernels, TracedStep
 from sftbench.trackers import StepTimer
@@ -21,7 +21,7 @@ from sftbench.case import prepare_for_training
 
 def ordered_batches(n: int) -> list[Batch]:
     """n single-sample batches, longest first, all of different sizes."""
-    return [Batch((i,), padded_length=10 * (n - i)) for i in range(n)]
+    return [Batch((i,), padded_length=10 * (n - i), real_tokens=10 * (n - i)) for i in range(n)]
 
 
 # --- representatives -------------------------------------------------------------------------------------------
@@ -42,6 +42,17 @@ def test_representatives_span_the_epoch_longest_first(n, count):
 def test_representatives_are_evenly_spaced():
     chosen = representatives(ordered_batches(101), 11)
     assert [b.indices[0] for b in chosen] == list(range(0, 101, 10))
+
+
+def test_batches_of_one_padded_size_are_ordered_by_real_tokens_so_picks_take_padded_ones_in_their_share():
+    # 100 batches fill max_length (8 x 1024), 10 of them with padding, as at batch size 8 most batches do.
+    full = [Batch(tuple(range(8 * i, 8 * i + 8)), 1024, 8192 - (i % 10 == 3) * 700) for i in range(100)]
+    shorter = [Batch((1000 + i,), 10, 10) for i in range(10)]
+    ordered = by_size(shorter + full)
+    assert [b.tokens for b in ordered] == sorted((b.tokens for b in ordered), reverse=True)
+    assert [b.real_tokens for b in ordered[:100]] == [8192] * 90 + [7492] * 10
+    picks = representatives(ordered[:100], 10)  # evenly spaced over the tie, as over an epoch's sizes
+    assert sum(b.real_tokens < 8192 for b in picks) == 1
 
 
 def test_a_single_representative_is_the_longest_batch():

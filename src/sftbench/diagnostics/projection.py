@@ -125,7 +125,7 @@ def replay_quick_gpu(reference: Result, spec, count: int) -> float:
     the epoch's batches. A batch size the reference did not trace is interpolated between its traced neighbours."""
     lengths = SyntheticCorpus(1, spec.samples).lengths  # the samples' lengths do not depend on the vocabulary
     batches = epoch_batches(lengths, spec.batch_size, spec.max_length)
-    ordered = sorted(batches, key=lambda b: -b.tokens)
+    ordered = trainer.by_size(batches)
     chosen = [b.tokens for b in trainer.representatives(ordered, count) + trainer.repeated(ordered)]
     traced: dict[int, list[float]] = {}
     for step in reference.kernels.projected_steps:

@@ -48,7 +48,7 @@ from sftbench.trackers import (
     kernel_clock_unavailable,
     synchronize,
 )
-from sftbench.trainer import Trainer, representatives
+from sftbench.trainer import Trainer, by_size, representatives
 
 MIB = 2**20
 SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpyAsync")
@@ -68,7 +68,7 @@ def profile_row(row: Row, out: Path, *, steps: int = 20, blocks: int = 3, memory
 
     model, _ = build_case_model(spec, spec.attention, device)
     trainer = case_trainer(spec, prepare_for_training(model, spec), device)
-    ordered = sorted(trainer.batches, key=lambda b: -b.tokens)
+    ordered = by_size(trainer.batches)
     trainer.warm_up(ordered[-1], ordered[0])
     for batch in representatives(ordered, RunOptions().settle_steps):
         trainer.micro_step(batch)
