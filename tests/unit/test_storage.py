@@ -5,6 +5,8 @@ import json
 import os
 import re
 import stat
+import tarfile
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -137,16 +139,26 @@ def test_schema_1_steps_of_unequal_length_are_refused_naming_the_field(tmp_path)
         read_result(path)
 
 
-def test_every_committed_result_baseline_run_record_and_self_test_loads():
+def test_every_committed_result_baseline_run_record_and_self_test_loads(tmp_path):
     baselines, errors = BaselineStore(REPO / "baselines").scan()
     assert not errors, errors
-    seed = [b for b in baselines if b.result.case.get("user_model") is None]
-    assert len(seed) == 51 and len(baselines) - len(seed) == len(EXAMPLE_ROWS)  # and the example catalog's
+    seed = Counter(b.result.machine.get("gpu") for b in baselines if b.result.case.get("user_model") is None)
+    assert seed == {"NVIDIA H200": 51, "NVIDIA H100 80GB HBM3": 51}
+    assert len(baselines) - sum(seed.values()) == len(EXAMPLE_ROWS)  # and the example catalog's, on the H100
     docs = REPO / "docs"
     for folder in [*docs.glob("runs-h100/*-baselines"), *docs.glob("upgrade-h*-flash-attn/baselines")]:
         baselines, errors = BaselineStore(folder).scan()
         assert baselines and not errors, (folder, errors)
-    for folder in [*docs.glob("upgrade-h*-flash-attn/results-*"), *docs.glob("runs-h100/*-results/*/")]:
+    for archive in docs.glob("runs-h100/*-results/results.tar.xz"):  # a run's results, kept compressed
+        with tarfile.open(archive) as tar:
+            tar.extractall(tmp_path / archive.parent.name, filter="data")
+    # A stage's results: results/<gpu>/ in the newer archives, the stage's folder itself in the older ones
+    # (tracing/ holds `python -m sftbench profile`'s reports, no results).
+    stages = [stage for stage in tmp_path.glob("*/*") if stage.is_dir() and stage.name != "tracing"]
+    unpacked = [gpu for stage in stages for gpu in stage.glob("nvidia-*")]
+    unpacked += [stage for stage in stages if not any(stage.glob("nvidia-*"))]
+    assert len(unpacked) >= 30
+    for folder in [*docs.glob("upgrade-h*-flash-attn/results-*"), *docs.glob("runs-h100/*-results/*/"), *unpacked]:
         results, problems = scan_results(folder)
         assert results and not problems, (folder, problems)
     records, problems = read_records([docs / "runs-h200", docs / "runs-h100"])
@@ -247,11 +259,13 @@ def test_a_baseline_with_a_broken_kernel_table_is_unusable(store, result_factory
         store.read(path)
 
 
-def test_older_and_cpu_baselines_need_no_gpu_metrics(store, result_factory):
+def test_older_and_cpu_baselines_need_no_gpu_metrics_even_from_a_gpu_host(store, result_factory):
     older = result_factory(SPEC, gpu_minutes_per_1000_samples=None, wall_noise_pct=None)
     cpu = result_factory(SPEC, gpu="cpu", reserved=None, allocated=None)
+    smoke = CaseSpec("tiny-qwen", max_length=512, device="cpu", attention="sdpa")
+    smoke_on_gpu_host = result_factory(smoke, gpu="NVIDIA H100 80GB HBM3", reserved=None, allocated=None)
     oom = result_factory(SPEC, outcome="oom", minutes=None)  # an OOM has no speed to compare
-    for result in (older, cpu, oom):
+    for result in (older, cpu, smoke_on_gpu_host, oom):
         assert store.read(store.write(result, rows_of(SPEC), {})).result == result
 
 

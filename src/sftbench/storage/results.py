@@ -77,7 +77,7 @@ def result_problems(result: Result) -> list[str]:
     """What makes a result unusable beyond its fields' types (checked by the schema): nothing may pass against
     nothing.
 
-    An `ok` result needs minutes per 1000 samples, and on a GPU max reserved and max allocated memory, each > 0.
+    An `ok` result needs minutes per 1000 samples, and a case on a GPU max reserved and max allocated memory, each > 0.
     Optional (None in results from before sftbench measured them), but where present: GPU-minutes, each traced
     step's seconds and SM clock > 0; the wall-time noise band, the clock-limit counts and the steps' weights
     >= 0. Every timed step has its tokens; every traced step's kernels are [index of a name, count, nanoseconds]
@@ -96,7 +96,8 @@ def result_problems(result: Result) -> list[str]:
             problems.append(f"field kernels.steps[{i}].repeat_of: {step.repeat_of} is no earlier traced step")
     if result.outcome != "ok":
         return problems
-    on_gpu = gpu_slug(str(result.machine.get("gpu"))) != "cpu"
+    # A CPU case (the smoke rows) on a GPU host records that host's GPU, and has no GPU memory.
+    on_gpu = gpu_slug(str(result.machine.get("gpu"))) != "cpu" and result.case.get("device") != "cpu"
     positive = [("timing.minutes_per_1000_samples", timing.minutes_per_1000_samples, True)]
     positive += [(f"memory.{name}", getattr(result.memory, name), on_gpu) for name in ("max_reserved_mib",
                                                                                         "max_allocated_mib")]
