@@ -1,6 +1,8 @@
 """Replay stored self-test runs as if they had measured less: what a cheaper quick mode would have concluded.
 
-    python scripts/replay_fewer_steps.py docs/runs-h100/2026-12-06T1907-results docs/runs-h100/2026-12-06T2140-results
+    python scripts/replay_fewer_steps.py docs/runs-h100/2026-12-06T1907-results
+    mkdir -p /tmp/2140 && tar xJf docs/runs-h100/2026-12-06T2140-results/results.tar.xz -C /tmp/2140
+    python scripts/replay_fewer_steps.py /tmp/2140   # a run whose results are kept compressed
 
 Each folder holds a self-test's results by stage (update/ are the baselines; clean*, attention3, gemm3 and the memory
 knobs' runs are compared with them). For each run it prints:
