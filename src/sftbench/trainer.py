@@ -338,7 +338,11 @@ def by_size(batches: list[Batch]) -> list[Batch]:
     with more real tokens first, so that evenly spaced picks take padded and unpadded batches of a size in their
     share of the epoch: flash-attn unpads a padded batch, which costs it ~31 ms at 8192 tokens (measurements
     section 19)."""
-    return sorted(batches, key=lambda b: (-b.tokens, -b.real_tokens))
+    return sorted(batches, key=lambda b: _size_order(b.tokens, b.real_tokens))
+
+
+def _size_order(tokens: int, real_tokens: int) -> tuple[int, int]:
+    return -tokens, -real_tokens
 
 
 def representatives(ordered: list[Batch], count: int) -> list[Batch]:
@@ -384,12 +388,13 @@ def half_split_spread_pct(step_tokens: list[int], step_durations: list[float], e
     return 100 * abs(even - odd) / whole
 
 
-def replay_quick(step_tokens: list[int], step_durations: list[float], optimizer_steps: int, optimizer_step_s: float,
-                 count: int) -> float:
-    """What the quick mode would project from a full epoch's own steps: the steps at the batches it times,
-    measured at their moments in the epoch. Against the epoch's measured time this is the method's error
-    alone, without the host's drift between separate runs (scripts/projection_check.py)."""
-    order = sorted(range(len(step_tokens)), key=lambda i: -step_tokens[i])
+def replay_quick(step_tokens: list[int], real_tokens: list[int], step_durations: list[float], optimizer_steps: int,
+                 optimizer_step_s: float, count: int) -> float:
+    """What the quick mode would project from a full epoch's own steps: the steps at the batches it times (ordered
+    as by_size orders them, by the steps' padded and real tokens), measured at their moments in the epoch. Against
+    the epoch's measured time this is the method's error alone, without the host's drift between separate runs
+    (scripts/projection_check.py)."""
+    order = sorted(range(len(step_tokens)), key=lambda i: _size_order(step_tokens[i], real_tokens[i]))
     steps = [order[p] for p in representative_positions(len(order), count)]
     return project_epoch([step_tokens[i] for i in steps], [step_durations[i] for i in steps], step_tokens,
                          optimizer_steps, optimizer_step_s)

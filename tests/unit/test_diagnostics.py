@@ -176,7 +176,8 @@ def test_a_full_epoch_is_replayed_with_the_quick_settings_representatives_not_it
     from sftbench.spec import CaseSpec
 
     spec = CaseSpec("qwen-7b-chat", max_length=2048, samples=40)
-    tokens = [b.tokens for b in epoch_batches(SyntheticCorpus(1, 40).lengths, 1, 2048)]
+    batches = epoch_batches(SyntheticCorpus(1, 40).lengths, 1, 2048)
+    tokens, real_tokens = [b.tokens for b in batches], [b.real_tokens for b in batches]
     durations = [1e-8 * t * t + 0.01 * (i % 3) for i, t in enumerate(tokens)]  # curved and jittered: counts differ
 
     class Launcher:
@@ -191,7 +192,7 @@ def test_a_full_epoch_is_replayed_with_the_quick_settings_representatives_not_it
     [entry] = projection.check_projection([Row("lora_max_length", "x", spec)], tmp_path, quick_runs=1, steps=[6],
                                           log=lambda line: None)
     assert entry["steps"] == 6 + 2 * trainer.FAMILY_REPEATS
-    replayed = [minutes_per_1000_samples(trainer.replay_quick(tokens, durations, 3, 0.01, n), 40)
+    replayed = [minutes_per_1000_samples(trainer.replay_quick(tokens, real_tokens, durations, 3, 0.01, n), 40)
                 for n in (6, 6 + 2 * trainer.FAMILY_REPEATS)]
     assert replayed[0] != pytest.approx(replayed[1])
     assert entry["replayed_min"] == pytest.approx(replayed[0])

@@ -218,9 +218,11 @@ def test_allocation_failures_of_every_library_count_as_oom(error, oom):
 def test_replay_quick_projects_from_the_epochs_own_steps_at_the_representative_batches():
     tokens = [512, 2048, 100, 2048, 900, 1500]
     durations = [0.1 + t / 1e4 for t in tokens]  # linear in tokens: the projection is exact
-    assert replay_quick(tokens, durations, 1, 0.5, count=3) == pytest.approx(sum(durations) + 0.5)
+    assert replay_quick(tokens, tokens, durations, 1, 0.5, count=3) == pytest.approx(sum(durations) + 0.5)
     durations[1] = 9.0  # the longest batch is always one of the timed ones
-    assert replay_quick(tokens, durations, 0, 0.0, count=2) > 9.0
+    assert replay_quick(tokens, tokens, durations, 0, 0.0, count=2) > 9.0
+    # Among steps of one padded size the one with more real tokens comes first, as in the quick mode (by_size).
+    assert replay_quick(tokens, [512, 2000, 100, 2048, 900, 1500], durations, 0, 0.0, count=2) < 9.0
 
 
 class FakeKernelTimer:

@@ -30,7 +30,7 @@ import numpy as np
 
 from sftbench import trainer
 from sftbench.catalog import Row
-from sftbench.data import SyntheticCorpus, epoch_batches
+from sftbench.data import Batch, SyntheticCorpus, epoch_batches
 from sftbench.launcher import Launcher
 from sftbench.render import describe
 from sftbench.result import Metrics, Result, minutes_per_1000_samples
@@ -76,7 +76,7 @@ def check_projection(rows: list[Row], out: Path, *, quick_runs: int = 2, settle:
         # Replayed with the first quick setting's representatives. Its timed repeats of the longest and the shortest
         # batch would replay as the same epoch step again, which leaves the mean per token count as it is.
         count = settings[0].representative_steps
-        replayed = replay_quick(full_result, count) if full_epoch else None
+        replayed = replay_quick(full_result, spec, count) if full_epoch else None
         replayed_gpu = None if full_gpu is None else replay_quick_gpu(full_result, spec, count)
         reference_name = "full epoch" if reference.full_epoch else (
             f"{len(full_result.timing.step_durations_s) if full_result else 'no'} micro-steps traced")
@@ -123,8 +123,7 @@ def replay_quick_gpu(reference: Result, spec, count: int) -> float:
     """The quick mode's GPU-minute projection from a reference run's own traced steps (a full epoch, or a quick run
     of every batch): the kernel time of the `count` representatives and the repeats it would time, projected over
     the epoch's batches. A batch size the reference did not trace is interpolated between its traced neighbours."""
-    lengths = SyntheticCorpus(1, spec.samples).lengths  # the samples' lengths do not depend on the vocabulary
-    batches = epoch_batches(lengths, spec.batch_size, spec.max_length)
+    batches = _epoch_batches(spec)
     ordered = trainer.by_size(batches)
     chosen = [b.tokens for b in trainer.representatives(ordered, count) + trainer.repeated(ordered)]
     traced: dict[int, list[float]] = {}
@@ -138,8 +137,15 @@ def replay_quick_gpu(reference: Result, spec, count: int) -> float:
     return minutes_per_1000_samples(seconds, spec.samples)
 
 
-def replay_quick(full: Result, count: int) -> float:
+def replay_quick(full: Result, spec, count: int) -> float:
+    """The quick mode's wall minutes from a full epoch's own steps, which are the epoch's batches in order."""
     timing = full.timing
-    seconds = trainer.replay_quick(timing.step_tokens, timing.step_durations_s, timing.epoch_optimizer_steps,
-                                   timing.optimizer_step_s, count)
-    return minutes_per_1000_samples(seconds, full.case["samples"])
+    real_tokens = [b.real_tokens for b in _epoch_batches(spec)]
+    seconds = trainer.replay_quick(timing.step_tokens, real_tokens, timing.step_durations_s,
+                                   timing.epoch_optimizer_steps, timing.optimizer_step_s, count)
+    return minutes_per_1000_samples(seconds, spec.samples)
+
+
+def _epoch_batches(spec) -> list[Batch]:
+    lengths = SyntheticCorpus(1, spec.samples).lengths  # the samples' lengths do not depend on the vocabulary
+    return epoch_batches(lengths, spec.batch_size, spec.max_length)
