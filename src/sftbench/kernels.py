@@ -158,6 +158,15 @@ def family_noise_pct(record: Kernels) -> dict[str, float]:
     return {family: 100 * math.sqrt(total / freedom) for family, total in squares.items()} if freedom else {}
 
 
+def epoch_error_factor(record: Kernels, family: str) -> float:
+    """How much of one step's relative error in a family's time is left in the epoch's (epoch_families): the
+    projection weighs the traced steps, whose errors are independent, so a relative error e of each step is one of
+    e * sqrt(sum((weight * seconds)^2)) / sum(weight * seconds) in the epoch; 1 where no step has the family."""
+    values = [step.weight * step_families(record, step).get(family, 0.0) for step in record.projected_steps]
+    total = sum(values)
+    return math.sqrt(sum(value * value for value in values)) / total if total else 1.0
+
+
 def largest_family(record: Kernels) -> dict | None:
     """The family with the most GPU time and its share of the step (today's rules), where there are kernel names."""
     families = epoch_families(record)

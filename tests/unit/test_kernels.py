@@ -116,6 +116,15 @@ def test_a_familys_repeat_noise_is_the_pooled_spread_of_its_share_of_the_step(ke
     assert kernels.family_noise_pct(kernels_factory(SHORT, [(2048, 1.0, step)])) == {}  # no repeats: not measured
 
 
+def test_a_steps_error_shrinks_in_the_epoch_as_its_weight_spreads_over_traced_steps(kernels_factory):
+    step = [[1, 10, 3_000_000], [0, 64, 1_000_000]]  # GEMM 3 ms, attention 1 ms
+    four = kernels_factory(SHORT, [(2048, 1.0, step)] * 4 + [(2048, 0.0, step)])  # the repeat weighs nothing
+    assert kernels.epoch_error_factor(four, "GEMM") == pytest.approx(0.5)  # 1 / sqrt(4)
+    uneven = kernels_factory(SHORT, [(2048, 3.0, step), (2048, 1.0, step)])
+    assert kernels.epoch_error_factor(uneven, "attention forward") == pytest.approx(10 ** 0.5 / 4)
+    assert kernels.epoch_error_factor(four, "reductions") == 1.0  # in no step
+
+
 H200 = json.loads((Path(__file__).parent / "fixtures" / "kernel-names-h200.json").read_text())
 
 

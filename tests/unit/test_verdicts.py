@@ -291,18 +291,19 @@ MS = {"bwd": 10.0, "fwd": 5.0, "gemm": 55.0, "elementwise": 20.0, "reductions": 
 
 
 def with_families(result_factory, kernels_factory, scale=1.0, machine=None, operators=None, api_calls=None,
-                  repeats=(), **ms):
-    """A result whose traced micro-step (2048 tokens, weight 1000) has these milliseconds per family (an optimizer
-    step 1 ms, weight 63), scaled by `scale` as a faster or slower GPU would, and repeats of the micro-step, each
-    {family: factor} on its time; GPU-minutes to match."""
+                  repeats=(), traced=1, **ms):
+    """A result whose traced micro-step (2048 tokens, weight 1000; or `traced` such steps sharing that weight) has
+    these milliseconds per family (an optimizer step 1 ms, weight 63), scaled by `scale` as a faster or slower GPU
+    would, and repeats of the micro-step, each {family: factor} on its time; GPU-minutes to match."""
     values = {**MS, **ms}
 
     def entries(factors=None):
         return [[i, 32, round(v * scale * (factors or {}).get(name, 1.0) * 1e6)] for i, (name, v) in
                 enumerate(values.items())]
-    record = kernels_factory(NAMES, [(2048, 1000.0, entries()), (0, 63.0, [[6, 4, round(1e6 * scale)]]),
+    record = kernels_factory(NAMES, [*((2048, 1000.0 / traced, entries()) for _ in range(traced)),
+                                     (0, 63.0, [[6, 4, round(1e6 * scale)]]),
                                      *((2048, 0.0, entries(factors)) for factors in repeats)])
-    for step in record.steps[2:]:
+    for step in record.steps[1 + traced:]:
         step.repeat_of = 0
     record.steps[0].operators, record.steps[0].api_calls = operators or {}, api_calls
     seconds = sum(s.weight * s.seconds for s in record.steps)
@@ -368,6 +369,24 @@ def test_a_family_whose_repeats_spread_is_judged_at_its_noise(families):
     assert render.family_text(loss).endswith("threshold 13.3%, 3.3% repeat noise): cross_entropy_loss 4 -> 4.32 ms/step")
     steady = [{"loss": 1.001}, {"loss": 0.999}, {}]
     assert compare(families(loss=4.32, repeats=steady), families(repeats=steady), Tolerances()).verdict == "regression"
+
+
+def test_a_large_familys_noise_is_the_error_of_its_epoch_time(families):
+    # Attention forward's share moves by about 0.8% between repeats of a step, 1.1% in both runs: one traced step,
+    # it is judged at 4 x 1.1%; the epoch's time from 4 traced steps of equal weight errs by half that: +3% fails.
+    noisy = [{"fwd": 1.01}, {"fwd": 0.99}, {}]
+    one, four = (compare(families(fwd=5.15, repeats=noisy, traced=n), families(repeats=noisy, traced=n), Tolerances())
+                 for n in (1, 4))
+    fwd_one, fwd_four = family(one, "attention forward"), family(four, "attention forward")
+    assert fwd_four.noise_pct == pytest.approx(fwd_one.noise_pct / 2)
+    assert (fwd_one.basis, fwd_one.verdict) == ("repeat noise", "same") and fwd_one.threshold_pct > 3
+    assert (fwd_four.verdict, four.verdict) == ("worse", "regression") and fwd_four.threshold_pct < 3
+    # A family under 1% of the step keeps one step's spread: between hosts such families moved beyond their epoch's
+    jitter = [{"reductions": 1.2}, {"reductions": 0.8}, {"reductions": 1.1}]  # error (a few kernels, microseconds)
+    small = [family(compare(families(reductions=0.6, repeats=jitter, traced=n), families(reductions=0.5, repeats=jitter,
+                                                                                          traced=n), Tolerances()),
+                    "reductions") for n in (1, 4)]
+    assert small[0].noise_pct == small[1].noise_pct and small[1].verdict == "same"
 
 
 def test_a_family_of_a_few_microseconds_never_fails_by_jitter(families):

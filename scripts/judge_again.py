@@ -1,0 +1,50 @@
+"""Judge stored runs again with today's verdicts: what the family thresholds of this checkout make of them.
+
+    mkdir -p /tmp/0849 && tar xJf docs/runs-h100/2026-12-07T0849-results/results.tar.xz -C /tmp/0849
+    python scripts/judge_again.py /tmp/0849/s19clean1:/tmp/0849/matrix /tmp/0849/s19attention3:/tmp/0849/matrix
+
+Each argument is RESULTS:BASELINES, two folders of results (or folders holding one GPU model's folder of them);
+each result is compared with the baseline of the same file name. Per comparison it prints the rows that fail and
+the families beyond their thresholds, the attention and GEMM families' change against the GPU's pace over their
+threshold, and the largest |change| / threshold of any judged family.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from sftbench.storage.results import read_result
+from sftbench.verdicts import Tolerances, compare
+
+SHOWN = ("attention forward", "attention backward", "GEMM")
+
+
+def result_files(folder: Path) -> dict[str, Path]:
+    """The folder's result files by name, or those of the one GPU model's folder inside it."""
+    files = {p.name: p for p in folder.glob("*.json")}
+    if not files:
+        files = {p.name: p for p in folder.glob("*/*.json") if p.parent.name != "history"}
+    return files
+
+
+def main(pairs: list[str]) -> None:
+    for pair in pairs:
+        runs, baselines = (result_files(Path(part)) for part in pair.split(":"))
+        largest, failing = (0.0, ""), 0
+        print(f"== {pair}")
+        for name in sorted(runs.keys() & baselines.keys()):
+            verdict = compare(read_result(runs[name]), read_result(baselines[name]), Tolerances())
+            judged = [f for f in verdict.families if f.threshold_pct and f.change_pct is not None]
+            beyond = [f"{f.family} {f.change_pct:+.2f}/{f.threshold_pct:.2f}" for f in judged if f.verdict != "same"]
+            shown = [f"{f.family} {f.change_pct:+.2f}/{f.threshold_pct:.2f}" for f in judged if f.family in SHOWN]
+            failing += verdict.verdict == "regression"
+            largest = max(largest, *((abs(f.change_pct) / f.threshold_pct, f"{f.family} of {name}") for f in judged))
+            print(f"{verdict.verdict:10} {name.removesuffix('.json'):72} beyond: {', '.join(beyond) or 'none'}; "
+                  f"{'; '.join(shown)}")
+        print(f"{failing} of {len(runs.keys() & baselines.keys())} rows failing; largest |change| / threshold "
+              f"{largest[0]:.2f} ({largest[1]})")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
