@@ -99,6 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     frontier.add_argument("--out", type=Path, required=True)
     _catalog_option(frontier, "a row of this catalog of your own (--sftbench-catalog)")
 
+    frontiers = commands.add_parser("frontiers", help="the frontiers `frontier` found (its --out folders) as one "
+                                    "table beside the seed's last lengths that ran, and one plot")
+    frontiers.add_argument("folders", nargs="+", type=Path, help="--out folders of `python -m sftbench frontier`")
+    frontiers.add_argument("--out", type=Path, help="write the Markdown here instead of printing it")
+    frontiers.add_argument("--plot", type=Path, help="a PNG of each row's card need by max_length")
+
     upgrade = commands.add_parser("upgrade", help="runs of a candidate stack against the baselines: step, kernel "
                                                   "families, memory, operators; flash-attn's kernels alone beside them")
     upgrade.add_argument("--baselines", type=Path, required=True, help="the baselines folder the runs are judged against")
@@ -136,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     commands = {"models": _models, "baselines": _baselines, "report": _report, "history": _history, "run": _run,
-                "profile": _profile, "projection": _projection, "frontier": _frontier, "kernels": _kernels,
+                "profile": _profile, "projection": _projection, "frontier": _frontier, "frontiers": _frontiers, "kernels": _kernels,
                 "upgrade": _upgrade, "attention": _attention, "selftest": _selftest}
     # Quoted as a shell needs it, so that the command line a report shows can be pasted back.
     args.command_line = shlex.join(["python", "-m", "sftbench", *(sys.argv[1:] if argv is None else argv)])
@@ -473,6 +479,25 @@ def _frontier(args) -> int:
     fits = f"max_length {frontier}" if frontier else "not even the shortest length"
     print(f"{rows[0].node_id} on a card of {card_mib:.0f} MiB: {fits} fits ({len(trials)} lengths tried; {path})")
     return 0
+
+
+def _frontiers(args) -> int:
+    from sftbench.report.frontier import BadFrontier, frontier_markdown, frontier_plot, read_frontier
+
+    try:
+        frontiers = [read_frontier(folder) for folder in args.folders]
+    except BadFrontier as error:
+        print(f"sftbench: frontiers: {error}", file=sys.stderr)
+        return 2
+    link = None
+    if args.plot:
+        frontier_plot(frontiers, args.plot)
+        link = os.path.relpath(args.plot, args.out.parent if args.out else Path.cwd())  # from the page to the plot
+    text = frontier_markdown(frontiers, link)
+    if not args.out:
+        print(text)
+        return 0
+    return 0 if _write_output(args.out, text) else 2
 
 
 def _upgrade(args) -> int:

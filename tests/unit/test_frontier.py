@@ -61,3 +61,47 @@ def test_the_command_needs_a_gpu(tmp_path, monkeypatch, capsys):
     assert main(["frontier", "test_cpu_smoke[tiny-qwen-lora-sdpa]", "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err == ("sftbench: frontier: no CUDA GPU here: what a case needs of a card is measured "
                                        "on one\n")
+
+
+# --- the frontier page: `python -m sftbench frontiers` -----------------------------------------------------------
+
+
+def searched(tmp_path, result_factory, node_id, need_mib, oom_from=None):
+    """The --out folder of a search of the row whose card need is need_mib(max_length)."""
+    [row] = rows_by_id([node_id])
+    run, _ = runner(result_factory, need_mib, oom_from)
+    frontier, trials = find_frontier(row, 81559, run, log=lambda line: None)
+    out = tmp_path / row.table / row.id
+    out.mkdir(parents=True)
+    write_frontier(out, row, 81559, frontier, trials)
+    return out
+
+
+def test_the_page_sets_each_frontier_beside_the_seeds_last_length_that_ran(tmp_path, result_factory):
+    from sftbench.report.frontier import read_frontier, seed_lengths
+
+    full_7b = searched(tmp_path, result_factory, ROW.node_id, lambda length: 40000 + 5 * length)
+    full_14b = searched(tmp_path, result_factory, "test_full_max_length[qwen-14b-chat-512]", lambda n: 81000, 512)
+    plot = tmp_path / "docs" / "frontier.png"
+    assert main(["frontiers", str(full_7b), str(full_14b), "--out", str(tmp_path / "docs" / "frontier.md"),
+                 "--plot", str(plot)]) == 0
+    page = (tmp_path / "docs" / "frontier.md").read_text()
+    assert ("| `test_full_max_length[qwen-7b-chat-2048]` | 8192 | 80960 | 8704: needs 83520 MiB | 4096 | 8192 |"
+            in page)
+    assert "| `test_full_max_length[qwen-14b-chat-512]` | nothing |  | 512: out of memory | none | 512 |" in page
+    assert "![card need by max_length](frontier.png)" in page and plot.read_bytes()[:4] == b"\x89PNG"
+    assert seed_lengths(read_frontier(full_7b).row) == (4096, 8192)
+
+
+def test_a_folder_without_a_readable_frontier_is_one_line(tmp_path, capsys):
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "frontier.json").write_text("{")
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "frontier.json").write_text(json.dumps({"row": "test_x[y]", "card_mib": 1, "frontier": None,
+                                                                     "trials": []}))
+    for folder, said in (("empty", "no frontier.json (the --out folder of `python -m sftbench frontier`)"),
+                         ("corrupt", "not a frontier of the seed's rows"), ("foreign", "no catalog row 'test_x[y]'")):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        assert main(["frontiers", str(tmp_path / folder)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("sftbench: frontiers: ") and said in err and len(err.splitlines()) == 1
