@@ -482,7 +482,12 @@ def _frontier(args) -> int:
 
 
 def _frontiers(args) -> int:
-    from sftbench.report.frontier import BadFrontier, frontier_markdown, frontier_plot, read_frontier
+    from sftbench.report.frontier import (
+        BadFrontier,
+        frontier_markdown,
+        frontier_plot,
+        read_frontier,
+    )
 
     try:
         frontiers = [read_frontier(folder) for folder in args.folders]

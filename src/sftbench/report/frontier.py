@@ -59,13 +59,13 @@ def seed_lengths(row: Row) -> tuple[int | None, int | None]:
 def frontier_markdown(frontiers: list[Frontier], plot_link: str | None = None) -> str:
     cards = sorted({f"{f.card_mib:.0f} MiB" + (f" ({f.gpu})" if f.gpu else "") for f in frontiers})
     lines = ["# The max_length frontier", "",
-             f"The longest max_length of each row that fits a card of {', '.join(cards)}: trained at the seed's lengths "
-             "(512 to 8192, then 16384), each in a fresh process, until one does not fit, then to the nearest 512 "
-             "tokens between (`python -m sftbench frontier`). A length fits where it ran without running out of memory "
-             "and its card need (the allocated peak and what the process held outside PyTorch's allocator) is within "
-             "the card.", "",
-             "| row | fits up to | card need there (MiB) | the next length tried | seed: longest that ran | "
-             "seed: out of memory from |", "|---|---|---|---|---|---|"]
+             (f"The longest max_length of each row that fits a card of {', '.join(cards)}: trained at the seed's "
+              "lengths (512 to 8192, then 16384), each in a fresh process, until one does not fit, then to the nearest "
+              "512 tokens between (`python -m sftbench frontier`). A length fits where it ran without running out of "
+              "memory and its card need (the allocated peak and what the process held outside PyTorch's allocator) "
+              "is within the card."), "",
+             ("| row | fits up to | card need there (MiB) | the next length tried | seed: longest that ran | "
+              "seed: out of memory from |"), "|---|---|---|---|---|---|"]
     for f in frontiers:
         fitting = {t["max_length"]: t for t in f.trials if t["fits"]}
         beyond = min((t for t in f.trials if not t["fits"]), key=lambda t: t["max_length"], default=None)
