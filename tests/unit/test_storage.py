@@ -13,6 +13,7 @@ import pytest
 
 from sftbench import user_catalog
 from sftbench.catalog import rows_of
+from sftbench.report.frontier import read_frontier
 from sftbench.result import MemoryCategories, MemoryGroup
 from sftbench.spec import CaseSpec
 from sftbench.storage import files, locks, schema
@@ -154,8 +155,11 @@ def test_every_committed_result_baseline_run_record_and_self_test_loads(tmp_path
         with tarfile.open(archive) as tar:
             tar.extractall(tmp_path / archive.parent.name, **safe)
     # A stage's results: results/<gpu>/ in the newer archives, the stage's folder itself in the older ones
-    # (tracing/ holds `python -m sftbench profile`'s reports, no results).
-    stages = [stage for stage in tmp_path.glob("*/*") if stage.is_dir() and stage.name != "tracing"]
+    # (tracing/ holds `python -m sftbench profile`'s reports, no results; frontier/ a search's folder per row).
+    stages = [stage for stage in tmp_path.glob("*/*") if stage.is_dir() and stage.name not in ("tracing", "frontier")]
+    searches = list(tmp_path.glob("*/frontier/*"))
+    assert searches and all(read_frontier(search).gpu == "NVIDIA H100 80GB HBM3" for search in searches)
+    stages += searches
     unpacked = [gpu for stage in stages for gpu in stage.glob("nvidia-*")]
     unpacked += [stage for stage in stages if not any(stage.glob("nvidia-*"))]
     assert len(unpacked) >= 30
