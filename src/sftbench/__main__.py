@@ -635,7 +635,7 @@ def _selftest(args) -> int:
         return 2
     failures = sum(rerun["failures"] for rerun in summary["clean_reruns"])
     sizes = ", ".join(str(len(rerun["configurations"])) for rerun in summary["clean_reruns"]) or "no"
-    found = [f"{failures} failures in {len(summary['clean_reruns'])} clean reruns of {sizes} configurations"]
+    found = [f"{failures} failure{'' if failures == 1 else 's'} in {len(summary['clean_reruns'])} clean reruns of {sizes} configurations"]
     found += [f"{name} flagged {stage['flagged']} of {len(stage['configurations'])}"
               for name, stage in summary["injected"].items()]
     found += [f"{knob} flagged {stage['flagged']} of {len(stage['configurations'])} ({stage['named_right']} naming "

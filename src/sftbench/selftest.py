@@ -202,7 +202,8 @@ def markdown(summary: dict) -> str:
               f"{len(summary['records'])} run records."), "",
              "| run | commit | flagged | of | verdicts |", "|---|---|---|---|---|"]
     for i, rerun in enumerate(summary["clean_reruns"], 1):
-        lines.append(f"| clean rerun {i} ({rerun['started'][:16]}) | {rerun['commit']} | {rerun['failures']} failures | "
+        failures = f"{rerun['failures']} failure{'' if rerun['failures'] == 1 else 's'}"
+        lines.append(f"| clean rerun {i} ({rerun['started'][:16]}) | {rerun['commit']} | {failures} | "
                      f"{len(rerun['configurations'])} | {_counts(rerun['verdicts'])} |")
     for knob, stage in summary["family_injected"].items():
         lines.append(f"| {KERNELS}={knob} | {stage['commit']} | {stage['flagged']} ({stage['named_right']} naming "

@@ -70,7 +70,7 @@ def test_the_summary_counts_failures_of_clean_reruns_and_what_each_injection_fla
     assert (injected["host_time"]["flagged"], injected["host_time"]["within_noise"]) == (1, 1)
     assert injected["host_time"]["wall_time_change_pct"] == {"a": 30.0, "b": 8.0}
     page = markdown(summary)
-    assert "| clean rerun 2 (2026-11-29T23:02) | abc1234 | 1 failures | 2 |" in page
+    assert "| clean rerun 2 (2026-11-29T23:02) | abc1234 | 1 failure | 2 |" in page
     assert summary["clean_reruns"][1]["host_pace_change_pct"] == {"a": 25.0, "b": None}
     assert "| `a` | +1.00 / +0.00; attention forward -1.20 / 2 | +0.00 / +30.00 (host +25.00) |" in page
     assert page.endswith("Wall time of the clean reruns moved by up to 30.0% against its baseline (`a`): on this host "
@@ -135,7 +135,7 @@ def test_the_command_writes_the_json_and_says_what_was_found(tmp_path, capsys):
 
     data = json.loads(out.read_text())
     assert (data["schema"], data["kind"], len(data["summary"]["records"])) == (2, "self-test", 4)
-    assert "sftbench: selftest: 1 failures in 2 clean reruns of 2, 2 configurations" in capsys.readouterr().out
+    assert "sftbench: selftest: 1 failure in 2 clean reruns of 2, 2 configurations" in capsys.readouterr().out
 
 
 def test_records_without_a_comparing_run_are_one_clear_error(tmp_path, capsys):
