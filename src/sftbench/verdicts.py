@@ -123,8 +123,8 @@ class FamilyFinding:
     """A kernel family of both runs: GPU-minutes per 1000 samples, its share of the baseline's step, its change
     against the GPU's pace (the median change of the other large families, or of the rest of the step), and the
     threshold: the tolerance of a same-GPU or other-GPU baseline, or FAMILY_NOISE_Z times the error of the family's
-    time from its measured repeat spread where that is larger; a family under FAMILY_SHARE_PCT of the step that no repeat measured is not
-    judged (a few microseconds of an optimizer's kernels, traced once, jitter by several %)."""
+    time from its measured repeat spread where that is larger; a family under FAMILY_SHARE_PCT of the step that no
+    repeat measured is not judged (a few microseconds of an optimizer's kernels, traced once, jitter by several %)."""
 
     family: str
     before: float
@@ -333,7 +333,8 @@ def compare_families(old: Result, new: Result, tolerances: Tolerances,
         pace = median(others) if len(others) >= MIN_PACE_FAMILIES else \
             (new_step - n) / (old_step - b) if old_step > b else 1.0
         change = 100 * (n / b / pace - 1) if b else None
-        combined = _combined_error(spreads, family, (old.kernels, new.kernels) if share >= FAMILY_SHARE_PCT else ())
+        epoch = (old.kernels, new.kernels) if share >= FAMILY_SHARE_PCT else ()  # a small family: one step's error
+        combined = _combined_error(spreads, family, epoch)
         threshold, basis = base
         if combined is None and share < FAMILY_SHARE_PCT:  # no repeat measured it: too small for the tolerance alone
             threshold, basis = None, "not repeated"

@@ -14,7 +14,8 @@ def test_the_clean_rerun_passes_and_attention_3_is_flagged_in_every_flash_config
     safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
     with tarfile.open(ROOT / "docs" / "runs-h100" / "2026-12-07T0849-results" / "results.tar.xz") as tar:
         tar.extractall(tmp_path, **safe)
-    judge_again.main([f"{tmp_path / 's19clean1'}:{tmp_path / 'matrix'}", f"{tmp_path / 's19attention3'}:{tmp_path / 'matrix'}"])
+    baselines = tmp_path / "matrix"
+    judge_again.main([f"{tmp_path / 's19clean1'}:{baselines}", f"{tmp_path / 's19attention3'}:{baselines}"])
     clean, attention = capsys.readouterr().out.split("== ")[1:]
     assert "0 of 19 rows failing" in clean
     assert "17 of 19 rows failing" in attention
