@@ -6,7 +6,8 @@
 Each argument is RESULTS:BASELINES, two folders of results (or folders holding one GPU model's folder of them);
 each result is compared with the baseline of the same file name. Per comparison it prints the rows that fail and
 the families beyond their thresholds, the attention and GEMM families' change against the GPU's pace over their
-threshold, and the largest |change| / threshold of any judged family.
+threshold, the largest |change| / threshold of any judged family, and how far wall minutes and the host's own pace
+(the burst of kernel launches before each timed step) moved.
 """
 
 from __future__ import annotations
@@ -31,10 +32,12 @@ def result_files(folder: Path) -> dict[str, Path]:
 def main(pairs: list[str]) -> None:
     for pair in pairs:
         runs, baselines = (result_files(Path(part)) for part in pair.split(":"))
-        largest, failing = (0.0, ""), 0
+        largest, failing, moves = (0.0, ""), 0, []
         print(f"== {pair}")
         for name in sorted(runs.keys() & baselines.keys()):
-            verdict = compare(read_result(runs[name]), read_result(baselines[name]), Tolerances())
+            result, baseline = read_result(runs[name]), read_result(baselines[name])
+            verdict = compare(result, baseline, Tolerances())
+            moves.append(wall_and_host_moves(result, baseline))
             judged = [f for f in verdict.families if f.threshold_pct and f.change_pct is not None]
             beyond = [f"{f.family} {f.change_pct:+.2f}/{f.threshold_pct:.2f}" for f in judged if f.verdict != "same"]
             shown = [f"{f.family} {f.change_pct:+.2f}/{f.threshold_pct:.2f}" for f in judged if f.family in SHOWN]
@@ -43,7 +46,20 @@ def main(pairs: list[str]) -> None:
             print(f"{verdict.verdict:10} {name.removesuffix('.json'):72} beyond: {', '.join(beyond) or 'none'}; "
                   f"{'; '.join(shown)}")
         print(f"{failing} of {len(runs.keys() & baselines.keys())} rows failing; largest |change| / threshold "
-              f"{largest[0]:.2f} ({largest[1]})")
+              f"{largest[0]:.2f} ({largest[1]}); {_range('wall minutes', [wall for wall, _ in moves])}, "
+              f"{_range('the host probe', [host for _, host in moves])}")
+
+
+def wall_and_host_moves(result, baseline) -> tuple[float | None, float | None]:
+    """Wall minutes and the host's own pace between timed steps (Timing.host_probe_ms) against the baseline, in %."""
+    pairs = ((result.timing.minutes_per_1000_samples, baseline.timing.minutes_per_1000_samples),
+             (result.timing.host_probe_ms, baseline.timing.host_probe_ms))
+    return tuple(None if None in (now, before) else 100 * (now / before - 1) for now, before in pairs)
+
+
+def _range(what: str, values: list[float | None]) -> str:
+    values = [v for v in values if v is not None]
+    return f"{what} {min(values):+.1f}% to {max(values):+.1f}%" if values else f"{what} not measured"
 
 
 if __name__ == "__main__":
