@@ -12,7 +12,7 @@ from statistics import median
 from sftbench.catalog import Row, seed_tables
 from sftbench.report.tables import number, ratio
 from sftbench.report.values import SEED_GPU_MIB, neighbours, run_value, seed_value
-from sftbench.result import Result
+from sftbench.result import SLACK, Result
 
 MEMORY_NOTE_RATIO = 0.10  # a bf16 row whose reserved memory is off the seed's by more than this gets a note
 TREND_MIN_CHANGE = 0.01  # a change between neighbouring rows smaller than this is no trend
@@ -97,11 +97,23 @@ def _outcome_cause(result: Result) -> str:
     if result.outcome != "ok" or need is None:
         return NOT_MEASURED
     held = (f"{number(memory.max_allocated_mib, 0)} MiB allocated at its peak and "
-            f"{number(need - memory.max_allocated_mib, 0)} MiB outside PyTorch's allocator")
+            f"{number(need - memory.max_allocated_mib, 0)} MiB outside PyTorch's allocator{_held_at_peak(memory)}")
     if need > SEED_GPU_MIB:
         return f"needs more than the seed's 80 GB ({SEED_GPU_MIB} MiB): {held}; this GPU has {card} MiB"
     return (f"fits the seed's 80 GB ({SEED_GPU_MIB} MiB): {held}; the {number(memory.max_reserved_mib, 0)} MiB "
             "reserved here is what this card's allocator kept, not what the case needs")
+
+
+def _held_at_peak(memory) -> str:
+    """What the allocated peak holds, by category, and its largest temporaries (sftbench.memory): whether the peak
+    is the longest micro-step's activations or the optimizer step's states and temporaries. "" where not recorded."""
+    categories = memory.categories
+    if categories is None:
+        return ""
+    held = [f"{name} {number(mib, 0)}" for name, mib in categories.by_name().items() if mib >= 1 and name != SLACK]
+    largest = f", of which {number(categories.groups[0].mib, 0)} MiB at {categories.groups[0].where}" \
+        if categories.groups else ""
+    return f"; at that peak, in MiB: {', '.join(held)}{largest}"
 
 
 def _trend_notes(results: dict[str, Result]) -> list[list[str]]:

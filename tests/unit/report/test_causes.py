@@ -4,7 +4,7 @@ their causes."""
 import pytest
 
 from sftbench.report import markdown
-from sftbench.result import MemoryPeaks
+from sftbench.result import MemoryCategories, MemoryGroup, MemoryPeaks
 
 # A memory diagnostic's peak, as `python -m sftbench profile ROW --memory` writes it.
 MEMORY_AT_PEAK = {"batch_tokens": 8192, "allocated_before_mib": 14859, "groups_mib": [
@@ -20,7 +20,10 @@ def test_fidelity_notes_list_memory_beyond_10_percent_outcomes_and_reversed_tren
         result_factory(lora(max_length=4096), minutes=10.0, reserved=29264 * 0.8),
         result_factory(lora(quantization="int4-bnb"), reserved=13616 * 2),  # not bf16: no note
         result_factory(full(max_length=8192), reserved=88080.0, allocated=73712.0,
-                       memory=MemoryPeaks(max_reserved_mib=88080.0, max_allocated_mib=73712.0, nvml_peak_mib=89460.0)),
+                       memory=MemoryPeaks(max_reserved_mib=88080.0, max_allocated_mib=73712.0, nvml_peak_mib=89460.0,
+                                          categories=MemoryCategories(  # the optimizer step's peak, not activations'
+                                              73708.0, 14729.0, 0.0, 14727.0, 29459.0, 14793.0, 1314.0, [MemoryGroup(
+                                                  "`self.scaler.step(self.optimizer)` (trainer.py:120)", 14727.3, 259)]))),
         result_factory(full(model_type="qwen-14b-chat", max_length=512),
                        memory=MemoryPeaks(max_reserved_mib=135454.0, max_allocated_mib=135336.0, nvml_peak_mib=136832.0)),
     )
@@ -33,7 +36,10 @@ def test_fidelity_notes_list_memory_beyond_10_percent_outcomes_and_reversed_tren
     assert notes["Outcome differs from the seed"][1] == [
         ["`test_full_max_length[qwen-7b-chat-8192]`", "OOM", "OK, 88080 MiB",
          ("fits the seed's 80 GB (81920 MiB): 73712 MiB allocated at its peak and 1380 MiB outside PyTorch's "
-          "allocator; the 88080 MiB reserved here is what this card's allocator kept, not what the case needs")],
+          "allocator; at that peak, in MiB: trainable parameters 14729, gradients 14727, optimizer states 29459, "
+          "activations and temporaries 14793, of which 14727 MiB at `self.scaler.step(self.optimizer)` "
+          "(trainer.py:120); the 88080 MiB reserved here is what this card's allocator kept, not what the case "
+          "needs")],
         ["`test_full_max_length[qwen-14b-chat-512]`", "OOM", "OK, 135454 MiB",
          ("needs more than the seed's 80 GB (81920 MiB): 135336 MiB allocated at its peak and 1378 MiB outside "
           "PyTorch's allocator; this GPU has 143771 MiB")]]
