@@ -142,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     commands = {"models": _models, "baselines": _baselines, "report": _report, "history": _history, "run": _run,
-                "profile": _profile, "projection": _projection, "frontier": _frontier, "frontiers": _frontiers, "kernels": _kernels,
-                "upgrade": _upgrade, "attention": _attention, "selftest": _selftest}
+                "profile": _profile, "projection": _projection, "frontier": _frontier, "frontiers": _frontiers,
+                "kernels": _kernels, "upgrade": _upgrade, "attention": _attention, "selftest": _selftest}
     # Quoted as a shell needs it, so that the command line a report shows can be pasted back.
     args.command_line = shlex.join(["python", "-m", "sftbench", *(sys.argv[1:] if argv is None else argv)])
     try:
@@ -633,9 +633,9 @@ def _selftest(args) -> int:
         return 2
     if args.markdown and not _write_output(args.markdown, selftest.markdown(summary)):
         return 2
-    failures = sum(rerun["failures"] for rerun in summary["clean_reruns"])
+    failed = sum(rerun["failures"] for rerun in summary["clean_reruns"])
     sizes = ", ".join(str(len(rerun["configurations"])) for rerun in summary["clean_reruns"]) or "no"
-    found = [f"{failures} failure{'' if failures == 1 else 's'} in {len(summary['clean_reruns'])} clean reruns of {sizes} configurations"]
+    found = [f"{selftest.failures(failed)} in {len(summary['clean_reruns'])} clean reruns of {sizes} configurations"]
     found += [f"{name} flagged {stage['flagged']} of {len(stage['configurations'])}"
               for name, stage in summary["injected"].items()]
     found += [f"{knob} flagged {stage['flagged']} of {len(stage['configurations'])} ({stage['named_right']} naming "

@@ -202,9 +202,8 @@ def markdown(summary: dict) -> str:
               f"{len(summary['records'])} run records."), "",
              "| run | commit | flagged | of | verdicts |", "|---|---|---|---|---|"]
     for i, rerun in enumerate(summary["clean_reruns"], 1):
-        failures = f"{rerun['failures']} failure{'' if rerun['failures'] == 1 else 's'}"
-        lines.append(f"| clean rerun {i} ({rerun['started'][:16]}) | {rerun['commit']} | {failures} | "
-                     f"{len(rerun['configurations'])} | {_counts(rerun['verdicts'])} |")
+        lines.append(f"| clean rerun {i} ({rerun['started'][:16]}) | {rerun['commit']} | "
+                     f"{failures(rerun['failures'])} | {len(rerun['configurations'])} | {_counts(rerun['verdicts'])} |")
     for knob, stage in summary["family_injected"].items():
         lines.append(f"| {KERNELS}={knob} | {stage['commit']} | {stage['flagged']} ({stage['named_right']} naming "
                      f"{' and '.join(stage['families'])}; {stage['step_under_2pct']} with the step under 2%) | "
@@ -241,6 +240,11 @@ def markdown(summary: dict) -> str:
         lines += ["", (f"Wall time of the clean reruns moved by up to {largest:.1f}% against its baseline (`{key}`): "
                        "on this host a `--sftbench-time-tolerance` under that fails clean reruns.")]
     return "\n".join(lines) + "\n"
+
+
+def failures(count: int) -> str:
+    """"1 failure", "2 failures": the clean reruns' failures as the summary and its page say them."""
+    return f"{count} failure{'' if count == 1 else 's'}"
 
 
 def _memory_moves(stages: dict) -> list[str]:

@@ -1,6 +1,7 @@
 """Shared fixtures of the unit tests."""
 
 import dataclasses
+import tarfile
 
 import pytest
 
@@ -47,6 +48,18 @@ def scale_wall_time(path, factor: float) -> None:
     timing["step_durations_s"] = [seconds * factor for seconds in timing["step_durations_s"]]
     timing["wall_noise_pct"] = 1.0
     path.write_text(json.dumps(data))
+
+
+def extract(archive, into) -> None:
+    """A committed run's results.tar.xz unpacked into `into`, by tarfile's data filter where there is one (Python
+    3.11.4 on): a member outside the folder or a link is refused."""
+    with tarfile.open(archive) as tar:
+        tar.extractall(into, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+
+
+@pytest.fixture
+def unpack():
+    return extract
 
 
 def traced(names: list[str], steps: list[tuple[int, float | None, list[list[int]]]], **fields) -> Kernels:

@@ -263,8 +263,8 @@ def test_output_into_a_pipe_whose_reader_has_gone_ends_quietly(store, result_fac
     assert (done.returncode, done.stderr) == (1, "")
 
 
-COMMANDS = ["models", "baselines", "report", "history", "run", "profile", "projection", "frontier", "frontiers", "upgrade",
-            "kernels", "attention", "selftest"]
+COMMANDS = ["models", "baselines", "report", "history", "run", "profile", "projection", "frontier", "frontiers",
+            "upgrade", "kernels", "attention", "selftest"]
 
 
 def test_help_lists_every_command_with_what_it_does_and_its_description_none_by_hand(capsys):

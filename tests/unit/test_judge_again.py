@@ -1,7 +1,6 @@
 """scripts/judge_again.py on the committed H100 run of 2026-12-07T0849: what today's family thresholds make of it."""
 
 import importlib.util
-import tarfile
 from pathlib import Path
 
 ROOT = Path(__file__).parents[2]
@@ -10,10 +9,8 @@ judge_again = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(judge_again)
 
 
-def test_the_clean_rerun_passes_and_attention_3_is_flagged_in_every_flash_configuration(tmp_path, capsys):
-    safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-    with tarfile.open(ROOT / "docs" / "runs-h100" / "2026-12-07T0849-results" / "results.tar.xz") as tar:
-        tar.extractall(tmp_path, **safe)
+def test_the_clean_rerun_passes_and_attention_3_is_flagged_in_every_flash_configuration(tmp_path, capsys, unpack):
+    unpack(ROOT / "docs" / "runs-h100" / "2026-12-07T0849-results" / "results.tar.xz", tmp_path)
     baselines = tmp_path / "matrix"
     judge_again.main([f"{tmp_path / 's19clean1'}:{baselines}", f"{tmp_path / 's19attention3'}:{baselines}"])
     clean, attention = capsys.readouterr().out.split("== ")[1:]

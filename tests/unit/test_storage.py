@@ -5,7 +5,6 @@ import json
 import os
 import re
 import stat
-import tarfile
 from collections import Counter
 from pathlib import Path
 
@@ -140,7 +139,7 @@ def test_schema_1_steps_of_unequal_length_are_refused_naming_the_field(tmp_path)
         read_result(path)
 
 
-def test_every_committed_result_baseline_run_record_and_self_test_loads(tmp_path):
+def test_every_committed_result_baseline_run_record_and_self_test_loads(tmp_path, unpack):
     baselines, errors = BaselineStore(REPO / "baselines").scan()
     assert not errors, errors
     seed = Counter(b.result.machine.get("gpu") for b in baselines if b.result.case.get("user_model") is None)
@@ -150,10 +149,8 @@ def test_every_committed_result_baseline_run_record_and_self_test_loads(tmp_path
     for folder in [*docs.glob("runs-h100/*-baselines"), *docs.glob("upgrade-h*-flash-attn/baselines")]:
         baselines, errors = BaselineStore(folder).scan()
         assert baselines and not errors, (folder, errors)
-    safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # tarfile's filters: Python 3.11.4 on
     for archive in docs.glob("runs-h100/*-results/results.tar.xz"):  # a run's results, kept compressed
-        with tarfile.open(archive) as tar:
-            tar.extractall(tmp_path / archive.parent.name, **safe)
+        unpack(archive, tmp_path / archive.parent.name)
     # A stage's results: results/<gpu>/ in the newer archives, the stage's folder itself in the older ones
     # (tracing/ holds `python -m sftbench profile`'s reports, no results; frontier/ a search's folder per row).
     stages = [stage for stage in tmp_path.glob("*/*") if stage.is_dir() and stage.name not in ("tracing", "frontier")]

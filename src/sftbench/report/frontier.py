@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sftbench import catalog
 from sftbench.catalog import Row
-from sftbench.storage.results import read_result
+from sftbench.storage.results import ResultStore, read_result
 from sftbench.storage.schema import StorageError
 
 
@@ -33,18 +33,17 @@ def read_frontier(folder: Path) -> Frontier:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         row = catalog.rows_by_id([data["row"]])[0]
-        frontier = Frontier(row, float(data["card_mib"]), data["frontier"], list(data["trials"]), None)
+        card_mib, found, trials = float(data["card_mib"]), data["frontier"], list(data["trials"])
     except FileNotFoundError:
         raise BadFrontier(f"{folder}: no frontier.json (the --out folder of `python -m sftbench frontier`)") from None
     except (ValueError, KeyError, TypeError) as error:  # not JSON, a field missing, a row the catalog lacks
         raise BadFrontier(f"{path}: not a frontier of the seed's rows ({error})") from None
-    results = sorted(folder.glob("*/*.json"))
-    if results:  # the trials' results: the GPU that ran them
-        try:
-            frontier.gpu = read_result(results[0]).machine.get("gpu")
-        except StorageError as error:
-            raise BadFrontier(str(error)) from None
-    return frontier
+    results = ResultStore(folder).earlier()  # the trials' results, where `frontier` wrote them: the GPU that ran them
+    try:
+        gpu = read_result(results[0]).machine.get("gpu") if results else None
+    except StorageError as error:
+        raise BadFrontier(str(error)) from None
+    return Frontier(row, card_mib, found, trials, gpu)
 
 
 def seed_lengths(row: Row) -> tuple[int | None, int | None]:
