@@ -58,10 +58,10 @@ def test_compare_outcomes_fail_regressions_and_skip_mismatches(tmp_path, monkeyp
     writer.results[ROW.spec] = result_factory(minutes=10.0)
     writer.check(ROW)
     slower = make_runner(tmp_path, monkeypatch)
-    slower.results[ROW.spec] = result_factory(minutes=15.0)
+    slower.results[ROW.spec] = result_factory(minutes=16.0)
     outcome = slower.check(ROW)
     assert (outcome.action, outcome.status, outcome.verdict.kinds) == ("fail", "regression", ["wall-time"])
-    assert "minutes_per_1000_samples: 10 -> 15 (+50.0%, noise band 40%)" in outcome.message
+    assert "minutes_per_1000_samples: 10 -> 16 (+60.0%, noise band 50%)" in outcome.message
     other_kernel = make_runner(tmp_path, monkeypatch)
     other_kernel.results[ROW.spec] = result_factory(attention="sdpa")
     assert (other_kernel.check(ROW).action, other_kernel.check(ROW).status) == ("skip", "not-comparable")

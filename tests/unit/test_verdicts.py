@@ -134,9 +134,9 @@ def timed(result_factory, wall: float = 10.0, gpu: float | None = 8.0, step_fact
 
 @pytest.mark.parametrize("gpu, wall, factor, kinds, label", [
     (8.4, 10.0, 1.0, ["kernel"], "kernel regression"),  # GPU time +5%, wall unchanged: the GPU waited anyway
-    (8.0, 15.0, 1.5, ["host-side"], "host-side regression"),  # wall +50% in every step, GPU time flat
-    (8.4, 15.0, 1.5, ["kernel", "host-side"], "kernel and host-side regression"),
-    (8.1, 13.0, 1.3, [], "pass"),  # GPU +1.25% within 2%, wall +30% within the 40% band
+    (8.0, 16.0, 1.6, ["host-side"], "host-side regression"),  # wall +60% in every step, GPU time flat
+    (8.4, 16.0, 1.6, ["kernel", "host-side"], "kernel and host-side regression"),
+    (8.1, 13.0, 1.3, [], "pass"),  # GPU +1.25% within 2%, wall +30% within the 50% band
 ])
 def test_a_regression_says_its_kind(result_factory, gpu, wall, factor, kinds, label):
     found = compare(timed(result_factory, wall, gpu, factor), timed(result_factory), Tolerances())
@@ -145,29 +145,30 @@ def test_a_regression_says_its_kind(result_factory, gpu, wall, factor, kinds, la
 
 
 def test_kinds_are_labelled_together_memory_last(result_factory):
-    found = compare(timed(result_factory, 15.0, 8.4, 1.5, reserved=1100.0), timed(result_factory), Tolerances())
+    found = compare(timed(result_factory, 16.0, 8.4, 1.6, reserved=1100.0), timed(result_factory), Tolerances())
     assert render.label(found) == "kernel and host-side regression, memory regression"
 
 
 def test_wall_time_beyond_its_band_is_no_regression_when_the_steps_do_not_differ(result_factory):
-    # The projection moved +50% (a drifting host between the timed steps and the rest), the steps did not.
-    found = compare(timed(result_factory, 15.0), timed(result_factory), Tolerances())
+    # The projection moved +60% (a drifting host between the timed steps and the rest), the steps did not.
+    found = compare(timed(result_factory, 16.0), timed(result_factory), Tolerances())
     [wall] = [f for f in found.metrics if f.kind == "wall"]
     assert wall.p_value == 1.0 and wall.verdict == "same" and found.verdict == "pass"
 
 
 def test_the_baselines_own_spread_widens_the_wall_band(result_factory):
-    found = compare(timed(result_factory, 14.5, step_factor=1.45), timed(result_factory, noise=48.0), Tolerances())
+    found = compare(timed(result_factory, 14.5, step_factor=1.45), timed(result_factory, noise=48.0),
+                    Tolerances(time_pct=40.0))
     [wall] = [f for f in found.metrics if f.kind == "wall"]
     assert (wall.threshold_pct, wall.basis, found.verdict) == (48.0, "baseline's spread", "pass")
     assert "(+45.0%, baseline's spread 48%, step samples p=" in render.metric_text(wall)
 
 
 @pytest.mark.parametrize("probe_now, wall, note", [
-    ([0.0075, 0.0076, 0.0074], 15.0, ("the host's own pace between timed steps (a fixed burst of kernel launches): "
+    ([0.0075, 0.0076, 0.0074], 16.0, ("the host's own pace between timed steps (a fixed burst of kernel launches): "
                                       "5.00 -> 7.50 ms (+50.0%)")),  # the host itself was slower
     ([0.0050] * 3, 10.0, None),  # wall time within its band: nothing to explain
-    ([], 15.0, None),  # a run that did not probe the host
+    ([], 16.0, None),  # a run that did not probe the host
 ])
 def test_a_wall_time_change_names_the_hosts_own_pace(result_factory, probe_now, wall, note):
     old = timed(result_factory, host_probe_s=[0.0049, 0.0050, 0.0051])
@@ -259,7 +260,7 @@ def test_gpu_time_is_compared_only_where_both_runs_have_it(result_factory):
 ])
 def test_wall_time_is_judged_only_against_a_baseline_of_the_same_host(result_factory, baseline_host, now_host,
                                                                       judged, why):
-    old, now = timed(result_factory), timed(result_factory, 15.0, step_factor=1.5)  # a host 50% slower
+    old, now = timed(result_factory), timed(result_factory, 16.0, step_factor=1.6)  # a host 60% slower
     old.machine = {**old.machine, "host": baseline_host} if baseline_host else \
         {k: v for k, v in old.machine.items() if k != "host"}
     now.machine = {**now.machine, "host": now_host}
