@@ -7,18 +7,21 @@ Each argument is RESULTS:BASELINES, two folders of results (or folders holding o
 each result is compared with the baseline of the same file name. Per comparison it prints the rows that fail and
 the families beyond their thresholds, the attention and GEMM families' change against the GPU's pace over their
 threshold, the largest |change| / threshold of any judged family, and how far wall minutes and the host's own pace
-(the burst of kernel launches before each timed step) moved.
+(the burst of kernel launches before each timed step) moved. Last, over all comparisons, how far wall minutes moved by
+how busy the GPU was in the baseline: the host-bound rows move with their host, the GPU-bound ones hardly.
 """
 
 from __future__ import annotations
 
 import sys
+from itertools import pairwise
 from pathlib import Path
 
 from sftbench.storage.results import read_result
 from sftbench.verdicts import Tolerances, compare
 
 SHOWN = ("attention forward", "attention backward", "GEMM")
+BUSY_BINS = (0, 40, 60, 85, 101)  # % of the baseline's wall time the GPU was busy
 
 
 def result_files(folder: Path) -> dict[str, Path]:
@@ -30,6 +33,7 @@ def result_files(folder: Path) -> dict[str, Path]:
 
 
 def main(pairs: list[str]) -> None:
+    by_busy = []  # (the baseline's GPU busy %, wall minutes' move %) of every comparison
     for pair in pairs:
         runs, baselines = (result_files(Path(part)) for part in pair.split(":"))
         largest, failing, moves = (0.0, ""), 0, []
@@ -38,6 +42,8 @@ def main(pairs: list[str]) -> None:
             result, baseline = read_result(runs[name]), read_result(baselines[name])
             verdict = compare(result, baseline, Tolerances())
             moves.append(wall_and_host_moves(result, baseline))
+            if baseline.kernels and baseline.kernels.busy_pct is not None and moves[-1][0] is not None:
+                by_busy.append((baseline.kernels.busy_pct, moves[-1][0]))
             judged = [f for f in verdict.families if f.threshold_pct and f.change_pct is not None]
             beyond = [f"{f.family} {f.change_pct:+.2f}/{f.threshold_pct:.2f}" for f in judged if f.verdict != "same"]
             shown = [f"{f.family} {f.change_pct:+.2f}/{f.threshold_pct:.2f}" for f in judged if f.family in SHOWN]
@@ -48,6 +54,10 @@ def main(pairs: list[str]) -> None:
         print(f"{failing} of {len(runs.keys() & baselines.keys())} rows failing; largest |change| / threshold "
               f"{largest[0]:.2f} ({largest[1]}); {_range('wall minutes', [wall for wall, _ in moves])}, "
               f"{_range('the host probe', [host for _, host in moves])}")
+    bins = [(low, min(high, 100), [wall for busy, wall in by_busy if low <= busy < high])
+            for low, high in pairwise(BUSY_BINS)]
+    print("wall minutes by the baseline's GPU busy: " + "; ".join(
+        f"{low}-{high}%: {_range(f'{len(walls)} moved', walls)}" for low, high, walls in bins if walls))
 
 
 def wall_and_host_moves(result, baseline) -> tuple[float | None, float | None]:

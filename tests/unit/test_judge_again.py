@@ -24,3 +24,11 @@ def test_the_clean_rerun_passes_and_attention_3_is_flagged_in_every_flash_config
     passing = [line.split()[1] for line in attention.splitlines() if line.startswith("pass")]
     assert passing == ["qwen-7b-chat.lora.bf16.len2048.bs1.gc.eager.r8-DEFAULT",
                        "qwen-7b-chat.lora.bf16.len2048.bs1.nogc.eager.r8-DEFAULT"]
+
+
+def test_wall_minutes_are_summed_up_by_how_busy_the_gpu_was_in_the_baseline(tmp_path, capsys, unpack):
+    unpack(ROOT / "docs" / "runs-h100" / "2026-12-07T0849-results" / "results.tar.xz", tmp_path)
+    judge_again.main([f"{tmp_path / 's19clean1'}:{tmp_path / 'matrix'}"])
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "wall minutes by the baseline's GPU busy: 0-40%: 2 moved -24.3% to -0.4%; 40-60%: 1 moved +3.5% to +3.5%; "
+        "60-85%: 9 moved -10.5% to +11.9%; 85-100%: 7 moved -3.7% to +3.6%")
