@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 from itertools import pairwise
 from pathlib import Path
+from statistics import pstdev
 
 from sftbench.storage.results import read_result
 from sftbench.verdicts import Tolerances, compare
@@ -54,10 +55,11 @@ def main(pairs: list[str]) -> None:
         print(f"{failing} of {len(runs.keys() & baselines.keys())} rows failing; largest |change| / threshold "
               f"{largest[0]:.2f} ({largest[1]}); {_range('wall minutes', [wall for wall, _ in moves])}, "
               f"{_range('the host probe', [host for _, host in moves])}")
-    bins = [(low, min(high, 100), [wall for busy, wall in by_busy if low <= busy < high])
+    bins = [(f"{low}-{min(high, 100)}%", [wall for busy, wall in by_busy if low <= busy < high])
             for low, high in pairwise(BUSY_BINS)]
     print("wall minutes by the baseline's GPU busy: " + "; ".join(
-        f"{low}-{high}%: {_range(f'{len(walls)} moved', walls)}" for low, high, walls in bins if walls))
+        f"{label}: {_range(f'{len(walls)} moved', walls)} (sd {pstdev(walls):.1f}%)"
+        for label, walls in [*bins, ("all", [wall for _, wall in by_busy])] if walls))
 
 
 def wall_and_host_moves(result, baseline) -> tuple[float | None, float | None]:

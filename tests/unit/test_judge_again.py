@@ -30,5 +30,6 @@ def test_wall_minutes_are_summed_up_by_how_busy_the_gpu_was_in_the_baseline(tmp_
     unpack(ROOT / "docs" / "runs-h100" / "2026-12-07T0849-results" / "results.tar.xz", tmp_path)
     judge_again.main([f"{tmp_path / 's19clean1'}:{tmp_path / 'matrix'}"])
     assert capsys.readouterr().out.splitlines()[-1] == (
-        "wall minutes by the baseline's GPU busy: 0-40%: 2 moved -24.3% to -0.4%; 40-60%: 1 moved +3.5% to +3.5%; "
-        "60-85%: 9 moved -10.5% to +11.9%; 85-100%: 7 moved -3.7% to +3.6%")
+        "wall minutes by the baseline's GPU busy: 0-40%: 2 moved -24.3% to -0.4% (sd 12.0%); 40-60%: 1 moved +3.5% to "
+        "+3.5% (sd 0.0%); 60-85%: 9 moved -10.5% to +11.9% (sd 6.6%); 85-100%: 7 moved -3.7% to +3.6% (sd 2.1%); all: "
+        "19 moved -24.3% to +11.9% (sd 7.3%)")
