@@ -137,6 +137,7 @@ def timed(result_factory, wall: float = 10.0, gpu: float | None = 8.0, step_fact
     (8.0, 16.0, 1.6, ["host-side"], "host-side regression"),  # wall +60% in every step, GPU time flat
     (8.4, 16.0, 1.6, ["kernel", "host-side"], "kernel and host-side regression"),
     (8.1, 13.0, 1.3, [], "pass"),  # GPU +1.25% within 2%, wall +30% within the 50% band
+    (8.0, 14.5, 1.45, [], "pass"),  # +45% in every step: the largest move of a clean rerun on one H100 host
 ])
 def test_a_regression_says_its_kind(result_factory, gpu, wall, factor, kinds, label):
     found = compare(timed(result_factory, wall, gpu, factor), timed(result_factory), Tolerances())
