@@ -42,9 +42,10 @@ def main(pairs: list[str]) -> None:
         for name in sorted(runs.keys() & baselines.keys()):
             result, baseline = read_result(runs[name]), read_result(baselines[name])
             verdict = compare(result, baseline, Tolerances())
-            moves.append(wall_and_host_moves(result, baseline))
-            if baseline.kernels and baseline.kernels.busy_pct is not None and moves[-1][0] is not None:
-                by_busy.append((baseline.kernels.busy_pct, moves[-1][0]))
+            wall, host = wall_and_host_moves(result, baseline)
+            moves.append((wall, host))
+            if baseline.kernels and baseline.kernels.busy_pct is not None and wall is not None:
+                by_busy.append((baseline.kernels.busy_pct, wall))
             judged = [f for f in verdict.families if f.threshold_pct and f.change_pct is not None]
             beyond = [f"{f.family} {f.change_pct:+.2f}/{f.threshold_pct:.2f}" for f in judged if f.verdict != "same"]
             shown = [f"{f.family} {f.change_pct:+.2f}/{f.threshold_pct:.2f}" for f in judged if f.family in SHOWN]

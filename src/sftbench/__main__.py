@@ -302,11 +302,17 @@ def _report(args) -> int:
         return 2
     text = markdown(results, args.plots, memory_at_peak(args.diagnostics) if args.diagnostics else None, tables,
                     beside, only=set(args.table))
-    if not args.out:
-        print(text)
-    elif not _write_output(args.out, text):
+    if not _print_or_write(args.out, text):
         return 2
     return 2 if problems else 0
+
+
+def _print_or_write(path: Path | None, text: str) -> bool:
+    """A command's page printed, or written to its --out file where given (_write_output)."""
+    if not path:
+        print(text)
+        return True
+    return _write_output(path, text)
 
 
 def _write_output(path: Path, text: str) -> bool:
@@ -349,9 +355,7 @@ def _history(args) -> int:
               file=sys.stderr, flush=True)
     text = (history.summary(runs[-1]) if args.summary else history.cost(runs[-1]) if args.cost
             else history.side_by_side(runs[-1], others[-1]) if args.beside else history.page(runs, args.plots))
-    if not args.out:
-        print(text)
-    elif not _write_output(args.out, text):
+    if not _print_or_write(args.out, text):
         return 2
     return 1 if problems else 0
 
@@ -498,11 +502,7 @@ def _frontiers(args) -> int:
     if args.plot:
         frontier_plot(frontiers, args.plot)
         link = os.path.relpath(args.plot, args.out.parent if args.out else Path.cwd())  # from the page to the plot
-    text = frontier_markdown(frontiers, link)
-    if not args.out:
-        print(text)
-        return 0
-    return 0 if _write_output(args.out, text) else 2
+    return 0 if _print_or_write(args.out, frontier_markdown(frontiers, link)) else 2
 
 
 def _upgrade(args) -> int:
@@ -534,11 +534,7 @@ def _upgrade(args) -> int:
     except (OSError, ValueError, KeyError) as error:
         print(f"sftbench: upgrade: {type(error).__name__}: {error}", file=sys.stderr)
         return 2
-    if not args.out:
-        print(text)
-    elif not _write_output(args.out, text):
-        return 2
-    return 0
+    return 0 if _print_or_write(args.out, text) else 2
 
 
 def _kernels(args) -> int:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from sftbench import catalog
 from sftbench.catalog import Row
+from sftbench.diagnostics.frontier import LENGTHS, STEP
 from sftbench.storage.results import ResultStore, read_result
 from sftbench.storage.schema import StorageError
 
@@ -59,10 +60,10 @@ def frontier_markdown(frontiers: list[Frontier], plot_link: str | None = None) -
     cards = sorted({f"{f.card_mib:.0f} MiB" + (f" ({f.gpu})" if f.gpu else "") for f in frontiers})
     lines = ["# The max_length frontier", "",
              (f"The longest max_length of each row that fits a card of {', '.join(cards)}: trained at the seed's "
-              "lengths (512 to 8192, then 16384), each in a fresh process, until one does not fit, then to the nearest "
-              "512 tokens between (`python -m sftbench frontier`). A length fits where it ran without running out of "
-              "memory and its card need (the allocated peak and what the process held outside PyTorch's allocator) "
-              "is within the card."), "",
+              f"lengths ({LENGTHS[0]} to {LENGTHS[-2]}, then {LENGTHS[-1]}), each in a fresh process, until one does "
+              f"not fit, then to the nearest {STEP} tokens between (`python -m sftbench frontier`). A length fits where "
+              "it ran without running out of memory and its card need (the allocated peak and what the process held "
+              "outside PyTorch's allocator) is within the card."), "",
              ("| row | fits up to | card need there (MiB) | the next length tried | seed: longest that ran | "
               "seed: out of memory from |"), "|---|---|---|---|---|---|"]
     for f in frontiers:
