@@ -93,6 +93,18 @@ def test_the_page_sets_each_frontier_beside_the_seeds_last_length_that_ran(tmp_p
     assert seed_lengths(read_frontier(full_7b).row) == (4096, 8192)
 
 
+def test_the_plot_labels_the_seeds_lengths_and_only_ticks_those_between(tmp_path, result_factory):
+    from sftbench.diagnostics.frontier import LENGTHS
+    from sftbench.report.frontier import frontier_plot, read_frontier
+
+    full_7b = searched(tmp_path, result_factory, ROW.node_id, lambda length: 40000 + 5 * length)
+    axes = frontier_plot([read_frontier(full_7b)], tmp_path / "frontier.png").axes[0]
+    assert [label.get_text() for label in axes.get_xticklabels()] == [str(n) for n in LENGTHS]
+    tried_between = [t["max_length"] for t in read_frontier(full_7b).trials if t["max_length"] not in LENGTHS]
+    assert tried_between and sorted(axes.get_xticks(minor=True)) == sorted(tried_between)
+    assert not any(label.get_visible() and label.get_text() for label in axes.get_xticklabels(minor=True))
+
+
 def test_a_folder_without_a_readable_frontier_is_one_line(tmp_path, capsys):
     (tmp_path / "corrupt").mkdir()
     (tmp_path / "corrupt" / "frontier.json").write_text("{")

@@ -81,8 +81,9 @@ def frontier_markdown(frontiers: list[Frontier], plot_link: str | None = None) -
     return "\n".join(lines) + "\n"
 
 
-def frontier_plot(frontiers: list[Frontier], path: Path) -> None:
-    """Each row's card need (GiB) by max_length, the lengths that did not fit marked, the card's size as a line."""
+def frontier_plot(frontiers: list[Frontier], path: Path):
+    """Each row's card need (GiB) by max_length, the lengths that did not fit marked, the card's size as a line;
+    saved to path, and the matplotlib Figure returned."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(8, 4.8), layout="constrained")
@@ -101,9 +102,11 @@ def frontier_plot(frontiers: list[Frontier], path: Path) -> None:
         axes.annotate(f"card {card / 1024:.1f} GiB", (512, card / 1024), textcoords="offset points", xytext=(0, 4),
                       fontsize="small", color="grey")
     axes.set_xscale("log", base=2)
-    lengths = sorted({t["max_length"] for f in frontiers for t in f.trials})
-    axes.set_xticks(lengths, [str(n) for n in lengths], fontsize="small")
-    axes.minorticks_off()
+    # The seed's lengths labelled; the lengths tried between them ticked only, as their labels would overlap.
+    tried = {t["max_length"] for f in frontiers for t in f.trials}
+    axes.set_xticks(LENGTHS, [str(n) for n in LENGTHS], fontsize="small")
+    axes.set_xticks(sorted(tried - set(LENGTHS)), minor=True)
+    axes.tick_params(axis="x", which="minor", labelbottom=False)
     axes.set_xlabel("max_length (tokens)")
     axes.set_ylabel("card need (GiB)")
     axes.grid(alpha=0.3)
@@ -112,3 +115,4 @@ def frontier_plot(frontiers: list[Frontier], path: Path) -> None:
     figure.suptitle("card need by max_length; x: did not fit" + (f" ({', '.join(gpus)})" if gpus else ""))
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
+    return figure
