@@ -99,7 +99,7 @@ def frontier_plot(frontiers: list[Frontier], path: Path):
                 axes.plot(t["max_length"], need / 1024, marker="x", color=line.get_color(), markersize=10)
     for card in sorted({f.card_mib for f in frontiers}):
         axes.axhline(card / 1024, color="grey", linestyle="--")
-        axes.annotate(f"card {card / 1024:.1f} GiB", (512, card / 1024), textcoords="offset points", xytext=(0, 4),
+        axes.annotate(f"card {card / 1024:.1f} GiB", (LENGTHS[0], card / 1024), textcoords="offset points", xytext=(0, 4),
                       fontsize="small", color="grey")
     axes.set_xscale("log", base=2)
     # The seed's lengths labelled; the lengths tried between them ticked only, as their labels would overlap.
