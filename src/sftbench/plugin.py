@@ -62,6 +62,9 @@ def pytest_addoption(parser):
     group.addoption("--sftbench-time-tolerance", type=_percent, default=DEFAULT_TIME_TOLERANCE_PCT, metavar="PCT",
                     help="wall time: the least noise band in %%; a slow-down beyond it (or the baseline's own "
                          "spread, if larger) that the step samples also show fails (default %(default)s)")
+    group.addoption("--sftbench-no-remeasure", action="store_true",
+                    help="fail a configuration whose wall time alone regressed on its first measurement (by default "
+                         "it runs once more, in a fresh process, and its rows fail only if the second regresses too)")
     group.addoption("--sftbench-memory-tolerance", type=_percent, default=DEFAULT_MEMORY_TOLERANCE_PCT, metavar="PCT",
                     help="allowed memory growth in %% before a case fails (default %(default)s)")
     group.addoption("--sftbench-baselines", default=None, metavar="DIR",
@@ -154,6 +157,7 @@ def pytest_configure(config):
         update_baselines=config.getoption("sftbench_update_baselines"),
         strict=config.getoption("sftbench_strict"),
         require_baseline=config.getoption("sftbench_require_baseline"),
+        remeasure=not config.getoption("sftbench_no_remeasure"),
         run=RunOptions(full_epoch=config.getoption("sftbench_full_epoch"),
                        attn_fallback=config.getoption("sftbench_attn_fallback")),
         tolerances=Tolerances(gpu_time_pct=config.getoption("sftbench_gpu_time_tolerance"),

@@ -155,6 +155,11 @@ def note_text(note: Note) -> str:
         change = 100 * (d["now_mhz"] / d["before_mhz"] - 1)
         return (f"GPU SM clock in the traced steps: {d['before_mhz']:.0f} -> {d['now_mhz']:.0f} MHz "
                 f"({change:+.1f}%, median of the steps' means)")
+    if note.code == "re-measured":
+        pace = "" if d["host_pace_pct"] is None else f", the host's own pace {d['host_pace_pct']:+.1f}%"
+        first = f"wall time alone was worse ({d['change_pct']:+.1f}% against the {d['threshold_pct']:g}% band{pace})"
+        return (f"{first}; measured once more, in a fresh process, it was worse again" if d["confirmed"] else
+                f"{first} in a first measurement, not in a second, in a fresh process: the verdict is the second's")
     if note.code == "host pace":
         change = 100 * (d["now_ms"] / d["before_ms"] - 1)
         return (f"the host's own pace between timed steps (a fixed burst of kernel launches): {d['before_ms']:.2f} -> "
@@ -180,22 +185,23 @@ NOTES = {
 }
 
 
-def _across_gpu_models(configuration) -> Note | None:
-    """The note of a verdict judged against a baseline of another GPU model, if it was."""
+def _note(configuration, code: str) -> Note | None:
+    """The configuration's verdict's note of this code, if it has one ("another GPU model": judged against a
+    baseline of another GPU model; "re-measured": measured twice, its wall time alone having regressed first)."""
     verdict = configuration.verdict
-    return None if verdict is None else next((n for n in verdict.notes if n.code == "another GPU model"), None)
+    return None if verdict is None else next((n for n in verdict.notes if n.code == code), None)
 
 
 def wall_not_judged(configurations) -> int:
     """How many configurations had GPU time and memory judged but not wall time, their baseline's host not this one
     (those judged against another GPU model's baseline are counted by across_gpu_models)."""
-    return sum(c.verdict is not None and not c.verdict.wall_judged and not _across_gpu_models(c)
+    return sum(c.verdict is not None and not c.verdict.wall_judged and not _note(c, "another GPU model")
                for c in configurations)
 
 
 def across_gpu_models(configurations) -> str | None:
     """A line on the configurations judged on memory alone against baselines of other GPU models, if any."""
-    gpus = [note.detail["gpu"] for c in configurations if (note := _across_gpu_models(c))]
+    gpus = [note.detail["gpu"] for c in configurations if (note := _note(c, "another GPU model"))]
     if not gpus:
         return None
     return (f"memory alone judged in {len(gpus)} of {len(configurations)} configurations: against baselines of "
@@ -229,8 +235,8 @@ def run_summary(record, skipped: int = 0, results: str = "no results folder") ->
             lines.append("  the same configuration: " + ", ".join(c.rows[1:]))
         if c.status in ("regression", "improvement", "not-comparable"):
             lines += [f"  {line}" for line in explain(c.verdict)]
-        elif across := _across_gpu_models(c):
-            lines.append(f"  {note_text(across)}")  # a pass judged on memory alone says against which GPU
+        else:  # a pass judged on memory alone says against which GPU; one measured twice, what the first showed
+            lines += [f"  {note_text(note)}" for code in ("another GPU model", "re-measured") if (note := _note(c, code))]
     statuses = [c.status for c in record.configurations]
     lines.append(", ".join([f"{statuses.count(s)} {s}" for s in dict.fromkeys(statuses)] + [f"{skipped} skipped"]))
     if unjudged := wall_not_judged(record.configurations):

@@ -32,6 +32,7 @@ from sftbench.injection import (
 )
 from sftbench.result import SLACK
 from sftbench.storage.records import Configuration, RunRecord
+from sftbench.verdicts import Note
 
 # Stage name -> the knobs it sets; "update" writes the baselines.
 STAGES = {
@@ -124,7 +125,8 @@ def summarize(records: list[tuple[Path, RunRecord]]) -> dict:
                 "wall_time_change_pct": _changes(configurations, SPEED_METRICS["wall"]),
                 "host_pace_change_pct": _changes(configurations, "host_probe_ms"),
                 "max_reserved_change_pct": _changes(configurations, "max_reserved_mib"),
-                "nearest_family": _family_margins(configurations)})
+                "nearest_family": _family_margins(configurations),
+                "remeasured": _remeasured(configurations)})
         if KERNELS in knobs:
             summary["family_injected"].setdefault(knobs[KERNELS], {  # the newest run of a knob
                 **stage, **family_stage(configurations, knobs[KERNELS].partition(":")[0])})
@@ -151,6 +153,13 @@ def summarize(records: list[tuple[Path, RunRecord]]) -> dict:
                 "gpu_time_change_pct": _changes(configurations, SPEED_METRICS["gpu"])})
     summary["clean_reruns"].reverse()  # numbered in the order they ran
     return summary
+
+
+def _remeasured(configurations: list[Configuration]) -> dict[str, dict]:
+    """The configurations measured twice, their wall time alone having regressed first: the first's change, the
+    host's own pace then, and whether the second confirmed it (sftbench.runner)."""
+    return {c.key: note.detail for c in configurations if c.verdict is not None
+            for note in c.verdict.notes if note.code == "re-measured"}
 
 
 def family_stage(configurations: list[Configuration], target: str) -> dict:
@@ -202,8 +211,10 @@ def markdown(summary: dict) -> str:
               f"{len(summary['records'])} run records."), "",
              "| run | commit | flagged | of | verdicts |", "|---|---|---|---|---|"]
     for i, rerun in enumerate(summary["clean_reruns"], 1):
+        twice = len(rerun.get("remeasured", {}))  # summaries of runs before re-measuring have none
         lines.append(f"| clean rerun {i} ({rerun['started'][:16]}) | {rerun['commit']} | "
-                     f"{failures(rerun['failures'])} | {len(rerun['configurations'])} | {_counts(rerun['verdicts'])} |")
+                     f"{failures(rerun['failures'])}{f' ({twice} measured twice)' if twice else ''} | "
+                     f"{len(rerun['configurations'])} | {_counts(rerun['verdicts'])} |")
     for knob, stage in summary["family_injected"].items():
         lines.append(f"| {KERNELS}={knob} | {stage['commit']} | {stage['flagged']} ({stage['named_right']} naming "
                      f"{' and '.join(stage['families'])}; {stage['step_under_2pct']} with the step under 2%) | "
@@ -233,6 +244,9 @@ def markdown(summary: dict) -> str:
             cells.append(f"{_pct(rerun['gpu_time_change_pct'].get(key))} / "
                          f"{_pct(rerun['wall_time_change_pct'].get(key))}{host}{family}")
         lines.append(f"| `{key}` | " + " | ".join(cells) + " |")
+    for i, rerun in enumerate(reruns, 1):
+        for key, detail in rerun.get("remeasured", {}).items():
+            lines += ["", f"Clean rerun {i}, `{key}`: {render.note_text(Note('re-measured', detail))}."]
     moves = [(abs(change), key) for rerun in reruns for key, change in rerun["wall_time_change_pct"].items()
              if change is not None]
     if moves:

@@ -12,7 +12,8 @@ Every metric is lower-is-better:
   measured noise (below);
 - wall minutes per 1000 samples, only where both ran on the same host: worse only beyond a noise band (a
   floor, or the baseline's own measured spread if larger, up to MAX_WALL_NOISE_PCT) and when the paired step
-  samples differ significantly;
+  samples differ significantly; a regression of wall time alone fails a row only where a second measurement
+  shows it too (sftbench.runner measures it again);
 - memory: max reserved (the seed's metric, ms-swift's benchmark) and max allocated.
 """
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from statistics import median
 
 from sftbench import kernels
@@ -268,6 +269,24 @@ def _another_model(old: Result, new: Result, tolerances: Tolerances, differ: dic
     notes += _missing_categories(old, new, metrics)
     return Verdict(_overall(metrics), _kinds(metrics, []), metrics, notes=notes, memory=category_moves(old, new),
                    wall_judged=False, **differ)
+
+
+def wall_time_alone(verdict: Verdict) -> bool:
+    """A regression of wall time alone (host-side or wall-time; no kernel, memory or OOM finding): the one kind a
+    passing state of the host can make by itself, so the runner measures it once more before it fails a row."""
+    return verdict.verdict == "regression" and bool(verdict.kinds) and set(verdict.kinds) <= {"host-side", "wall-time"}
+
+
+def remeasured(first: Verdict, second: Verdict) -> Verdict:
+    """The verdict of a second measurement of a configuration whose first regressed in wall time alone: the
+    second's, with a note of the first's wall-time change (and the host's own pace then) and whether the second
+    was worse in wall time too."""
+    wall = next(f for f in first.metrics if f.kind == "wall")
+    pace = next((note.detail for note in first.notes if note.code == "host pace"), None)
+    detail = {"change_pct": wall.change_pct, "threshold_pct": wall.threshold_pct,
+              "host_pace_pct": None if pace is None else 100 * (pace["now_ms"] / pace["before_ms"] - 1),
+              "confirmed": any(f.kind == "wall" and f.verdict == "worse" for f in second.metrics)}
+    return replace(second, notes=[Note("re-measured", detail), *second.notes])
 
 
 def _overall(findings: list[MetricFinding | FamilyFinding]) -> str:

@@ -36,6 +36,20 @@ def make_result(spec: CaseSpec = QWEN_7B_4096, *, gpu: str = "NVIDIA H200", minu
     return Result(**values)
 
 
+class ReplayLauncher:
+    """sftbench.launcher.Launcher's stand-in: each case run hands out the next of the given results."""
+
+    def __init__(self, *results: Result):
+        self.results, self.ran = list(results), []
+
+    def run(self, spec: CaseSpec, options) -> Result:
+        self.ran.append(spec)
+        return self.results.pop(0)
+
+    def close(self) -> None:
+        """Nothing to end."""
+
+
 def scale_wall_time(path, factor: float) -> None:
     """A stored baseline's wall time scaled by `factor`, its timed steps' too (the paired test reads them), and its
     own spread made that of a quiet host: on a loaded machine a run's spread reached 110%, and a baseline that noisy

@@ -10,6 +10,8 @@ from sftbench.runner import RunConfig, Runner
 from sftbench.spec import CaseSpec
 from sftbench.storage.records import read_record
 
+from .conftest import ReplayLauncher
+
 ROW = Row(table="lora_max_length", id="qwen-7b-chat-4096", spec=CaseSpec("qwen-7b-chat", max_length=4096))
 OTHER = Row(table="lora_max_length", id="qwen-7b-chat-2048", spec=CaseSpec("qwen-7b-chat", max_length=2048))
 
@@ -33,7 +35,8 @@ def test_the_run_record_keeps_each_configurations_verdict_as_data_beside_its_bas
     checked(make_runner(tmp_path, monkeypatch, update_baselines=True), result_factory(minutes=10.0))
     slower = result_factory(minutes=16.0)
     slower.machine["gpu_uuid"] = "GPU-1234"
-    recorder = Recorder(checked(make_runner(tmp_path, monkeypatch), slower))
+    # One measurement (measuring again is the runner's, tested there).
+    recorder = Recorder(checked(make_runner(tmp_path, monkeypatch, remeasure=False), slower))
     path = recorder.write(recorder.record())
     assert path.parent == tmp_path / "results" / "history"
     data = json.loads(path.read_text())
@@ -81,6 +84,16 @@ def test_a_pass_against_another_gpu_models_baseline_says_it_was_judged_on_memory
     across = ("memory alone judged in 1 of 1 configurations: against baselines of NVIDIA H200 (another GPU model of "
               "the same compute capability; baselines written on this GPU model judge speed too)")
     assert lines[2:] == ["1 pass, 0 skipped", across]  # and not "wall time not judged ... (GPU time ... judged them)"
+
+
+def test_a_pass_measured_twice_says_what_its_first_measurement_showed(tmp_path, monkeypatch, result_factory):
+    checked(make_runner(tmp_path, monkeypatch, update_baselines=True), result_factory(minutes=10.0))
+    runner = make_runner(tmp_path, monkeypatch)
+    runner._launcher = ReplayLauncher(result_factory(minutes=10.5))
+    lines = run_summary(Recorder(checked(runner, result_factory(minutes=16.0))).record())
+    note = ("  wall time alone was worse (+60.0% against the 50% band) in a first measurement, not in a second, in a "
+            "fresh process: the verdict is the second's")
+    assert lines[0].endswith("-> pass") and lines[1:] == [note, "1 pass, 0 skipped"]
 
 
 def test_a_merged_part_joins_the_summary_and_the_run_record(tmp_path, monkeypatch, result_factory):

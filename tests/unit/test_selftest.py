@@ -8,7 +8,7 @@ from sftbench.__main__ import main
 from sftbench.result import Metrics
 from sftbench.selftest import markdown, summarize
 from sftbench.storage.records import Configuration, RunRecord, write_record
-from sftbench.verdicts import FamilyFinding, MetricFinding, Verdict
+from sftbench.verdicts import FamilyFinding, MetricFinding, Note, Verdict
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -75,6 +75,19 @@ def test_the_summary_counts_failures_of_clean_reruns_and_what_each_injection_fla
     assert "| `a` | +1.00 / +0.00; attention forward -1.20 / 2 | +0.00 / +30.00 (host +25.00) |" in page
     assert page.endswith("Wall time of the clean reruns moved by up to 30.0% against its baseline (`a`): on this host "
                          "a `--sftbench-time-tolerance` under that fails clean reruns.\n")
+
+
+def test_a_configuration_measured_twice_in_a_clean_rerun_is_listed_with_what_its_first_measurement_showed():
+    twice = configuration("a")
+    twice.verdict.notes.append(Note("re-measured", {"change_pct": 58.1, "threshold_pct": 50.0, "host_pace_pct": 66.9,
+                                                    "confirmed": False}))
+    summary = summarize(paths([RECORDS[0], record({}, twice, configuration("b"), minute=1)]))
+    assert summary["clean_reruns"][0]["remeasured"] == {"a": {"change_pct": 58.1, "threshold_pct": 50.0,
+                                                              "host_pace_pct": 66.9, "confirmed": False}}
+    page = markdown(summary)
+    assert "| clean rerun 1 (2026-11-29T23:01) | abc1234 | 0 failures (1 measured twice) | 2 | 2 pass |" in page
+    assert ("Clean rerun 1, `a`: wall time alone was worse (+58.1% against the 50% band, the host's own pace +66.9%) "
+            "in a first measurement, not in a second, in a fresh process: the verdict is the second's.") in page
 
 
 def test_a_family_injection_counts_the_configurations_it_could_slow_and_the_families_they_named():
