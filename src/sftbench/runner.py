@@ -265,9 +265,9 @@ class Runner:
     def _remeasure(self, row: Row, spec: CaseSpec, baseline: Result, tolerances: Tolerances,
                    first: Verdict) -> tuple[Result, Verdict]:
         """The configuration trained once more, in a fresh process, and judged again. On a host-bound step the host's
-        passing state alone moved wall time by up to +58% between clean reruns (docs/measurements.md section 23),
-        while a regression of the software stays in a second measurement: the second is the configuration's result
-        and verdict, noting the first's change."""
+        passing state alone moved wall time by +58% between clean reruns (docs/measurements.md section 23), while a
+        regression of the software stays in a second measurement: the second is the configuration's result and
+        verdict, noting the first's change."""
         self.log(f"sftbench: {row.node_id}: wall time alone regressed; measuring it once more")
         del self.results[spec]
         result = self.result_for(spec, f"{row.node_id} (again)")

@@ -38,11 +38,13 @@ DEFAULT_GPU_TIME_TOLERANCE_PCT = 2.0
 DEFAULT_LIMITED_GPU_TIME_TOLERANCE_PCT = 4.0
 # Wall time of a host-bound step moves with the host, and a whole run moves with the host's state while it ran:
 # between runs minutes apart on one host, nothing changed, a configuration's wall minutes moved by -33% to +35%
-# on H200 hosts and, in 108 comparisons on H100 hosts, by -24.3% to +44.6% (sd 10.3%; rows whose GPU was busy 85%
-# of the wall time or more within -3.7% to +10.4%), while each run's own steps agreed to a few % and its GPU time to
-# 0.4% (docs/measurements.md sections 7, 11-13, 21-22). A wall-time change counts only beyond this band, above the
-# largest such move (or beyond the baseline's own measured spread, if larger), and only when the step samples
-# differ significantly. Between hosts of one GPU model it moved up to 46%: it is compared only within a host.
+# on H200 hosts and, in 146 comparisons on H100 hosts, by -24.3% to +58.1% (sd 10.4%; rows whose GPU was busy 85%
+# of the wall time or more within -4.3% to +10.4%), while each run's own steps agreed to a few % and its GPU time to
+# 0.4% (docs/measurements.md sections 7, 11-13, 21-23). A wall-time change counts only beyond this band, above all
+# those moves but one (or beyond the baseline's own measured spread, if larger), and only when the step samples
+# differ significantly; the one beyond it (+58.1%, the host's own pace +66.9%) is why a regression of wall time
+# alone is measured once more before it fails (sftbench.runner). Between hosts of one GPU model it moved up to 46%:
+# it is compared only within a host.
 DEFAULT_TIME_TOLERANCE_PCT = 50.0
 # A baseline whose own steps spread this much (a host drifting up to 66% within minutes did) would pass a 2x
 # slow-down and never show an improvement: its wall time is too noisy to judge.
