@@ -246,6 +246,8 @@ class Runner:
         first = next((o.row for o in self.outcomes if o.result is result), None)
         if first is None and self.config.remeasure and wall_time_alone(verdict):
             result, verdict = self._remeasure(row, spec, baseline.result, tolerances, verdict)
+            if result.outcome == "error":  # compare() would call an error beside an error-free baseline a pass
+                return RowOutcome(row, "fail", "error", f"{row.node_id} could not run again: {result.message}", result)
         if baseline is None and self.config.require_baseline:
             return RowOutcome(row, "fail", verdict.verdict, f"{row.node_id}: no baseline "
                               f"{self.baselines.path(self.gpu, result.key)} (--sftbench-require-baseline)",

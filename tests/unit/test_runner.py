@@ -100,6 +100,12 @@ def test_wall_time_alone_regressed_is_measured_once_more_and_judged_on_the_secon
     kernel.results[ROW.spec] = result_factory(minutes=16.0, gpu_minutes_per_1000_samples=9.0)
     kernel._launcher = ReplayLauncher()
     assert kernel.check(ROW).verdict.kinds == ["kernel", "host-side"] and kernel._launcher.ran == []
+    crashed = make_runner(tmp_path, monkeypatch)  # the second case could not run: the row fails, never passes
+    crashed.results[ROW.spec] = first
+    crashed._launcher = ReplayLauncher(result_factory(outcome="error", message="RuntimeError: boom"))
+    crash = crashed.check(ROW)
+    assert (crash.action, crash.status, crash.message) == (
+        "fail", "error", f"{ROW.node_id} could not run again: RuntimeError: boom")
     once = make_runner(tmp_path, monkeypatch, remeasure=False)  # --sftbench-no-remeasure
     once.results[ROW.spec], once._launcher = first, ReplayLauncher()
     assert once.check(ROW).status == "regression" and once._launcher.ran == []
