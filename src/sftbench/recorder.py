@@ -71,9 +71,10 @@ class Recorder:
 
     def write(self, record: RunRecord) -> Path | None:
         """The run record in <results>/history/; nothing without a results folder, or where the run checked no
-        configuration and lost no part and was not interrupted."""
+        configuration and lost no part and was not interrupted after reaching its first case."""
         results = self.runner.config.results_dir
-        if results is None or not (record.configurations or record.lost_parts or record.interrupted):
+        if results is None or not (record.configurations or record.lost_parts
+                                   or (record.interrupted and self.runner.started)):
             return None
         try:
             return write_record(results / "history", record, os.getpid())

@@ -99,6 +99,11 @@ class Runner:
         self._locks: list = []
 
     @property
+    def started(self) -> bool:
+        """Whether the run reached its first case (a pytest session of other tests never does)."""
+        return self._ready is not False
+
+    @property
     def gpu(self) -> str:
         return str(environment.gpu_info()["gpu"])
 

@@ -143,6 +143,11 @@ def test_an_interrupted_update_run_says_so_and_which_baselines_it_rewrote(tmp_pa
 
 
 def test_a_run_that_checked_nothing_and_was_not_interrupted_writes_no_record(tmp_path, monkeypatch):
-    recorder = Recorder(make_runner(tmp_path, monkeypatch))
+    runner = make_runner(tmp_path, monkeypatch)
+    recorder = Recorder(runner)
     assert recorder.write(recorder.record()) is None
+    # Interrupted before any case (a pytest session of other tests, the plugin loaded): nothing to say either.
+    assert recorder.write(recorder.record(interrupted=True)) is None
+    (tmp_path / "baselines").mkdir()
+    runner.prepare()  # the first case was about to train when the run was interrupted
     assert recorder.write(recorder.record(interrupted=True)) is not None
