@@ -270,7 +270,7 @@ class Runner:
                           None if baseline is None else baseline.result)
 
     def _remeasure(self, row: Row, spec: CaseSpec, baseline: Result, tolerances: Tolerances,
-                   first: Verdict) -> tuple[Result, Verdict]:
+                   first_verdict: Verdict) -> tuple[Result, Verdict]:
         """The configuration trained once more, in a fresh process, and judged again. On a host-bound step the host's
         passing state alone moved wall time by +58% between clean reruns (docs/measurements.md section 23), while a
         regression of the software stays in a second measurement: the second is the configuration's result and
@@ -278,7 +278,7 @@ class Runner:
         self.log(f"sftbench: {row.node_id}: wall time alone regressed; measuring it once more")
         del self.results[spec]
         result = self.result_for(spec, f"{row.node_id} (again)")
-        return result, remeasured(first, compare(result, baseline, tolerances))
+        return result, remeasured(first_verdict, compare(result, baseline, tolerances))
 
     def metadata(self) -> dict:
         """What a baseline and a run record keep of the run: machine, versions, commit, command, mode."""

@@ -88,6 +88,7 @@ def test_a_configuration_measured_twice_in_a_clean_rerun_is_listed_with_what_its
     assert "| clean rerun 1 (2026-11-29T23:01) | abc1234 | 0 failures (1 measured twice) | 2 | 2 pass |" in page
     assert ("Clean rerun 1, `a`: wall time alone was worse (+58.1% against the 50% band, the host's own pace +66.9%) "
             "in a first measurement, not in a second, in a fresh process: the verdict is the second's.") in page
+    assert "moved by up to 58.1% against its baseline (`a`)" in page  # the first measurement's move counts
 
 
 def test_a_family_injection_counts_the_configurations_it_could_slow_and_the_families_they_named():
