@@ -156,15 +156,19 @@ def note_text(note: Note) -> str:
         return (f"GPU SM clock in the traced steps: {d['before_mhz']:.0f} -> {d['now_mhz']:.0f} MHz "
                 f"({change:+.1f}%, median of the steps' means)")
     if note.code == "re-measured":
-        pace = "" if d["host_pace_pct"] is None else f", the host's own pace {d['host_pace_pct']:+.1f}%"
+        pace = "" if d["host_pace"] is None else f", the host's own pace {_pace_change_pct(d['host_pace']):+.1f}%"
         first = f"wall time alone was worse ({d['change_pct']:+.1f}% against the {d['threshold_pct']:g}% band{pace})"
         return (f"{first}; measured once more, in a fresh process, it was worse again" if d["confirmed"] else
                 f"{first} in a first measurement, not in a second, in a fresh process: the verdict is the second's")
     if note.code == "host pace":
-        change = 100 * (d["now_ms"] / d["before_ms"] - 1)
         return (f"the host's own pace between timed steps (a fixed burst of kernel launches): {d['before_ms']:.2f} -> "
-                f"{d['now_ms']:.2f} ms ({change:+.1f}%)")
+                f"{d['now_ms']:.2f} ms ({_pace_change_pct(d):+.1f}%)")
     return NOTES[note.code].format(**d)
+
+
+def _pace_change_pct(detail: dict) -> float:
+    """How much slower (+) the host's own pace was: a "host pace" note's detail."""
+    return 100 * (detail["now_ms"] / detail["before_ms"] - 1)
 
 
 NOTES = {

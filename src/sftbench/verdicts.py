@@ -281,12 +281,11 @@ def wall_time_alone(verdict: Verdict) -> bool:
 
 def remeasured(first: Verdict, second: Verdict) -> Verdict:
     """The verdict of a second measurement of a configuration whose first regressed in wall time alone: the
-    second's, with a note of the first's wall-time change (and the host's own pace then) and whether the second
-    was worse in wall time too."""
+    second's, with a note of the first's wall-time change (and its "host pace" note's detail, where it had one) and
+    whether the second was worse in wall time too."""
     wall = next(f for f in first.metrics if f.kind == "wall")
-    pace = next((note.detail for note in first.notes if note.code == "host pace"), None)
     detail = {"change_pct": wall.change_pct, "threshold_pct": wall.threshold_pct,
-              "host_pace_pct": None if pace is None else 100 * (pace["now_ms"] / pace["before_ms"] - 1),
+              "host_pace": next((note.detail for note in first.notes if note.code == "host pace"), None),
               "confirmed": any(f.kind == "wall" and f.verdict == "worse" for f in second.metrics)}
     return replace(second, notes=[Note("re-measured", detail), *second.notes])
 

@@ -79,11 +79,12 @@ def test_the_summary_counts_failures_of_clean_reruns_and_what_each_injection_fla
 
 def test_a_configuration_measured_twice_in_a_clean_rerun_is_listed_with_what_its_first_measurement_showed():
     twice = configuration("a")
-    twice.verdict.notes.append(Note("re-measured", {"change_pct": 58.1, "threshold_pct": 50.0, "host_pace_pct": 66.9,
+    pace = {"before_ms": 9.76, "now_ms": 16.29}  # +66.9%
+    twice.verdict.notes.append(Note("re-measured", {"change_pct": 58.1, "threshold_pct": 50.0, "host_pace": pace,
                                                     "confirmed": False}))
     summary = summarize(paths([RECORDS[0], record({}, twice, configuration("b"), minute=1)]))
     assert summary["clean_reruns"][0]["remeasured"] == {"a": {"change_pct": 58.1, "threshold_pct": 50.0,
-                                                              "host_pace_pct": 66.9, "confirmed": False}}
+                                                              "host_pace": pace, "confirmed": False}}
     page = markdown(summary)
     assert "| clean rerun 1 (2026-11-29T23:01) | abc1234 | 0 failures (1 measured twice) | 2 | 2 pass |" in page
     assert ("Clean rerun 1, `a`: wall time alone was worse (+58.1% against the 50% band, the host's own pace +66.9%) "
