@@ -38,9 +38,9 @@ DEFAULT_GPU_TIME_TOLERANCE_PCT = 2.0
 DEFAULT_LIMITED_GPU_TIME_TOLERANCE_PCT = 4.0
 # Wall time of a host-bound step moves with the host, and a whole run moves with the host's state while it ran:
 # between runs minutes apart on one host, nothing changed, a configuration's wall minutes moved by -33% to +35%
-# on H200 hosts and, in 146 comparisons on H100 hosts, by -24.3% to +58.1% (sd 10.4%; rows whose GPU was busy 85%
+# on H200 hosts and, in 165 comparisons on H100 hosts, by -24.3% to +58.1% (sd 10.5%; rows whose GPU was busy 85%
 # of the wall time or more within -4.3% to +10.4%), while each run's own steps agreed to a few % and its GPU time to
-# 0.4% (docs/measurements.md sections 7, 11-13, 21-23). A wall-time change counts only beyond this band, above all
+# 0.4% (docs/measurements.md sections 7, 11-13, 21-24). A wall-time change counts only beyond this band, above all
 # those moves but one (or beyond the baseline's own measured spread, if larger), and only when the step samples
 # differ significantly; the one beyond it (+58.1%, the host's own pace +66.9%) is why a regression of wall time
 # alone is measured once more before it fails (sftbench.runner). Between hosts of one GPU model it moved up to 46%:
