@@ -139,8 +139,9 @@ def test_cpu_smoke(row, check_row):
 
 def test_the_publishing_steps_on_a_run_with_a_regression(pytester, monkeypatch):
     """A run that writes the baselines, then one against them (one made 10000x faster, so the run regressed):
-    the pytest exit code fails the job, and scripts/nightly-report.sh writes the report, the history page
-    and a summary that starts with the regression."""
+    the regressed row is trained once more in a fresh process before it fails, the pytest exit code fails the job,
+    and scripts/nightly-report.sh writes the report, the history page and a summary that starts with the
+    regression."""
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     pytester.makepyfile(test_smoke=SMOKE_MODULE)
     options = ("-p", "no:cacheprovider", "--sftbench-timeout", "300", "--sftbench-baselines",
@@ -150,7 +151,13 @@ def test_the_publishing_steps_on_a_run_with_a_regression(pytester, monkeypatch):
     # 10000x faster: on a loaded machine the run's own wall time moved 18x.
     scale_wall_time(baseline, 1e-4)
     # A wide time tolerance: CPU step times on a busy machine vary several-fold, a 10000x change does not.
-    assert pytester.runpytest_subprocess(*options, "--sftbench-time-tolerance", "1000", timeout=600).ret == 1
+    regressed = pytester.runpytest_subprocess(*options, "--sftbench-time-tolerance", "1000", timeout=600)
+    assert regressed.ret == 1
+    # Wall time alone regressed, so tiny-5 trained once more in a fresh process, worse again: both of its results
+    # are kept, tiny-6 has one.
+    results = pytester.path / "results" / "cpu"
+    assert (len(list(results.glob(f"{baseline.stem}*.json"))), len(list(results.glob("*.n6.cpu*.json")))) == (2, 1)
+    regressed.stdout.fnmatch_lines(["*measured once more, in a fresh process, it was worse again*"])
 
     out = pytester.path / "published"
     published = subprocess.run([str(ROOT / "scripts" / "nightly-report.sh"), str(pytester.path / "results"),
