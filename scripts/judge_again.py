@@ -9,6 +9,10 @@ the families beyond their thresholds, the attention and GEMM families' change ag
 threshold, the largest |change| / threshold of any judged family, and how far wall minutes and the host's own pace
 (the burst of kernel launches before each timed step) moved. Last, over all comparisons, how far wall minutes moved by
 how busy the GPU was in the baseline: the host-bound rows move with their host, the GPU-bound ones hardly.
+
+Each stored result is judged once. A live run measures a configuration whose wall time alone regressed once more, in a
+fresh process, before it fails the row (`verdicts.wall_time_alone`); a stored result cannot be, so such a row is
+marked "wall time alone" here and counted apart.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from pathlib import Path
 from statistics import pstdev
 
 from sftbench.storage.results import read_result
-from sftbench.verdicts import Tolerances, compare
+from sftbench.verdicts import Tolerances, compare, wall_time_alone
 
 SHOWN = ("attention forward", "attention backward", "GEMM")
 BUSY_BINS = (0, 40, 60, 85, 101)  # % of the baseline's wall time the GPU was busy
@@ -37,7 +41,7 @@ def main(pairs: list[str]) -> None:
     by_busy = []  # (the baseline's GPU busy %, wall minutes' move %) of every comparison
     for pair in pairs:
         runs, baselines = (result_files(Path(part)) for part in pair.split(":"))
-        largest, failing, moves = (0.0, ""), 0, []
+        largest, failing, alone, moves = (0.0, ""), 0, 0, []
         print(f"== {pair}")
         for name in sorted(runs.keys() & baselines.keys()):
             result, baseline = read_result(runs[name]), read_result(baselines[name])
@@ -50,10 +54,13 @@ def main(pairs: list[str]) -> None:
             beyond = [f"{f.family} {f.change_pct:+.2f}/{f.threshold_pct:.2f}" for f in judged if f.verdict != "same"]
             shown = [f"{f.family} {f.change_pct:+.2f}/{f.threshold_pct:.2f}" for f in judged if f.family in SHOWN]
             failing += verdict.verdict == "regression"
+            mark = " [wall time alone: a live run measures it once more]" if wall_time_alone(verdict) else ""
+            alone += bool(mark)
             largest = max(largest, *((abs(f.change_pct) / f.threshold_pct, f"{f.family} of {name}") for f in judged))
             print(f"{verdict.verdict:10} {name.removesuffix('.json'):72} beyond: {', '.join(beyond) or 'none'}; "
-                  f"{'; '.join(shown)}")
-        print(f"{failing} of {len(runs.keys() & baselines.keys())} rows failing; largest |change| / threshold "
+                  f"{'; '.join(shown)}{mark}")
+        apart = f" ({alone} in wall time alone)" if alone else ""
+        print(f"{failing} of {len(runs.keys() & baselines.keys())} rows failing{apart}; largest |change| / threshold "
               f"{largest[0]:.2f} ({largest[1]}); {_range('wall minutes', [wall for wall, _ in moves])}, "
               f"{_range('the host probe', [host for _, host in moves])}")
     bins = [(f"{low}-{min(high, 100)}%", [wall for busy, wall in by_busy if low <= busy < high])

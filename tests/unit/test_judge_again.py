@@ -33,3 +33,14 @@ def test_wall_minutes_are_summed_up_by_how_busy_the_gpu_was_in_the_baseline(tmp_
         "wall minutes by the baseline's GPU busy: 0-40%: 2 moved -24.3% to -0.4% (sd 12.0%); 40-60%: 1 moved +3.5% to "
         "+3.5% (sd 0.0%); 60-85%: 9 moved -10.5% to +11.9% (sd 6.6%); 85-100%: 7 moved -3.7% to +3.6% (sd 2.1%); all: "
         "19 moved -24.3% to +11.9% (sd 7.3%)")
+
+
+def test_a_regression_of_wall_time_alone_is_marked_and_counted_apart(tmp_path, capsys, unpack):
+    # Section 23's false alarm: LoRA r2 2048's wall time +58.1% with its GPU time flat, judged once from storage.
+    unpack(ROOT / "docs" / "runs-h100" / "2026-12-07T1643-results" / "results.tar.xz", tmp_path)
+    judge_again.main([f"{tmp_path / 's19clean2'}:{tmp_path / 's19update'}"])
+    lines = capsys.readouterr().out.splitlines()
+    [failing] = [line for line in lines if line.startswith("regression")]
+    assert "r2-DEFAULT " in failing and failing.endswith("[wall time alone: a live run measures it once more]")
+    assert not any("wall time alone" in line for line in lines if line.startswith("pass"))
+    assert "1 of 19 rows failing (1 in wall time alone);" in lines[-2]
