@@ -54,8 +54,9 @@ def main(pairs: list[str]) -> None:
             beyond = [f"{f.family} {f.change_pct:+.2f}/{f.threshold_pct:.2f}" for f in judged if f.verdict != "same"]
             shown = [f"{f.family} {f.change_pct:+.2f}/{f.threshold_pct:.2f}" for f in judged if f.family in SHOWN]
             failing += verdict.verdict == "regression"
-            mark = " [wall time alone: a live run measures it once more]" if wall_time_alone(verdict) else ""
-            alone += bool(mark)
+            once_more = wall_time_alone(verdict)
+            alone += once_more
+            mark = " [wall time alone: a live run measures it once more]" if once_more else ""
             largest = max(largest, *((abs(f.change_pct) / f.threshold_pct, f"{f.family} of {name}") for f in judged))
             print(f"{verdict.verdict:10} {name.removesuffix('.json'):72} beyond: {', '.join(beyond) or 'none'}; "
                   f"{'; '.join(shown)}{mark}")
