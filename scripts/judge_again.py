@@ -51,8 +51,8 @@ def main(pairs: list[str]) -> None:
             if baseline.kernels and baseline.kernels.busy_pct is not None and wall is not None:
                 by_busy.append((baseline.kernels.busy_pct, wall))
             judged = [f for f in verdict.families if f.threshold_pct and f.change_pct is not None]
-            beyond = [f"{f.family} {f.change_pct:+.2f}/{f.threshold_pct:.2f}" for f in judged if f.verdict != "same"]
-            shown = [f"{f.family} {f.change_pct:+.2f}/{f.threshold_pct:.2f}" for f in judged if f.family in SHOWN]
+            beyond = [family_move(f) for f in judged if f.verdict != "same"]
+            shown = [family_move(f) for f in judged if f.family in SHOWN]
             failing += verdict.verdict == "regression"
             once_more = wall_time_alone(verdict)
             alone += once_more
@@ -69,6 +69,11 @@ def main(pairs: list[str]) -> None:
     print("wall minutes by the baseline's GPU busy: " + "; ".join(
         f"{label}: {_range(f'{len(walls)} moved', walls)} (sd {pstdev(walls):.1f}%)"
         for label, walls in [*bins, ("all", [wall for _, wall in by_busy])] if walls))
+
+
+def family_move(finding) -> str:
+    """A family finding as 'family change/threshold', in % against the GPU's pace."""
+    return f"{finding.family} {finding.change_pct:+.2f}/{finding.threshold_pct:.2f}"
 
 
 def wall_and_host_moves(result, baseline) -> tuple[float | None, float | None]:
